@@ -1,0 +1,400 @@
+"""The one schema for SQLite and PostgreSQL (SQLAlchemy Core).
+
+Append-only tables (``transfers``, ``card_events``, ``audit_log``, ``deny_changes``,
+``holder_archive``, ``scrap_register``) are protected by triggers created in the migrations: an
+UPDATE or DELETE on them aborts. Money columns are integer fen (BigInteger).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    Date,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    text,
+)
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+metadata = MetaData(naming_convention=NAMING)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Aware datetimes in, aware UTC datetimes out, on every dialect (SQLite stores no offset)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            msg = "naive datetime given to the registry"
+            raise ValueError(msg)
+        utc = value.astimezone(UTC)
+        return utc.replace(tzinfo=None) if dialect.name == "sqlite" else utc
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:  # noqa: ARG002
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _ts(name: str, *, nullable: bool = False) -> Column[datetime]:
+    return Column(name, UtcDateTime(), nullable=nullable)
+
+
+holders = Table(
+    "holders",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("category", String(32), nullable=False),
+    Column("number", String(32), nullable=True),  # 学号 / 工号; temp: last 6 of the ID (ISS-11)
+    Column("name", String(64), nullable=False),
+    Column("national_id", String(18), nullable=True),
+    Column("college", String(64), nullable=True),
+    Column("class_name", String(64), nullable=True),
+    Column("department", String(64), nullable=True),
+    Column("photo_ref", String(128), nullable=True),
+    _ts("valid_until", nullable=True),  # e-student-ID / temp-card validity end (ISS-1, ISS-11)
+    Column("status", String(16), nullable=False, server_default="active"),
+    Column("password_hash", String(256), nullable=True),
+    Column("failed_logins", Integer, nullable=False, server_default="0"),
+    _ts("locked_until", nullable=True),
+    _ts("created_at"),
+    _ts("deregistered_at", nullable=True),
+    Column("application_ref", String(128), nullable=True),  # ISS-9 form / ISS-6 written proof
+)
+Index("ix_holders_number", holders.c.number)
+Index("ix_holders_national_id", holders.c.national_id)
+Index(
+    "uq_holders_number_kind",
+    holders.c.kind,
+    holders.c.number,
+    unique=True,
+    sqlite_where=text("kind != 'temporary' AND number IS NOT NULL"),
+    postgresql_where=text("kind != 'temporary' AND number IS NOT NULL"),
+)
+
+cards = Table(
+    "cards",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("serial", String(20), nullable=False, unique=True),
+    Column("uid", String(32), nullable=True, unique=True),
+    Column("kind", String(8), nullable=False),
+    Column("holder_id", Integer, ForeignKey("holders.id"), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("type_group", Integer, nullable=False, server_default="0"),  # MEAL-3
+    Column("card_write_pending", Boolean, nullable=False, server_default=text("false")),
+    _ts("valid_until", nullable=True),
+    _ts("loss_reported_at", nullable=True),
+    _ts("frozen_at", nullable=True),
+    Column("exchange_reason", String(16), nullable=True),
+    Column("ready_on", Date, nullable=True),  # REP-4 / EXC-5 two working days
+    Column("replaces_card_id", Integer, ForeignKey("cards.id"), nullable=True),
+    _ts("created_at"),
+    _ts("handed_over_at", nullable=True),
+    _ts("updated_at"),
+)
+Index("ix_cards_holder_id", cards.c.holder_id)
+Index("ix_cards_state", cards.c.state)
+
+card_events = Table(
+    "card_events",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("card_id", Integer, ForeignKey("cards.id"), nullable=False),
+    Column("event", String(24), nullable=False),
+    Column("from_state", String(16), nullable=True),
+    Column("to_state", String(16), nullable=False),
+    Column("rule", String(16), nullable=False),
+    _ts("at"),
+    Column("actor", String(64), nullable=False),
+    Column("channel", String(16), nullable=False),  # counter, kiosk, web, scheduler, terminal
+    Column("detail", Text, nullable=True),
+)
+Index("ix_card_events_card_id", card_events.c.card_id)
+
+deny_changes = Table(
+    "deny_changes",
+    metadata,
+    Column("version", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("card_id", Integer, ForeignKey("cards.id"), nullable=False),
+    Column("serial", String(20), nullable=False),
+    Column("uid", String(32), nullable=True),
+    Column("change", String(16), nullable=False),  # lost, unlocked, frozen, expired, ...
+    Column("denied", Boolean, nullable=False),  # whether the card is denied after this change
+    _ts("at"),
+)
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("holder_id", Integer, ForeignKey("holders.id"), nullable=True),
+    Column("balance", BigInteger, nullable=False, server_default="0"),
+    CheckConstraint(
+        "kind NOT IN ('purse', 'hold', 'deposit') OR balance >= 0", name="non_negative"
+    ),
+)
+
+transfers = Table(
+    "transfers",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("source", String(64), ForeignKey("accounts.id"), nullable=False),
+    Column("dest", String(64), ForeignKey("accounts.id"), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("ref_id", BigInteger, ForeignKey("transfers.id"), nullable=True),
+    _ts("at"),
+    Column("actor", String(64), nullable=False),
+    Column("card_id", Integer, ForeignKey("cards.id"), nullable=True),
+    Column("terminal_id", String(64), nullable=True),
+    Column("request_id", String(64), nullable=True),
+    Column("memo", String(256), nullable=False, server_default=""),
+    CheckConstraint("amount > 0", name="positive_amount"),
+    CheckConstraint("source <> dest", name="distinct_accounts"),
+)
+Index("ix_transfers_source", transfers.c.source)
+Index("ix_transfers_dest", transfers.c.dest)
+Index("ix_transfers_ref_id", transfers.c.ref_id)
+Index("ix_transfers_at", transfers.c.at)
+
+merchants = Table(
+    "merchants",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(64), nullable=False),
+    Column("operator_dept", String(64), nullable=False, server_default="后勤管理处"),
+)
+
+receipt_books = Table(
+    "receipt_books",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("book_no", String(32), nullable=False, unique=True),
+    Column("first_no", Integer, nullable=False),
+    Column("last_no", Integer, nullable=False),
+    _ts("received_at"),
+    Column("received_by", String(64), nullable=False),
+    _ts("used_up_at", nullable=True),
+    Column("reconciliation_id", Integer, ForeignKey("reconciliations.id"), nullable=True),
+    CheckConstraint("last_no >= first_no", name="range"),
+)
+
+reconciliations = Table(
+    "reconciliations",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    _ts("at"),
+    Column("actor", String(64), nullable=False),
+    Column("books", Integer, nullable=False),
+    Column("receipts", Integer, nullable=False),
+    Column("total", BigInteger, nullable=False),
+)
+
+receipts = Table(
+    "receipts",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("receipt_no", Integer, nullable=False, unique=True),
+    Column("book_id", Integer, ForeignKey("receipt_books.id"), nullable=False),
+    Column("holder_id", Integer, ForeignKey("holders.id"), nullable=True),
+    Column("payer", String(64), nullable=False),
+    Column("item", String(32), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    _ts("at"),
+    Column("cashier", String(64), nullable=False),
+    Column("transfer_id", BigInteger, ForeignKey("transfers.id"), nullable=False),
+    CheckConstraint("amount > 0", name="positive_amount"),
+)
+
+stock_purchases = Table(
+    "stock_purchases",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    _ts("at"),
+    Column("kind", String(8), nullable=False),
+    Column("count", Integer, nullable=False),
+    Column("academic_year", String(16), nullable=False),
+    Column("received_by", String(64), nullable=False),
+    CheckConstraint("count > 0", name="positive_count"),
+)
+
+requisitions = Table(
+    "requisitions",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    _ts("at"),
+    Column("kind", String(8), nullable=False),
+    Column("count", Integer, nullable=False),
+    Column("serial_from", String(20), nullable=False),
+    Column("serial_to", String(20), nullable=False),
+    Column("requested_by", String(64), nullable=False),
+    Column("issued_by", String(64), nullable=False),
+    Column("usage_note", String(256), nullable=False),
+    CheckConstraint("count > 0", name="positive_count"),
+)
+
+scrap_register = Table(
+    "scrap_register",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("card_id", Integer, ForeignKey("cards.id"), nullable=False, unique=True),
+    Column("serial", String(20), nullable=False),
+    Column("card_kind", String(8), nullable=False),
+    Column("reason", String(16), nullable=False),
+    _ts("at"),
+    Column("actor", String(64), nullable=False),
+)
+
+disposals = Table(
+    "disposals",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("year", Integer, nullable=False, unique=True),  # SCR-2: once a year
+    _ts("at"),
+    Column("actor", String(64), nullable=False),
+    Column("first_scrap_id", Integer, nullable=False),
+    Column("last_scrap_id", Integer, nullable=False),
+    Column("count", Integer, nullable=False),
+)
+
+meal_quotas = Table(
+    "meal_quotas",
+    metadata,
+    Column("holder_id", Integer, ForeignKey("holders.id"), primary_key=True),
+    Column("meals_per_month", Integer, nullable=False),
+    Column("enabled", Boolean, nullable=False, server_default=text("true")),
+    Column("source", String(128), nullable=False),
+    _ts("updated_at"),
+    CheckConstraint("meals_per_month >= 0", name="non_negative"),
+)
+
+operators = Table(
+    "operators",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("username", String(32), nullable=False, unique=True),
+    Column("real_name", String(64), nullable=False),
+    Column("department", String(64), nullable=False),
+    Column("permissions", Text, nullable=False),  # JSON list of Permission values
+    Column("password_hash", String(256), nullable=False),
+    Column("must_change_password", Boolean, nullable=False),
+    Column("disabled", Boolean, nullable=False, server_default=text("false")),
+    Column("failed_logins", Integer, nullable=False, server_default="0"),
+    _ts("locked_until", nullable=True),
+    _ts("created_at"),
+    Column("created_by", String(32), nullable=False),
+    Column("approved_by", String(64), nullable=False),  # ACC-2: the center head
+    Column("application_ref", String(128), nullable=False),  # ACC-2: the written application
+)
+
+operator_sessions = Table(
+    "operator_sessions",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("operator_id", Integer, ForeignKey("operators.id"), nullable=False),
+    _ts("created_at"),
+    _ts("expires_at"),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    _ts("at"),
+    Column("actor", String(64), nullable=False),
+    Column("action", String(48), nullable=False),
+    Column("entity", String(32), nullable=False),
+    Column("entity_id", String(64), nullable=False),
+    Column("before", Text, nullable=True),
+    Column("after", Text, nullable=True),
+)
+Index("ix_audit_log_entity", audit_log.c.entity, audit_log.c.entity_id)
+
+holder_archive = Table(
+    "holder_archive",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("holder_id", Integer, ForeignKey("holders.id"), nullable=False),
+    _ts("at"),
+    Column("actor", String(64), nullable=False),
+    Column("reason", String(32), nullable=False),
+    Column("snapshot", Text, nullable=False),
+)
+
+clearances = Table(
+    "clearances",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("holder_id", Integer, ForeignKey("holders.id"), nullable=False, unique=True),
+    Column("college", String(64), nullable=False),
+    Column("class_name", String(64), nullable=False),
+    Column("certificate_no", String(32), nullable=False, unique=True),
+    Column("card_returned", Boolean, nullable=False),
+    Column("receipt_no", Integer, nullable=True),
+    _ts("at"),
+    Column("actor", String(64), nullable=False),
+)
+
+#: Tables that are append-only: UPDATE/DELETE is refused by triggers (see migrations).
+APPEND_ONLY = (
+    "transfers",
+    "card_events",
+    "audit_log",
+    "deny_changes",
+    "holder_archive",
+    "scrap_register",
+    "receipts",
+)
+
+__all__ = [
+    "APPEND_ONLY",
+    "accounts",
+    "audit_log",
+    "card_events",
+    "cards",
+    "clearances",
+    "deny_changes",
+    "disposals",
+    "holder_archive",
+    "holders",
+    "meal_quotas",
+    "merchants",
+    "metadata",
+    "operator_sessions",
+    "operators",
+    "receipt_books",
+    "receipts",
+    "reconciliations",
+    "requisitions",
+    "scrap_register",
+    "stock_purchases",
+    "transfers",
+]

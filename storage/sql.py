@@ -1,0 +1,352 @@
+"""The registry on SQLAlchemy Core: one implementation for SQLite and PostgreSQL.
+
+A :class:`SqlRegistry` hands out transactions (:meth:`SqlRegistry.transaction` for writes,
+:meth:`SqlRegistry.read` for reads). Everything done inside one ``async with`` commits together or
+not at all; money-moving writes use conditional updates so any number of writers (the counter CLI,
+several gateways) stay correct without caching balances (FIELD-NOTES, SQLite section).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Table, and_, func, insert, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from protocol.errors import Duplicate, ErrorCode, NotFound, OnecardError
+from protocol.ledger import NON_NEGATIVE_KINDS, TransferSpec, account_kind
+from storage import schema as s
+from storage.engine import Engines, open_engines
+from storage.migrate import require_head, upgrade
+from storage.records import Card, Holder, Receipt, Row, Transfer
+
+
+class InsufficientFunds(OnecardError):
+    code = ErrorCode.INSUFFICIENT_FUNDS
+
+
+TABLES: dict[str, Table] = {t.name: t for t in s.metadata.sorted_tables}
+
+
+def _table(name: str) -> Table:
+    try:
+        return TABLES[name]
+    except KeyError:
+        raise ValueError(f"unknown table {name!r}") from None
+
+
+def _pk(table: Table) -> Any:
+    return next(iter(table.primary_key.columns))
+
+
+class SqlTx:
+    """One database transaction with the registry's operations."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+        self.dialect = conn.dialect.name
+
+    # --- generic rows (registers: stock, receipts, scrap, meal quotas, operators, ...) -----
+    async def insert(self, table: str, values: Mapping[str, Any]) -> int:
+        t = _table(table)
+        try:
+            result = await self.conn.execute(insert(t).values(**values).returning(_pk(t)))
+        except IntegrityError as exc:
+            raise Duplicate(
+                f"{table} 记录重复或引用无效",
+                f"{table}: duplicate or invalid reference ({exc.orig})",
+            ) from exc
+        return int(result.scalar_one())
+
+    async def update(self, table: str, key: Any, values: Mapping[str, Any]) -> None:
+        t = _table(table)
+        result = await self.conn.execute(update(t).where(_pk(t) == key).values(**values))
+        if result.rowcount != 1:
+            raise NotFound(f"{table} 中无记录 {key}", f"{table}: no row {key}")
+
+    async def get(self, table: str, key: Any) -> Row | None:
+        t = _table(table)
+        row = (await self.conn.execute(select(t).where(_pk(t) == key))).mappings().first()
+        return dict(row) if row is not None else None
+
+    async def find(
+        self, table: str, *, order_by: str | None = None, limit: int | None = None, **eq: Any
+    ) -> list[Row]:
+        t = _table(table)
+        query = select(t).where(and_(True, *(t.c[k] == v for k, v in eq.items())))
+        query = query.order_by(t.c[order_by] if order_by else _pk(t))
+        if limit is not None:
+            query = query.limit(limit)
+        return [dict(r) for r in (await self.conn.execute(query)).mappings()]
+
+    async def count(self, table: str, **eq: Any) -> int:
+        t = _table(table)
+        query = select(func.count()).select_from(t)
+        query = query.where(and_(True, *(t.c[k] == v for k, v in eq.items())))
+        return int((await self.conn.execute(query)).scalar_one())
+
+    async def audit(
+        self,
+        at: datetime,
+        actor: str,
+        action: str,
+        entity: str,
+        entity_id: object,
+        before: Mapping[str, Any] | None = None,
+        after: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Append to the audit log: who, what, when, before/after (ACC, issue #2)."""
+        await self.insert(
+            "audit_log",
+            {
+                "at": at,
+                "actor": actor,
+                "action": action,
+                "entity": entity,
+                "entity_id": str(entity_id),
+                "before": _dump(before),
+                "after": _dump(after),
+            },
+        )
+
+    # --- holders ---------------------------------------------------------------------------
+    async def get_holder(self, holder_id: int) -> Holder:
+        row = await self.get("holders", holder_id)
+        if row is None:
+            raise NotFound(f"无此持卡人 {holder_id}", f"no holder {holder_id}")
+        return Holder.from_row(row)
+
+    async def holders_by_number(self, number: str) -> list[Holder]:
+        return [Holder.from_row(r) for r in await self.find("holders", number=number)]
+
+    async def holders_where(self, **eq: Any) -> list[Holder]:
+        return [Holder.from_row(r) for r in await self.find("holders", **eq)]
+
+    # --- cards -----------------------------------------------------------------------------
+    async def get_card(self, card_id: int) -> Card:
+        row = await self.get("cards", card_id)
+        if row is None:
+            raise NotFound(f"无此卡片 {card_id}", f"no card {card_id}", code=ErrorCode.CARD_UNKNOWN)
+        return Card.from_row(row)
+
+    async def card_by_serial(self, serial: str) -> Card:
+        rows = await self.find("cards", serial=serial)
+        if not rows:
+            rows = await self.find("cards", uid=serial)
+        if not rows:
+            raise NotFound(
+                f"无此卡号 {serial[-4:]:*>8}", "no such card number", code=ErrorCode.CARD_UNKNOWN
+            )
+        return Card.from_row(rows[0])
+
+    async def cards_of_holder(self, holder_id: int) -> list[Card]:
+        return [Card.from_row(r) for r in await self.find("cards", holder_id=holder_id)]
+
+    async def used_serials_between(self, low: str, high: str) -> str | None:
+        """Highest card serial already used within [low, high] (serials are fixed width)."""
+        query = select(func.max(s.cards.c.serial)).where(
+            s.cards.c.serial >= low, s.cards.c.serial <= high
+        )
+        value = (await self.conn.execute(query)).scalar_one()
+        return None if value is None else str(value)
+
+    async def add_deny_change(self, card: Card, change: str, denied: bool, at: datetime) -> int:
+        return await self.insert(
+            "deny_changes",
+            {
+                "card_id": card.id,
+                "serial": card.serial,
+                "uid": card.uid,
+                "change": change,
+                "denied": denied,
+                "at": at,
+            },
+        )
+
+    # --- ledger ----------------------------------------------------------------------------
+    async def ensure_account(self, account: str, holder_id: int | None = None) -> None:
+        values = {"id": account, "kind": account_kind(account).value, "holder_id": holder_id}
+        stmt: Any
+        if self.dialect == "postgresql":
+            stmt = postgresql.insert(s.accounts).values(**values).on_conflict_do_nothing()
+        else:
+            stmt = sqlite.insert(s.accounts).values(**values).on_conflict_do_nothing()
+        await self.conn.execute(stmt)
+
+    async def balance(self, account: str) -> int:
+        query = select(s.accounts.c.balance).where(s.accounts.c.id == account)
+        value = (await self.conn.execute(query)).scalar_one_or_none()
+        return int(value or 0)
+
+    async def post(
+        self,
+        spec: TransferSpec,
+        *,
+        at: datetime,
+        actor: str,
+        card_id: int | None = None,
+        terminal_id: str | None = None,
+        request_id: str | None = None,
+        holder_id: int | None = None,
+    ) -> int:
+        """Append one balanced transfer and move the balances, or raise InsufficientFunds."""
+        for account in (spec.source, spec.dest):
+            owner = holder_id if account_kind(account) in NON_NEGATIVE_KINDS else None
+            await self.ensure_account(account, owner)
+        debit = update(s.accounts).where(s.accounts.c.id == spec.source)
+        if account_kind(spec.source) in NON_NEGATIVE_KINDS:
+            debit = debit.where(s.accounts.c.balance >= spec.amount)
+        result = await self.conn.execute(debit.values(balance=s.accounts.c.balance - spec.amount))
+        if result.rowcount != 1:
+            have = await self.balance(spec.source)
+            raise InsufficientFunds(
+                f"余额不足：需要 {spec.amount} 分，现有 {have} 分",
+                f"insufficient balance: need {spec.amount} fen, have {have} fen",
+            )
+        await self.conn.execute(
+            update(s.accounts)
+            .where(s.accounts.c.id == spec.dest)
+            .values(balance=s.accounts.c.balance + spec.amount)
+        )
+        return await self.insert(
+            "transfers",
+            {
+                "kind": spec.kind.value,
+                "source": spec.source,
+                "dest": spec.dest,
+                "amount": spec.amount,
+                "ref_id": spec.ref,
+                "at": at,
+                "actor": actor,
+                "card_id": card_id,
+                "terminal_id": terminal_id,
+                "request_id": request_id,
+                "memo": spec.memo,
+            },
+        )
+
+    async def get_transfer(self, transfer_id: int) -> Transfer:
+        row = await self.get("transfers", transfer_id)
+        if row is None:
+            raise NotFound(f"无此交易 {transfer_id}", f"no transfer {transfer_id}")
+        return Transfer.from_row(row)
+
+    async def referencing_total(self, ref_id: int) -> int:
+        query = select(func.coalesce(func.sum(s.transfers.c.amount), 0)).where(
+            s.transfers.c.ref_id == ref_id
+        )
+        return int((await self.conn.execute(query)).scalar_one())
+
+    async def transfers_of(self, account: str, limit: int = 20) -> list[Transfer]:
+        t = s.transfers
+        query = (
+            select(t)
+            .where((t.c.source == account) | (t.c.dest == account))
+            .order_by(t.c.id.desc())
+            .limit(limit)
+        )
+        return [Transfer.from_row(dict(r)) for r in (await self.conn.execute(query)).mappings()]
+
+    # --- receipts (FEE-2/3) -----------------------------------------------------------------
+    async def issue_receipt(
+        self,
+        *,
+        holder_id: int | None,
+        payer: str,
+        item: str,
+        amount: int,
+        at: datetime,
+        cashier: str,
+        transfer_id: int,
+    ) -> Receipt:
+        """Take the next number of the oldest open receipt book; close the book when used up."""
+        books = s.receipt_books
+        book = (
+            (
+                await self.conn.execute(
+                    select(books).where(books.c.used_up_at.is_(None)).order_by(books.c.id).limit(1)
+                )
+            )
+            .mappings()
+            .first()
+        )
+        if book is None:
+            raise OnecardError(
+                "没有可用的收据本，请先登记财务处发放的收据本",
+                "no open receipt book: register a receipt book from finance first",
+                code=ErrorCode.OUT_OF_STOCK,
+                rule="FEE-2",
+            )
+        last = (
+            await self.conn.execute(
+                select(func.max(s.receipts.c.receipt_no)).where(s.receipts.c.book_id == book["id"])
+            )
+        ).scalar_one()
+        number = int(book["first_no"]) if last is None else int(last) + 1
+        values = {
+            "receipt_no": number,
+            "book_id": book["id"],
+            "holder_id": holder_id,
+            "payer": payer,
+            "item": item,
+            "amount": amount,
+            "at": at,
+            "cashier": cashier,
+            "transfer_id": transfer_id,
+        }
+        receipt_id = await self.insert("receipts", values)
+        if number >= int(book["last_no"]):
+            await self.update("receipt_books", book["id"], {"used_up_at": at})
+        return Receipt(id=receipt_id, **values)
+
+    # --- queries for reports ----------------------------------------------------------------
+    async def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Row]:
+        """A read-only report query in portable SQL (storage.reports owns the texts)."""
+        result = await self.conn.execute(text(sql), dict(params or {}))
+        return [dict(r) for r in result.mappings()]
+
+
+def _dump(value: Mapping[str, Any] | None) -> str | None:
+    if value is None:
+        return None
+    return json.dumps(value, ensure_ascii=False, default=str, sort_keys=True)
+
+
+class SqlRegistry:
+    """The card registry on a SQLite file or a PostgreSQL database."""
+
+    def __init__(self, engines: Engines) -> None:
+        self.engines = engines
+
+    @classmethod
+    async def open(cls, target: str | Path, *, migrate: bool = False) -> SqlRegistry:
+        engines = open_engines(target)
+        try:
+            if migrate:
+                await upgrade(engines.writer)
+            else:
+                await require_head(engines.writer)
+        except BaseException:
+            await engines.dispose()
+            raise
+        return cls(engines)
+
+    async def close(self) -> None:
+        await self.engines.dispose()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[SqlTx]:
+        async with self.engines.writer.begin() as conn:
+            yield SqlTx(conn)
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[SqlTx]:
+        async with self.engines.reader.begin() as conn:
+            yield SqlTx(conn)
