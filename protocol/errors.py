@@ -75,7 +75,10 @@ MESSAGES: dict[ErrorCode, tuple[str, str]] = {
     ErrorCode.INVALID_INPUT: ("输入有误", "invalid input"),
     ErrorCode.INSUFFICIENT_FUNDS: ("余额不足", "insufficient balance"),
     ErrorCode.INVALID_AMOUNT: ("金额无效", "invalid amount"),
-    ErrorCode.CORRECTION_EXCEEDS_ORIGINAL: ("纠错金额超过原交易", "correction exceeds the original"),
+    ErrorCode.CORRECTION_EXCEEDS_ORIGINAL: (
+        "纠错金额超过原交易",
+        "correction exceeds the original",
+    ),
     ErrorCode.AUTH_FAILED: ("账号或密码错误", "wrong number or password"),
     ErrorCode.ACCOUNT_LOCKED: ("账号已锁定", "account locked"),
     ErrorCode.PASSWORD_CHANGE_REQUIRED: ("请先修改初始密码", "change the initial password first"),
@@ -84,7 +87,10 @@ MESSAGES: dict[ErrorCode, tuple[str, str]] = {
     ErrorCode.TERMINAL_DISABLED: ("终端已停用", "terminal disabled"),
     ErrorCode.MALFORMED: ("报文格式错误", "malformed message"),
     ErrorCode.UNSUPPORTED: ("不支持的操作", "unsupported operation"),
-    ErrorCode.IDEMPOTENCY_CONFLICT: ("请求号重复但内容不同", "request id reused with other content"),
+    ErrorCode.IDEMPOTENCY_CONFLICT: (
+        "请求号重复但内容不同",
+        "request id reused with other content",
+    ),
     ErrorCode.INTERNAL: ("系统内部错误", "internal error"),
     ErrorCode.UNAVAILABLE: ("服务暂不可用", "service unavailable"),
 }
