@@ -29,7 +29,7 @@ from protocol.types import CardKind, CardState
 
 class CardEvent(StrEnum):
     PRINTED = "printed"  # ISS-3: printed card passed the check
-    REPRINT = "reprint"  # ISS-3: failed the check, back to the vendor
+    REPRINT = "reprint"  # ISS-3: failed the check, back to the vendor for a reprint
     HAND_OVER = "hand_over"  # ISS-4, ISS-7, ISS-12, REP-4, EXC-5
     REPORT_LOSS = "report_loss"  # LOSS-1
     UNLOCK = "unlock"  # LOSS-3
@@ -58,7 +58,7 @@ E = CardEvent
 #: (state, event) -> (new state, rule id). Anything absent is refused.
 TRANSITIONS: dict[tuple[CardState, CardEvent], tuple[CardState, str]] = {
     (S.PRINTING, E.PRINTED): (S.READY, "ISS-3"),
-    (S.READY, E.REPRINT): (S.PRINTING, "ISS-3"),
+    (S.PRINTING, E.REPRINT): (S.PRINTING, "ISS-3"),
     (S.READY, E.HAND_OVER): (S.ACTIVE, "ISS-4"),
     (S.PRINTING, E.TERMINATE): (S.TERMINATED, "TERM-1"),
     (S.READY, E.TERMINATE): (S.TERMINATED, "TERM-1"),

@@ -1,0 +1,40 @@
+"""All the card center's services over one registry and clock."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.services.base import Context
+from gateway.services.cards import CardService
+from gateway.services.counter import MerchantService, ReceiptService, StockService
+from gateway.services.holders import HolderService
+from gateway.services.meal import MealService
+from gateway.services.money import MoneyService
+from gateway.services.operators import OperatorService
+
+
+@dataclass
+class CardCenter:
+    ctx: Context
+    operators: OperatorService
+    holders: HolderService
+    cards: CardService
+    money: MoneyService
+    stock: StockService
+    receipts: ReceiptService
+    merchants: MerchantService
+    meal: MealService
+
+    @classmethod
+    def build(cls, ctx: Context) -> CardCenter:
+        return cls(
+            ctx=ctx,
+            operators=OperatorService(ctx),
+            holders=HolderService(ctx),
+            cards=CardService(ctx),
+            money=MoneyService(ctx),
+            stock=StockService(ctx),
+            receipts=ReceiptService(ctx),
+            merchants=MerchantService(ctx),
+            meal=MealService(ctx),
+        )

@@ -1,0 +1,263 @@
+"""Mechanisms every procedure uses: applying a lifecycle event, fees with receipts, serials."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import datetime
+from json import dumps
+from typing import Any
+
+from gateway.services.base import Actor, Context
+from protocol.cards.fees import FEE_NAMES_ZH, FeeItem
+from protocol.cards.lifecycle import (
+    FINAL_STATES,
+    CardEvent,
+    ExchangeReason,
+    tap_refusal,
+    transition,
+)
+from protocol.errors import ErrorCode, OnecardError, RuleViolation
+from protocol.ledger import fee
+from protocol.types import CardKind, CardState, HolderStatus
+from storage.ports import Tx
+from storage.records import Card, Holder, Receipt
+
+SERIAL_WIDTH = 10
+LIVE_STATES = frozenset(
+    {CardState.ACTIVE, CardState.LOST, CardState.FROZEN, CardState.SUSPENDED, CardState.EXPIRED}
+)
+PENDING_STATES = frozenset({CardState.PRINTING, CardState.READY})
+
+
+def deny_status(card: Card, now: datetime) -> ErrorCode | None:
+    """How a terminal must treat this card; None = usable. Unissued cards are not listed."""
+    if card.state in PENDING_STATES:
+        return None
+    return tap_refusal(card.state, card.valid_until, now)
+
+
+async def apply_event(
+    tx: Tx,
+    card: Card,
+    event: CardEvent,
+    *,
+    now: datetime,
+    actor: Actor,
+    rule: str | None = None,
+    detail: str | None = None,
+    new_valid_until: datetime | None = None,
+    exchange_reason: ExchangeReason | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Card:
+    """The one way a card changes state: table check, row update, history, deny-list change."""
+    result = transition(
+        card.facts, event, now, new_valid_until=new_valid_until, exchange_reason=exchange_reason
+    )
+    after = result.after
+    values: dict[str, Any] = {
+        "state": after.state.value,
+        "valid_until": after.valid_until,
+        "loss_reported_at": after.loss_reported_at,
+        "frozen_at": after.frozen_at,
+        "exchange_reason": after.exchange_reason.value if after.exchange_reason else None,
+        "updated_at": now,
+        **(extra or {}),
+    }
+    if event is CardEvent.HAND_OVER:
+        values["handed_over_at"] = now
+    await tx.update("cards", card.id, values)
+    used_rule = rule or result.rule
+    await tx.insert(
+        "card_events",
+        {
+            "card_id": card.id,
+            "event": event.value,
+            "from_state": card.state.value,
+            "to_state": after.state.value,
+            "rule": used_rule,
+            "at": now,
+            "actor": actor.name,
+            "channel": actor.channel,
+            "detail": detail,
+        },
+    )
+    updated = await tx.get_card(card.id)
+    before_deny, after_deny = deny_status(card, now), deny_status(updated, now)
+    if before_deny != after_deny:
+        await tx.add_deny_change(updated, event.value, after_deny is not None, now)
+    await tx.audit(
+        now,
+        actor.name,
+        f"card.{event.value}",
+        "card",
+        card.id,
+        {"state": card.state.value},
+        {"state": after.state.value, "rule": used_rule},
+    )
+    return updated
+
+
+async def collect_fee(
+    tx: Tx, ctx: Context, holder: Holder, item: FeeItem, *, now: datetime, actor: Actor
+) -> Receipt | None:
+    """FEE-1..3: cash into fee income, with the next receipt of the open receipt book."""
+    amount = ctx.fees.amount(item)
+    if amount == 0:
+        return None
+    transfer_id = await tx.post(
+        fee(amount, memo=item.value), at=now, actor=actor.name, holder_id=holder.id
+    )
+    return await tx.issue_receipt(
+        holder_id=holder.id,
+        payer=holder.name,
+        item=f"{FEE_NAMES_ZH[item]} / {item.value}",
+        amount=amount,
+        at=now,
+        cashier=actor.name,
+        transfer_id=transfer_id,
+    )
+
+
+async def allocate_serial(tx: Tx, kind: CardKind) -> str:
+    """INV-2: the next unused serial from the blank cards the counter requisitioned."""
+    for req in await tx.find("requisitions", kind=kind.value, order_by="id"):
+        highest = await tx.used_serials_between(req["serial_from"], req["serial_to"])
+        nxt = int(req["serial_from"]) if highest is None else int(highest) + 1
+        if nxt <= int(req["serial_to"]):
+            return f"{nxt:0{SERIAL_WIDTH}d}"
+    raise OnecardError(
+        "柜台空白卡已用完，请向网络管理科科长申领新卡",
+        f"no blank {kind} cards left at the counter: requisition new cards (INV-2)",
+        code=ErrorCode.OUT_OF_STOCK,
+        rule="INV-2",
+    )
+
+
+async def new_card(
+    tx: Tx,
+    holder: Holder,
+    kind: CardKind,
+    state: CardState,
+    *,
+    now: datetime,
+    actor: Actor,
+    rule: str,
+    valid_until: datetime | None,
+    uid: str | None = None,
+    replaces: Card | None = None,
+    ready_on: Any = None,
+    type_group: int = 0,
+) -> Card:
+    serial = await allocate_serial(tx, kind)
+    card_id = await tx.insert(
+        "cards",
+        {
+            "serial": serial,
+            "uid": uid,
+            "kind": kind.value,
+            "holder_id": holder.id,
+            "state": state.value,
+            "type_group": type_group,
+            "valid_until": valid_until,
+            "ready_on": ready_on,
+            "replaces_card_id": replaces.id if replaces else None,
+            "created_at": now,
+            "handed_over_at": now if state is CardState.ACTIVE else None,
+            "updated_at": now,
+        },
+    )
+    await tx.insert(
+        "card_events",
+        {
+            "card_id": card_id,
+            "event": "issue",
+            "from_state": None,
+            "to_state": state.value,
+            "rule": rule,
+            "at": now,
+            "actor": actor.name,
+            "channel": actor.channel,
+            "detail": f"replaces card {replaces.id}" if replaces else None,
+        },
+    )
+    await tx.audit(
+        now,
+        actor.name,
+        "card.issue",
+        "card",
+        card_id,
+        None,
+        {"kind": kind.value, "state": state.value, "rule": rule},
+    )
+    return await tx.get_card(card_id)
+
+
+def verify_identity(holder: Holder, presented: str | None, rule: str) -> None:
+    """The operator checks the holder's ID card or student card (LOSS-1, LOSS-3, REP-1, ISS-7)."""
+    value = (presented or "").strip().upper()
+    if not value:
+        raise RuleViolation(
+            "须核验本人有效证件（身份证号或学号/工号）",
+            "verify the holder's valid ID: give the national ID or student/staff number shown",
+            code=ErrorCode.AUTH_FAILED,
+            rule=rule,
+        )
+    known = {x.upper() for x in (holder.national_id, holder.number) if x}
+    if value not in known:
+        raise RuleViolation(
+            "证件与持卡人信息不符",
+            "the ID shown does not match the holder",
+            code=ErrorCode.AUTH_FAILED,
+            rule=rule,
+        )
+
+
+def require_active_holder(holder: Holder) -> None:
+    if holder.status is not HolderStatus.ACTIVE:
+        raise RuleViolation(
+            "持卡人已注销", "holder deregistered", code=ErrorCode.NOT_ELIGIBLE, rule="TERM-6"
+        )
+
+
+def live_card(cards: list[Card]) -> Card | None:
+    live = [c for c in cards if c.state in LIVE_STATES]
+    return live[-1] if live else None
+
+
+def pending_card(cards: list[Card]) -> Card | None:
+    pending = [c for c in cards if c.state in PENDING_STATES]
+    return pending[-1] if pending else None
+
+
+def is_final(card: Card) -> bool:
+    return card.state in FINAL_STATES
+
+
+async def archive_and_deregister(
+    tx: Tx, holder: Holder, *, reason: str, now: datetime, actor: Actor
+) -> None:
+    """REF-4 / TERM-6: back up and record the holder's data, then deregister."""
+    snapshot = {k: v for k, v in asdict(holder).items() if k != "password_hash"}
+    snapshot["cards"] = [asdict(c) for c in await tx.cards_of_holder(holder.id)]
+    await tx.insert(
+        "holder_archive",
+        {
+            "holder_id": holder.id,
+            "at": now,
+            "actor": actor.name,
+            "reason": reason,
+            "snapshot": dumps(snapshot, ensure_ascii=False, default=str, sort_keys=True),
+        },
+    )
+    await tx.update(
+        "holders", holder.id, {"status": HolderStatus.DEREGISTERED.value, "deregistered_at": now}
+    )
+    await tx.audit(
+        now,
+        actor.name,
+        "holder.deregister",
+        "holder",
+        holder.id,
+        {"status": "active"},
+        {"status": "deregistered", "reason": reason},
+    )

@@ -1,0 +1,254 @@
+"""Holders: roster imports (ISS-1, ISS-6), holder records, self-service passwords (LOSS-1)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import Any, Protocol
+
+from gateway.services.base import Actor, Context
+from gateway.services.passwords import hash_password, verify_password
+from protocol.cards.clock import end_of_validity
+from protocol.cards.identity import default_password
+from protocol.errors import AccessDenied, ErrorCode, InvalidInput, OnecardError
+from protocol.types import HolderCategory, HolderKind, Permission
+from storage.records import Holder
+
+#: LOSS-1 self-service lockout: after this many wrong passwords the account waits LOCKOUT.
+MAX_FAILED_LOGINS = 5
+LOCKOUT = timedelta(minutes=30)
+
+
+class RosterRowLike(Protocol):
+    """What the import needs from a validated roster row (gateway.rosterio.RosterRow)."""
+
+    @property
+    def row_number(self) -> int: ...
+    @property
+    def name(self) -> str | None: ...
+    @property
+    def national_id(self) -> str | None: ...
+    @property
+    def student_number(self) -> str | None: ...
+    @property
+    def staff_number(self) -> str | None: ...
+    @property
+    def college(self) -> str | None: ...
+    @property
+    def class_name(self) -> str | None: ...
+    @property
+    def department(self) -> str | None: ...
+    @property
+    def photo(self) -> str | None: ...
+    @property
+    def valid_until(self) -> date | None: ...
+
+
+@dataclass
+class ImportReport:
+    kind: str
+    imported: int = 0
+    skipped_existing: list[tuple[int, str]] = field(default_factory=list)  # (row, reason)
+    holder_ids: list[int] = field(default_factory=list)
+
+
+class HolderService:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    async def import_roster(
+        self,
+        actor: Actor,
+        kind: HolderKind,
+        rows: Sequence[RosterRowLike],
+        *,
+        default_valid_through: date | None = None,
+    ) -> ImportReport:
+        """ISS-1 / ISS-6: holders from the admitted-student or new-staff list, in one transaction.
+
+        Rows are already validated by :mod:`gateway.rosterio`; a number or national ID that is
+        already registered is refused here (nothing imported) — the caller reports it.
+        """
+        actor.require(Permission.CARD_HANDLING)
+        if kind is HolderKind.TEMPORARY:
+            raise InvalidInput(
+                "其他人员逐个登记", "temporary holders are registered one by one", rule="ISS-9"
+            )
+        now = self.ctx.clock.now()
+        report = ImportReport(kind=kind.value)
+        async with self.ctx.registry.transaction() as tx:
+            for row in rows:
+                number = row.student_number if kind is HolderKind.STUDENT else row.staff_number
+                if number and await tx.find("holders", kind=kind.value, number=number):
+                    raise OnecardError(
+                        f"第 {row.row_number} 行：学号/工号 {number} 已登记",
+                        f"row {row.row_number}: number {number} is registered already",
+                        code=ErrorCode.DUPLICATE,
+                        rule="ISS-1" if kind is HolderKind.STUDENT else "ISS-6",
+                    )
+                if row.national_id and await tx.find(
+                    "holders", national_id=row.national_id, status="active"
+                ):
+                    raise OnecardError(
+                        f"第 {row.row_number} 行：身份证号已登记",
+                        f"row {row.row_number}: national ID is registered already",
+                        code=ErrorCode.DUPLICATE,
+                        rule="ISS-1" if kind is HolderKind.STUDENT else "ISS-6",
+                    )
+                valid = row.valid_until or default_valid_through
+                values: dict[str, Any] = {
+                    "kind": kind.value,
+                    "category": HolderCategory.STUDENT.value
+                    if kind is HolderKind.STUDENT
+                    else HolderCategory.STAFF.value,
+                    "number": number or None,
+                    "name": row.name or "",
+                    "national_id": row.national_id,
+                    "college": row.college,
+                    "class_name": row.class_name,
+                    "department": row.department,
+                    "photo_ref": row.photo,
+                    "valid_until": end_of_validity(valid) if valid else None,
+                    "password_hash": hash_password(default_password(row.national_id))
+                    if row.national_id
+                    else None,
+                    "created_at": now,
+                }
+                report.holder_ids.append(await tx.insert("holders", values))
+                report.imported += 1
+            await tx.audit(
+                now,
+                actor.name,
+                "holder.import",
+                "roster",
+                kind.value,
+                None,
+                {"rows": report.imported},
+            )
+        return report
+
+    async def update(
+        self, actor: Actor, holder_id: int, changes: dict[str, str], *, reason: str
+    ) -> Holder:
+        """REP-3: complete missing holder data (name, number, college, class, department, photo)."""
+        actor.require(Permission.CARD_HANDLING)
+        allowed = {"name", "college", "class_name", "department", "photo_ref"}
+        if not changes or set(changes) - allowed:
+            raise InvalidInput(
+                f"可补充的信息：{', '.join(sorted(allowed))}",
+                f"fields: {', '.join(sorted(allowed))}",
+                rule="REP-3",
+            )
+        now = self.ctx.clock.now()
+        async with self.ctx.registry.transaction() as tx:
+            holder = await tx.get_holder(holder_id)
+            before = {k: getattr(holder, k) for k in changes}
+            await tx.update("holders", holder_id, changes)
+            await tx.audit(
+                now,
+                actor.name,
+                "holder.update",
+                "holder",
+                holder_id,
+                before,
+                {**changes, "reason": reason},
+            )
+            return await tx.get_holder(holder_id)
+
+    # --- self-service authentication (LOSS-1) ------------------------------------------------
+    async def authenticate(self, number: str, password: str, *, channel: str) -> Actor:
+        """Number + password (default: last 6 of the national ID), with a lockout."""
+        now = self.ctx.clock.now()
+        wrong = AccessDenied(
+            "学号/工号或密码错误",
+            "wrong number or password",
+            code=ErrorCode.AUTH_FAILED,
+            rule="LOSS-1",
+        )
+        async with self.ctx.registry.transaction() as tx:
+            candidates = [
+                h
+                for h in await tx.holders_by_number(number)
+                if h.status == "active" and h.password_hash
+            ]
+            if not candidates:
+                raise wrong
+            for holder in candidates:
+                if holder.locked_until is not None and holder.locked_until > now:
+                    continue
+                assert holder.password_hash is not None
+                if verify_password(password, holder.password_hash):
+                    if holder.failed_logins:
+                        await tx.update(
+                            "holders", holder.id, {"failed_logins": 0, "locked_until": None}
+                        )
+                    return Actor(name=f"holder:{holder.id}", channel=channel, holder_id=holder.id)
+            locked_any = False
+            for holder in candidates:
+                if holder.locked_until is not None and holder.locked_until > now:
+                    locked_any = True
+                    continue
+                failed = holder.failed_logins + 1
+                locked = now + LOCKOUT if failed >= MAX_FAILED_LOGINS else None
+                await tx.update(
+                    "holders",
+                    holder.id,
+                    {"failed_logins": 0 if locked else failed, "locked_until": locked},
+                )
+                locked_any = locked_any or locked is not None
+        if locked_any:
+            raise AccessDenied(
+                "密码错误次数过多，请30分钟后再试或到智能卡中心办理",
+                "too many wrong passwords: try again in 30 minutes or visit the counter",
+                code=ErrorCode.ACCOUNT_LOCKED,
+                rule="LOSS-1",
+            )
+        raise wrong
+
+    async def change_password(self, actor: Actor, old: str, new: str) -> None:
+        if actor.holder_id is None:
+            raise AccessDenied(
+                "仅持卡人本人可修改",
+                "only the holder can change this password",
+                code=ErrorCode.PERMISSION_DENIED,
+            )
+        if len(new) < 6 or new == old:
+            raise InvalidInput(
+                "新密码至少6位且不同于原密码",
+                "the new password has 6+ characters and differs from the old",
+                rule="LOSS-1",
+            )
+        now = self.ctx.clock.now()
+        async with self.ctx.registry.transaction() as tx:
+            holder = await tx.get_holder(actor.holder_id)
+            if not holder.password_hash or not verify_password(old, holder.password_hash):
+                raise AccessDenied(
+                    "原密码错误",
+                    "wrong current password",
+                    code=ErrorCode.AUTH_FAILED,
+                    rule="LOSS-1",
+                )
+            await tx.update("holders", holder.id, {"password_hash": hash_password(new)})
+            await tx.audit(now, actor.name, "holder.password_changed", "holder", holder.id)
+
+    async def reset_password(self, actor: Actor, holder_id: int) -> None:
+        """At the counter: back to the default (last 6 of the national ID), lockout lifted."""
+        actor.require(Permission.CARD_HANDLING)
+        now = self.ctx.clock.now()
+        async with self.ctx.registry.transaction() as tx:
+            holder = await tx.get_holder(holder_id)
+            if not holder.national_id:
+                raise InvalidInput(
+                    "持卡人无身份证号", "holder has no national ID on record", rule="LOSS-1"
+                )
+            await tx.update(
+                "holders",
+                holder_id,
+                {
+                    "password_hash": hash_password(default_password(holder.national_id)),
+                    "failed_logins": 0,
+                    "locked_until": None,
+                },
+            )
+            await tx.audit(now, actor.name, "holder.password_reset", "holder", holder_id)

@@ -1,0 +1,135 @@
+"""Top-up, consumption correction and cash-out (TOP-1, TOP-2, REF-2, TERM-4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.services.base import Actor, Context
+from gateway.services.common import require_active_holder
+from protocol.errors import ErrorCode, RuleViolation
+from protocol.ledger import (
+    AccountKind,
+    TransferKind,
+    account_kind,
+    cash,
+    cash_out,
+    correction,
+    purse,
+    topup,
+)
+from protocol.ledger.postings import TransferSpec
+from protocol.types import CardState, Permission
+from storage.records import Holder, Transfer
+
+
+@dataclass(frozen=True, slots=True)
+class MoneyResult:
+    transfer_id: int
+    balance: int
+
+
+class MoneyService:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    async def topup(
+        self, actor: Actor, serial: str, amount: int, *, point: str = "counter"
+    ) -> MoneyResult:
+        """TOP-1: a cash point tops up the holder's purse (the balance follows the holder)."""
+        actor.require(Permission.TOPUP_CENTER)
+        now = self.ctx.clock.now()
+        async with self.ctx.registry.transaction() as tx:
+            card = await tx.card_by_serial(serial)
+            holder = await tx.get_holder(card.holder_id)
+            require_active_holder(holder)
+            if card.state in {CardState.TERMINATED, CardState.SCRAPPED, CardState.REFUNDED}:
+                raise RuleViolation(
+                    "卡片已终止，不能充值",
+                    "the card has ended: no top-up",
+                    code=ErrorCode.CARD_TERMINATED,
+                    rule="TERM-1",
+                )
+            tid = await tx.post(
+                topup(holder.id, amount, cash(point)),
+                at=now,
+                actor=actor.name,
+                card_id=card.id,
+                holder_id=holder.id,
+            )
+            return MoneyResult(tid, await tx.balance(purse(holder.id)))
+
+    async def correct(
+        self, actor: Actor, transfer_id: int, amount: int, *, reason: str
+    ) -> MoneyResult:
+        """TOP-2: the logistics department gives back an over-deduction at its POS; the
+        correction refers to the original sale and never exceeds it."""
+        actor.require(Permission.CONSUMPTION_CORRECTION)
+        now = self.ctx.clock.now()
+        async with self.ctx.registry.transaction() as tx:
+            original = await tx.get_transfer(transfer_id)
+            spec = TransferSpec(
+                TransferKind(original.kind), original.source, original.dest, original.amount
+            )
+            if spec.kind is not TransferKind.PURCHASE:
+                raise RuleViolation(
+                    "只能对消费交易纠错",
+                    "only a purchase can be corrected",
+                    code=ErrorCode.INVALID_INPUT,
+                    rule="TOP-2",
+                )
+            merchant = await tx.get("merchants", original.dest.split(":", 1)[1])
+            if merchant is not None and merchant["operator_dept"] != "后勤管理处":
+                raise RuleViolation(
+                    "只纠正后勤管理处管辖POS的多扣款",
+                    "only POS run by the logistics department are corrected here",
+                    code=ErrorCode.NOT_ELIGIBLE,
+                    rule="TOP-2",
+                )
+            already = await tx.referencing_total(transfer_id)
+            fix = correction(spec, transfer_id, amount, already)
+            fix = TransferSpec(
+                fix.kind, fix.source, fix.dest, fix.amount, ref=fix.ref, memo=reason[:200]
+            )
+            holder_id = int(original.source.split(":", 1)[1])
+            tid = await tx.post(
+                fix, at=now, actor=actor.name, card_id=original.card_id, holder_id=holder_id
+            )
+            return MoneyResult(tid, await tx.balance(purse(holder_id)))
+
+    async def cash_out(self, actor: Actor, serial: str, *, point: str = "counter") -> MoneyResult:
+        """REF-2 / TERM-4: the holder settles (cashes out) the whole balance at a cash point."""
+        actor.require(Permission.TOPUP_CENTER)
+        now = self.ctx.clock.now()
+        async with self.ctx.registry.transaction() as tx:
+            card = await tx.card_by_serial(serial)
+            holder = await tx.get_holder(card.holder_id)
+            balance = await tx.balance(purse(holder.id))
+            if balance == 0:
+                raise RuleViolation(
+                    "余额为零，无需结清",
+                    "the balance is zero already",
+                    code=ErrorCode.INVALID_AMOUNT,
+                    rule="REF-2",
+                )
+            tid = await tx.post(
+                cash_out(holder.id, balance, point),
+                at=now,
+                actor=actor.name,
+                card_id=card.id,
+                holder_id=holder.id,
+            )
+            return MoneyResult(tid, 0)
+
+    async def statement(
+        self, actor: Actor, holder: Holder, limit: int = 20
+    ) -> tuple[int, list[Transfer]]:
+        """Balance and recent transfers of a holder's purse."""
+        if actor.holder_id != holder.id:
+            actor.require(Permission.REPORTS)
+        async with self.ctx.registry.read() as tx:
+            account = purse(holder.id)
+            return await tx.balance(account), await tx.transfers_of(account, limit)
+
+
+def is_purse(account: str) -> bool:
+    return account_kind(account) is AccountKind.PURSE

@@ -1,0 +1,261 @@
+"""Function (operator) accounts: ACC-1 permissions, ACC-2 real-name accounts, ACC-3 first login."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import timedelta
+
+from gateway.services.base import Actor, Context
+from gateway.services.passwords import (
+    MIN_OPERATOR_PASSWORD,
+    hash_password,
+    new_token,
+    token_hash,
+    verify_password,
+)
+from protocol.errors import AccessDenied, Duplicate, ErrorCode, InvalidInput, NotFound
+from protocol.types import Permission
+from storage.ports import Tx
+from storage.records import Row
+
+SESSION_TTL = timedelta(hours=12)
+MAX_FAILED_LOGINS = 5
+LOCKOUT = timedelta(minutes=15)
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    token: str
+    actor: Actor
+    must_change_password: bool
+
+
+def _actor(row: Row) -> Actor:
+    return Actor(
+        name=str(row["username"]),
+        permissions=frozenset(Permission(p) for p in json.loads(row["permissions"])),
+        operator_id=int(row["id"]),
+    )
+
+
+def _check_new_password(username: str, password: str) -> None:
+    if len(password) < MIN_OPERATOR_PASSWORD or password.isdigit() or username in password:
+        raise InvalidInput(
+            f"密码至少{MIN_OPERATOR_PASSWORD}位，不能全是数字，不能包含账号名",
+            f"a password has at least {MIN_OPERATOR_PASSWORD} characters, not only digits, "
+            "and does not contain the user name",
+            rule="ACC-3",
+        )
+
+
+class OperatorService:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    async def bootstrap(self, username: str, real_name: str, password: str) -> int:
+        """The first account (section chief, 科长) with every permission; only on an empty table."""
+        now = self.ctx.clock.now()
+        async with self.ctx.registry.transaction() as tx:
+            if await tx.count("operators"):
+                raise Duplicate(
+                    "已存在操作员账号", "operator accounts exist already: use `operator add`"
+                )
+            op_id = await tx.insert(
+                "operators",
+                {
+                    "username": username,
+                    "real_name": real_name,
+                    "department": "网管中心",
+                    "permissions": json.dumps(sorted(Permission)),
+                    "password_hash": hash_password(password),
+                    "must_change_password": True,
+                    "created_at": now,
+                    "created_by": "init",
+                    "approved_by": real_name,
+                    "application_ref": "initial installation",
+                },
+            )
+            await tx.audit(
+                now, "init", "operator.bootstrap", "operator", op_id, None, {"username": username}
+            )
+        return op_id
+
+    async def create(
+        self,
+        actor: Actor,
+        *,
+        username: str,
+        real_name: str,
+        department: str,
+        permissions: list[Permission],
+        approved_by: str,
+        application_ref: str,
+        initial_password: str,
+    ) -> int:
+        """ACC-2: a real-name account from a written application approved by the center head."""
+        actor.require(Permission.ACCOUNTS_ADMIN)
+        if not real_name.strip() or not approved_by.strip() or not application_ref.strip():
+            raise InvalidInput(
+                "须填写真实姓名、审批人和书面申请编号",
+                "real name, approver and the written application reference are required",
+                rule="ACC-2",
+            )
+        if not permissions:
+            raise InvalidInput("须至少授予一项权限", "grant at least one permission", rule="ACC-1")
+        now = self.ctx.clock.now()
+        async with self.ctx.registry.transaction() as tx:
+            if await tx.find("operators", username=username):
+                raise Duplicate(f"账号 {username} 已存在", f"account {username} exists already")
+            values = {
+                "username": username,
+                "real_name": real_name,
+                "department": department,
+                "permissions": json.dumps(sorted(permissions)),
+                "password_hash": hash_password(initial_password),
+                "must_change_password": True,
+                "created_at": now,
+                "created_by": actor.name,
+                "approved_by": approved_by,
+                "application_ref": application_ref,
+            }
+            op_id = await tx.insert("operators", values)
+            public = {k: v for k, v in values.items() if k != "password_hash"}
+            await tx.audit(now, actor.name, "operator.create", "operator", op_id, None, public)
+        return op_id
+
+    async def set_disabled(self, actor: Actor, username: str, disabled: bool) -> None:
+        actor.require(Permission.ACCOUNTS_ADMIN)
+        now = self.ctx.clock.now()
+        async with self.ctx.registry.transaction() as tx:
+            row = await self._row(tx, username)
+            await tx.update("operators", row["id"], {"disabled": disabled})
+            await tx.audit(
+                now,
+                actor.name,
+                "operator.disable" if disabled else "operator.enable",
+                "operator",
+                row["id"],
+                {"disabled": row["disabled"]},
+                {"disabled": disabled},
+            )
+            if disabled:
+                for session in await tx.find("operator_sessions", operator_id=row["id"]):
+                    await tx.update("operator_sessions", session["token_hash"], {"expires_at": now})
+
+    async def _row(self, tx: Tx, username: str) -> Row:
+        rows = await tx.find("operators", username=username)
+        if not rows:
+            raise NotFound(f"无此账号 {username}", f"no account {username}")
+        return rows[0]
+
+    async def login(self, username: str, password: str) -> Session:
+        """Check the password (lockout after repeated failures) and open a session.
+
+        A failed attempt is counted and committed before the refusal is raised.
+        """
+        now = self.ctx.clock.now()
+        wrong = AccessDenied(
+            "账号或密码错误", "wrong user name or password", code=ErrorCode.AUTH_FAILED
+        )
+        async with self.ctx.registry.transaction() as tx:
+            rows = await tx.find("operators", username=username)
+            if not rows:
+                raise wrong
+            row = rows[0]
+            if row["disabled"]:
+                raise AccessDenied("账号已停用", "account disabled", code=ErrorCode.ACCOUNT_LOCKED)
+            if row["locked_until"] is not None and row["locked_until"] > now:
+                raise AccessDenied(
+                    "密码错误次数过多，账号暂时锁定",
+                    "too many wrong passwords: account locked for now",
+                    code=ErrorCode.ACCOUNT_LOCKED,
+                )
+            ok = verify_password(password, row["password_hash"])
+            if not ok:
+                failed = int(row["failed_logins"]) + 1
+                locked = now + LOCKOUT if failed >= MAX_FAILED_LOGINS else None
+                await tx.update(
+                    "operators",
+                    row["id"],
+                    {"failed_logins": 0 if locked else failed, "locked_until": locked},
+                )
+                await tx.audit(now, username, "operator.login_failed", "operator", row["id"])
+            else:
+                token, digest = new_token()
+                await tx.update("operators", row["id"], {"failed_logins": 0, "locked_until": None})
+                await tx.insert(
+                    "operator_sessions",
+                    {
+                        "token_hash": digest,
+                        "operator_id": row["id"],
+                        "created_at": now,
+                        "expires_at": now + SESSION_TTL,
+                    },
+                )
+                await tx.audit(now, username, "operator.login", "operator", row["id"])
+        if not ok:
+            raise wrong
+        return Session(
+            token=token, actor=_actor(row), must_change_password=bool(row["must_change_password"])
+        )
+
+    async def authenticate(self, token: str, *, allow_password_change_only: bool = False) -> Actor:
+        """The operator behind a session token; ACC-3: nothing else until the password changes."""
+        now = self.ctx.clock.now()
+        async with self.ctx.registry.read() as tx:
+            session = await tx.get("operator_sessions", token_hash(token))
+            if session is None or session["expires_at"] <= now:
+                raise AccessDenied(
+                    "请先登录",
+                    "not logged in or session expired: run `onecard login`",
+                    code=ErrorCode.AUTH_FAILED,
+                )
+            row = await tx.get("operators", session["operator_id"])
+        assert row is not None
+        if row["disabled"]:
+            raise AccessDenied("账号已停用", "account disabled", code=ErrorCode.ACCOUNT_LOCKED)
+        if row["must_change_password"] and not allow_password_change_only:
+            raise AccessDenied(
+                "首次使用须先修改初始密码：onecard passwd",
+                "change the initial password first: `onecard passwd`",
+                code=ErrorCode.PASSWORD_CHANGE_REQUIRED,
+                rule="ACC-3",
+            )
+        return _actor(row)
+
+    async def change_password(self, token: str, old: str, new: str) -> None:
+        actor = await self.authenticate(token, allow_password_change_only=True)
+        _check_new_password(actor.name, new)
+        if old == new:
+            raise InvalidInput(
+                "新密码不能与原密码相同",
+                "the new password must differ from the old one",
+                rule="ACC-3",
+            )
+        now = self.ctx.clock.now()
+        async with self.ctx.registry.transaction() as tx:
+            row = await tx.get("operators", actor.operator_id)
+            assert row is not None
+            if not verify_password(old, row["password_hash"]):
+                raise AccessDenied(
+                    "原密码错误", "wrong current password", code=ErrorCode.AUTH_FAILED
+                )
+            await tx.update(
+                "operators",
+                row["id"],
+                {"password_hash": hash_password(new), "must_change_password": False},
+            )
+            await tx.audit(now, actor.name, "operator.password_changed", "operator", row["id"])
+
+    async def logout(self, token: str) -> None:
+        now = self.ctx.clock.now()
+        async with self.ctx.registry.transaction() as tx:
+            if await tx.get("operator_sessions", token_hash(token)) is not None:
+                await tx.update("operator_sessions", token_hash(token), {"expires_at": now})
+
+    async def list(self, actor: Actor) -> list[Row]:
+        actor.require(Permission.ACCOUNTS_ADMIN)
+        async with self.ctx.registry.read() as tx:
+            rows = await tx.find("operators", order_by="id")
+        return [{k: v for k, v in r.items() if k != "password_hash"} for r in rows]

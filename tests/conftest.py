@@ -1,0 +1,94 @@
+"""Shared fixtures: a real SQLite registry file per test, a movable clock, a seeded counter."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pytest_asyncio
+
+from gateway.services.base import Actor, Context, FixedClock
+from gateway.services.center import CardCenter
+from protocol.cards.identity import make_national_id
+from protocol.types import CardKind, HolderKind, Permission
+from storage.sql import SqlRegistry
+
+#: A Monday morning in term time, campus time 10:05.
+T0 = datetime(2026, 11, 23, 2, 5, tzinfo=UTC)
+
+
+@dataclass
+class StudentRow:
+    row_number: int
+    name: str | None
+    national_id: str | None
+    student_number: str | None
+    staff_number: str | None = None
+    college: str | None = "计算机学院"
+    class_name: str | None = "计科2026-1班"
+    department: str | None = None
+    photo: str | None = "photo/0001.jpg"
+    valid_until: date | None = date(2030, 7, 31)
+
+
+def student_rows(n: int, *, start: int = 1, class_name: str = "计科2026-1班") -> list[StudentRow]:
+    return [
+        StudentRow(
+            row_number=i + 2,
+            name=f"学生{start + i}",
+            national_id=make_national_id("511502", date(2007, 1, 1 + (start + i) % 28), start + i),
+            student_number=f"2026{start + i:06d}",
+            class_name=class_name,
+        )
+        for i in range(n)
+    ]
+
+
+@dataclass
+class Counter:
+    """A card center on a fresh SQLite file with stock, a receipt book and a counter operator."""
+
+    center: CardCenter
+    clock: FixedClock
+    registry: SqlRegistry
+    admin: Actor
+    path: Path
+
+    @property
+    def op(self) -> Actor:
+        return self.admin
+
+
+@pytest_asyncio.fixture
+async def registry(tmp_path: Path) -> AsyncIterator[SqlRegistry]:
+    reg = await SqlRegistry.open(tmp_path / "registry.sqlite3", migrate=True)
+    yield reg
+    await reg.close()
+
+
+@pytest_asyncio.fixture
+async def counter(registry: SqlRegistry, tmp_path: Path) -> Counter:
+    clock = FixedClock(T0)
+    center = CardCenter.build(Context(registry=registry, clock=clock))
+    admin = Actor(name="chief", permissions=frozenset(Permission), operator_id=1)
+    await center.stock.purchase(admin, CardKind.SMART, 1000, "2026")
+    await center.stock.purchase(admin, CardKind.TEMP, 1000, "2026")
+    await center.stock.requisition(
+        admin, CardKind.SMART, 500, issued_by="王科长", usage_note="新生入学"
+    )
+    await center.stock.requisition(
+        admin, CardKind.TEMP, 500, issued_by="王科长", usage_note="新生入学"
+    )
+    await center.receipts.add_book(admin, "B0001", 1, 50)
+    await center.receipts.add_book(admin, "B0002", 51, 100)
+    return Counter(center, clock, registry, admin, tmp_path / "registry.sqlite3")
+
+
+async def import_students(
+    c: Counter, n: int = 3, *, start: int = 1, class_name: str = "计科2026-1班"
+) -> list[int]:
+    rows = student_rows(n, start=start, class_name=class_name)
+    report = await c.center.holders.import_roster(c.admin, HolderKind.STUDENT, rows)
+    return report.holder_ids
