@@ -1,0 +1,87 @@
+"""Envelopes around every request and reply of the terminal contract.
+
+Request::
+
+    {"v": 1, "request_id": "pos-001-000042", "data": {...}}
+
+Reply::
+
+    {"v": 1, "request_id": "pos-001-000042", "ok": true, "data": {...}}
+    {"v": 1, "request_id": "pos-001-000042", "ok": false,
+     "error": {"code": "card_lost", "message": "卡片已挂失 / card reported lost", "rule": "LOSS-2"}}
+
+``request_id`` is the idempotency key, unique per terminal; a reply to a payload whose
+``request_id`` could not be read carries ``null``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Generic, Self, TypeVar
+
+from pydantic import BaseModel, Field, StringConstraints, model_validator
+
+from protocol.errors import ErrorCode, OnecardError, bilingual
+from protocol.wire.fields import RequestId, RuleId, WireModel
+
+__all__ = [
+    "WIRE_VERSION",
+    "ErrorBody",
+    "Reply",
+    "Request",
+    "error_body",
+]
+
+WIRE_VERSION = 1
+
+DataT = TypeVar("DataT", bound=BaseModel)
+EnvelopeVersion = Annotated[int, Field(ge=WIRE_VERSION, le=WIRE_VERSION)]
+
+
+class Request(WireModel, Generic[DataT]):
+    v: EnvelopeVersion
+    request_id: RequestId
+    data: DataT
+
+
+class ErrorBody(WireModel):
+    code: ErrorCode
+    #: zh-CN first, English beside it: ``卡片已挂失 / card reported lost``.
+    message: Annotated[str, StringConstraints(min_length=1, max_length=500)]
+    #: The card-center rule that refused the request (``LOSS-3``), when there is one.
+    rule: RuleId | None = None
+
+
+class Reply(WireModel, Generic[DataT]):
+    """A reply as a terminal decodes it: ``data`` when ``ok``, ``error`` otherwise."""
+
+    v: EnvelopeVersion
+    request_id: RequestId | None
+    ok: bool
+    data: DataT | None = None
+    error: ErrorBody | None = None
+
+    @model_validator(mode="after")
+    def _ok_xor_error(self) -> Self:
+        if self.ok and (self.data is None or self.error is not None):
+            raise ValueError("ok replies carry data and no error")
+        if not self.ok and (self.error is None or self.data is not None):
+            raise ValueError("error replies carry error and no data")
+        return self
+
+
+def error_body(
+    error: OnecardError | ErrorCode, *, detail: str | None = None, rule: str | None = None
+) -> ErrorBody:
+    """The ``error`` object for an exception or a bare code; ``detail`` (English) is appended."""
+    if isinstance(error, OnecardError):
+        code = error.code
+        message = f"{error.message_zh} / {error.message_en}"
+        rule = rule or error.rule
+    else:
+        code = error
+        message = bilingual(error)
+    if detail:
+        message = f"{message}: {detail}"
+    if len(message) > 500:
+        message = message[:499] + "…"
+    return ErrorBody(code=code, message=message, rule=rule)
