@@ -65,6 +65,17 @@ class SqlTx:
             ) from exc
         return int(result.scalar_one())
 
+    async def put(self, table: str, values: Mapping[str, Any]) -> None:
+        """Insert a row whose key the caller gives (text keys: sessions, merchants)."""
+        t = _table(table)
+        try:
+            await self.conn.execute(insert(t).values(**values))
+        except IntegrityError as exc:
+            raise Duplicate(
+                f"{table} 记录重复或不符合约束",
+                f"{table}: duplicate or breaks a constraint ({exc.orig})",
+            ) from exc
+
     async def update(self, table: str, key: Any, values: Mapping[str, Any]) -> None:
         t = _table(table)
         result = await self.conn.execute(update(t).where(_pk(t) == key).values(**values))

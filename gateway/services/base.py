@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Protocol
 
 from protocol.cards.fees import FeeSchedule
@@ -35,8 +35,6 @@ class FixedClock:
         self._now = moment
 
     def advance(self, **delta: float) -> datetime:
-        from datetime import timedelta
-
         self._now += timedelta(**delta)
         return self._now
 
@@ -70,3 +68,8 @@ class Context:
     clock: Clock
     fees: FeeSchedule = field(default_factory=FeeSchedule)
     holidays: Collection[date] = ()
+    #: Real time for sessions and lockouts, even when ``clock`` is moved for training/tests.
+    wall_clock: Clock | None = None
+
+    def wall_now(self) -> datetime:
+        return (self.wall_clock or self.clock).now()

@@ -209,7 +209,7 @@ class MerchantService:
         actor.require(Permission.TERMINALS)
         now = self.ctx.clock.now()
         async with self.ctx.registry.transaction() as tx:
-            await tx.insert(
+            await tx.put(
                 "merchants", {"id": merchant_id, "name": name, "operator_dept": operator_dept}
             )
             await tx.audit(

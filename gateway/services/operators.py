@@ -154,7 +154,7 @@ class OperatorService:
 
         A failed attempt is counted and committed before the refusal is raised.
         """
-        now = self.ctx.clock.now()
+        now = self.ctx.wall_now()
         wrong = AccessDenied(
             "账号或密码错误", "wrong user name or password", code=ErrorCode.AUTH_FAILED
         )
@@ -184,7 +184,7 @@ class OperatorService:
             else:
                 token, digest = new_token()
                 await tx.update("operators", row["id"], {"failed_logins": 0, "locked_until": None})
-                await tx.insert(
+                await tx.put(
                     "operator_sessions",
                     {
                         "token_hash": digest,
@@ -202,7 +202,7 @@ class OperatorService:
 
     async def authenticate(self, token: str, *, allow_password_change_only: bool = False) -> Actor:
         """The operator behind a session token; ACC-3: nothing else until the password changes."""
-        now = self.ctx.clock.now()
+        now = self.ctx.wall_now()
         async with self.ctx.registry.read() as tx:
             session = await tx.get("operator_sessions", token_hash(token))
             if session is None or session["expires_at"] <= now:
@@ -233,7 +233,7 @@ class OperatorService:
                 "the new password must differ from the old one",
                 rule="ACC-3",
             )
-        now = self.ctx.clock.now()
+        now = self.ctx.wall_now()
         async with self.ctx.registry.transaction() as tx:
             row = await tx.get("operators", actor.operator_id)
             assert row is not None
@@ -249,7 +249,7 @@ class OperatorService:
             await tx.audit(now, actor.name, "operator.password_changed", "operator", row["id"])
 
     async def logout(self, token: str) -> None:
-        now = self.ctx.clock.now()
+        now = self.ctx.wall_now()
         async with self.ctx.registry.transaction() as tx:
             if await tx.get("operator_sessions", token_hash(token)) is not None:
                 await tx.update("operator_sessions", token_hash(token), {"expires_at": now})

@@ -1,0 +1,976 @@
+"""``onecard``: the card center's command line (zh-CN first, English beside it)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from datetime import date
+from pathlib import Path
+
+import click
+
+from gateway.cli.runtime import (
+    DEFAULT_DB,
+    EXIT_REFUSED,
+    Options,
+    emit,
+    emit_table,
+    read_secret,
+    read_token,
+    run,
+    run_as,
+    write_token,
+)
+from gateway.services.base import Actor
+from gateway.services.cards import CardResult
+from gateway.services.center import CardCenter
+from protocol.cards.clock import fmt_local
+from protocol.cards.fees import parse_yuan, yuan
+from protocol.cards.identity import mask_national_id
+from protocol.cards.lifecycle import STATE_NAMES_ZH
+from protocol.ledger import purse
+from protocol.types import CardKind, HolderCategory, HolderKind, Permission
+from storage.records import Card, Holder, Transfer
+
+pass_opts = click.make_pass_decorator(Options)
+
+
+def holder_ref(text: str) -> str | int:
+    """``#12`` is holder id 12; anything else is a student/staff number."""
+    return int(text[1:]) if text.startswith("#") and text[1:].isdigit() else text
+
+
+def card_line(card: Card) -> str:
+    state = f"{STATE_NAMES_ZH[card.state]} {card.state.value}"
+    extra = (
+        f"，可领取 ready on {card.ready_on}"
+        if card.ready_on and card.state.value == "ready"
+        else ""
+    )
+    return f"卡号 card {card.serial}（{card.kind.value}）状态 state: {state}{extra}"
+
+
+def result_text(result: CardResult) -> str:
+    lines = [card_line(result.card)]
+    if result.old_card is not None:
+        lines.append("原卡 old " + card_line(result.old_card))
+    lines.extend(
+        f"收据 receipt No.{r.receipt_no}: {r.item} {yuan(r.amount)} 元 yuan"
+        for r in result.receipts
+    )
+    if result.note:
+        lines.append(result.note)
+    return "\n".join(lines)
+
+
+def parse_day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(f"expected YYYY-MM-DD, got {text!r}") from None
+
+
+@click.group()
+@click.option(
+    "--db",
+    default=lambda: os.environ.get("ONECARD_DB", DEFAULT_DB),
+    show_default="$ONECARD_DB or var/onecard.sqlite3",
+    help="SQLite file or postgresql:// URL",
+)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.pass_context
+def cli(ctx: click.Context, db: str, as_json: bool) -> None:
+    """onecard 校园一卡通 — card center counter tools and terminal gateway."""
+    ctx.obj = Options(db=db, json=as_json)
+
+
+# --- set-up and accounts (ACC) ---------------------------------------------------------------
+@cli.command()
+@click.option("--admin", "username", required=True, help="first account (section chief)")
+@click.option("--name", "real_name", required=True, help="real name (ACC-2)")
+@click.option("--password-stdin", is_flag=True)
+@pass_opts
+def init(opts: Options, username: str, real_name: str, password_stdin: bool) -> None:
+    """Create/upgrade the registry and the first operator account (initial password, ACC-3)."""
+    password = read_secret("initial password", password_stdin)
+    op_id = run(opts, lambda c: c.operators.bootstrap(username, real_name, password), migrate=True)
+    emit(
+        opts,
+        {"operator_id": op_id},
+        f"已初始化 initialised {opts.db}; 首次登录须修改密码 change the password at first login",
+    )
+
+
+@cli.group()
+def db() -> None:
+    """Schema migrations."""
+
+
+@db.command("upgrade")
+@pass_opts
+def db_upgrade(opts: Options) -> None:
+    """Bring the schema to this version's head (refuses a newer schema)."""
+
+    async def body(_: CardCenter) -> None:
+        return None
+
+    run(opts, body, migrate=True)
+    emit(opts, {"upgraded": True}, "数据库已是最新 schema at head")
+
+
+@cli.command()
+@click.argument("username")
+@click.option("--password-stdin", is_flag=True)
+@pass_opts
+def login(opts: Options, username: str, password_stdin: bool) -> None:
+    """Log in; the session is kept (mode 600) for the following commands."""
+    password = read_secret("password", password_stdin)
+    session = run(opts, lambda c: c.operators.login(username, password))
+    write_token(opts, session.token, username)
+    note = (
+        "；首次登录请先修改密码：onecard passwd / change your initial password first"
+        if session.must_change_password
+        else ""
+    )
+    emit(
+        opts,
+        {"user": username, "must_change_password": session.must_change_password},
+        f"已登录 logged in as {username}{note}",
+    )
+
+
+@cli.command()
+@pass_opts
+def logout(opts: Options) -> None:
+    token = read_token(opts)
+    run(opts, lambda c: c.operators.logout(token))
+    opts.session_file.unlink(missing_ok=True)
+    emit(opts, {"logged_out": True}, "已退出 logged out")
+
+
+@cli.command()
+@click.option("--stdin", "from_stdin", is_flag=True, help="read old and new password as two lines")
+@pass_opts
+def passwd(opts: Options, from_stdin: bool) -> None:
+    """Change your password (ACC-3: required at first use)."""
+    token = read_token(opts)
+    old = read_secret("current password", from_stdin)
+    new = read_secret("new password", from_stdin)
+    run(opts, lambda c: c.operators.change_password(token, old, new))
+    emit(opts, {"changed": True}, "密码已修改 password changed")
+
+
+@cli.command()
+@pass_opts
+def whoami(opts: Options) -> None:
+    actor = run_as(opts, lambda _c, a: _actor(a))
+    emit(opts, actor, f"{actor.name}: {', '.join(sorted(actor.permissions))}")
+
+
+async def _actor(actor: Actor) -> Actor:
+    return actor
+
+
+@cli.group()
+def operator() -> None:
+    """Function accounts (ACC-1..3)."""
+
+
+@operator.command("add")
+@click.argument("username")
+@click.option("--name", "real_name", required=True)
+@click.option("--department", required=True)
+@click.option(
+    "--permission",
+    "permissions",
+    multiple=True,
+    required=True,
+    type=click.Choice([p.value for p in Permission]),
+)
+@click.option("--approved-by", required=True, help="center head who approved (ACC-2)")
+@click.option(
+    "--application", "application_ref", required=True, help="written application reference"
+)
+@click.option("--password-stdin", is_flag=True)
+@pass_opts
+def operator_add(
+    opts: Options,
+    username: str,
+    real_name: str,
+    department: str,
+    permissions: tuple[str, ...],
+    approved_by: str,
+    application_ref: str,
+    password_stdin: bool,
+) -> None:
+    """ACC-2: a real-name account with the approved permissions."""
+    initial = read_secret("initial password", password_stdin)
+    op_id = run_as(
+        opts,
+        lambda c, a: c.operators.create(
+            a,
+            username=username,
+            real_name=real_name,
+            department=department,
+            permissions=[Permission(p) for p in permissions],
+            approved_by=approved_by,
+            application_ref=application_ref,
+            initial_password=initial,
+        ),
+    )
+    emit(opts, {"operator_id": op_id}, f"账号已创建 account {username} created (id {op_id})")
+
+
+@operator.command("list")
+@pass_opts
+def operator_list(opts: Options) -> None:
+    rows = run_as(opts, lambda c, a: c.operators.list(a))
+    emit_table(
+        opts,
+        "功能户登记表 / function accounts",
+        [
+            "账号 / username",
+            "姓名 / real_name",
+            "部门 / department",
+            "权限 / permissions",
+            "停用 / disabled",
+            "审批 / approved_by",
+        ],
+        [
+            [
+                r["username"],
+                r["real_name"],
+                r["department"],
+                r["permissions"],
+                r["disabled"],
+                r["approved_by"],
+            ]
+            for r in rows
+        ],
+    )
+
+
+@operator.command("disable")
+@click.argument("username")
+@pass_opts
+def operator_disable(opts: Options, username: str) -> None:
+    run_as(opts, lambda c, a: c.operators.set_disabled(a, username, True))
+    emit(opts, {"disabled": username}, f"账号已停用 {username} disabled")
+
+
+# --- stock (INV), receipts (FEE), merchants ----------------------------------------------------
+@cli.group()
+def stock() -> None:
+    """Blank-card stock (INV-1, INV-2)."""
+
+
+@stock.command("purchase")
+@click.argument("kind", type=click.Choice([k.value for k in CardKind]))
+@click.argument("count", type=int)
+@click.option("--year", "academic_year", required=True)
+@pass_opts
+def stock_purchase(opts: Options, kind: str, count: int, academic_year: str) -> None:
+    """INV-1: cards bought this academic year, held by the section chief."""
+    run_as(opts, lambda c, a: c.stock.purchase(a, CardKind(kind), count, academic_year))
+    emit(opts, {"kind": kind, "count": count}, f"入库 {count} 张 {kind} cards received")
+
+
+@stock.command("requisition")
+@click.argument("kind", type=click.Choice([k.value for k in CardKind]))
+@click.argument("count", type=int)
+@click.option("--issued-by", required=True, help="section chief who hands out the cards")
+@click.option("--usage", "usage_note", required=True, help="current card usage (INV-2)")
+@pass_opts
+def stock_requisition(
+    opts: Options, kind: str, count: int, issued_by: str, usage_note: str
+) -> None:
+    """INV-2: the counter takes blank cards; the register records the serial range."""
+    row = run_as(
+        opts,
+        lambda c, a: c.stock.requisition(
+            a, CardKind(kind), count, issued_by=issued_by, usage_note=usage_note
+        ),
+    )
+    emit(opts, row, f"领用 {count} 张，卡号 serials {row['serial_from']}–{row['serial_to']}")
+
+
+@stock.command("show")
+@pass_opts
+def stock_show(opts: Options) -> None:
+    levels = run_as(opts, lambda c, _a: c.stock.levels())
+    emit_table(
+        opts,
+        "卡片库存 / card stock",
+        [
+            "类型 / kind",
+            "采购 / bought",
+            "领用 / requisitioned",
+            "科长库存 / central_stock",
+            "已用 / used",
+            "柜台库存 / counter_stock",
+        ],
+        [
+            [k, v["bought"], v["requisitioned"], v["central_stock"], v["used"], v["counter_stock"]]
+            for k, v in levels.items()
+        ],
+    )
+
+
+@cli.group()
+def receipts() -> None:
+    """Receipt books and reconciliation (FEE-2..4)."""
+
+
+@receipts.command("add-book")
+@click.argument("book_no")
+@click.argument("first_no", type=int)
+@click.argument("last_no", type=int)
+@pass_opts
+def receipts_add_book(opts: Options, book_no: str, first_no: int, last_no: int) -> None:
+    """FEE-2: register a receipt book received from finance."""
+    run_as(opts, lambda c, a: c.receipts.add_book(a, book_no, first_no, last_no))
+    emit(opts, {"book_no": book_no}, f"收据本 {book_no}（{first_no}–{last_no}）已登记 registered")
+
+
+@receipts.command("reconcile")
+@click.option("--partial", is_flag=True, help="fewer than 10 used-up books")
+@pass_opts
+def receipts_reconcile(opts: Options, partial: bool) -> None:
+    """FEE-4: hand the money and 10 used-up books back to finance."""
+    summary = run_as(opts, lambda c, a: c.receipts.reconcile(a, allow_partial=partial))
+    emit(
+        opts,
+        summary,
+        f"核对 reconciled {len(summary['books'])} books, {summary['receipts']} receipts, "
+        f"{yuan(summary['total'])} 元",
+    )
+
+
+@cli.group()
+def merchant() -> None:
+    """Merchants (canteens, shops, water rooms)."""
+
+
+@merchant.command("add")
+@click.argument("merchant_id")
+@click.argument("name")
+@click.option("--dept", default="后勤管理处", show_default=True)
+@pass_opts
+def merchant_add(opts: Options, merchant_id: str, name: str, dept: str) -> None:
+    run_as(opts, lambda c, a: c.merchants.add(a, merchant_id, name, dept))
+    emit(opts, {"merchant": merchant_id}, f"商户 {name} 已登记 merchant added")
+
+
+# --- holders -------------------------------------------------------------------------------
+@cli.group()
+def holder() -> None:
+    """Holders: roster import (ISS-1, ISS-6), temporary holders (ISS-8..11), data."""
+
+
+@holder.command("import")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--kind", type=click.Choice(["student", "staff"]), required=True)
+@click.option("--valid-through", "valid_through", help="default e-ID validity (YYYY-MM-DD)")
+@click.option("--skip-bad", is_flag=True, help="import the good rows and report the bad ones")
+@pass_opts
+def holder_import(
+    opts: Options, path: Path, kind: str, valid_through: str | None, skip_bad: bool
+) -> None:
+    """Import a roster (XLSX or CSV, Chinese headers, UTF-8 or GBK). Nothing is imported if a
+    row is bad, unless --skip-bad."""
+    from rich.progress import Progress
+
+    from gateway.rosterio import read_roster
+
+    with Progress(disable=opts.json, transient=True) as progress:
+        task = progress.add_task("读取 reading", total=None)
+
+        def tick(done: int, total: int | None) -> None:
+            progress.update(task, completed=done, total=total)
+
+        result = read_roster(path, "student" if kind == "student" else "staff", progress=tick)
+    bad = [(e.row_number, e.column or "", e.reason) for e in result.errors]
+    if bad and (not skip_bad or any(e.row_number <= 1 for e in result.errors)):
+        emit_table(
+            opts,
+            "错误行 / bad rows (nothing imported)",
+            ["行 / row", "列 / column", "原因 / reason"],
+            bad,
+        )
+        raise SystemExit(EXIT_REFUSED)
+    until = parse_day(valid_through) if valid_through else None
+    report = run_as(
+        opts,
+        lambda c, a: c.holders.import_roster(
+            a, HolderKind(kind), result.rows, default_valid_through=until
+        ),
+    )
+    if bad:
+        emit_table(opts, "已跳过 / skipped rows", ["行 / row", "列 / column", "原因 / reason"], bad)
+    emit(
+        opts,
+        {"imported": report.imported, "skipped": len(bad)},
+        f"导入 imported {report.imported} 人，跳过 skipped {len({b[0] for b in bad})} 行",
+    )
+
+
+@holder.command("register-temp")
+@click.option("--name", required=True)
+@click.option("--national-id", required=True)
+@click.option(
+    "--category",
+    type=click.Choice([c.value for c in HolderCategory if c.value not in ("student", "staff")]),
+    required=True,
+)
+@click.option("--valid-through", required=True, help="YYYY-MM-DD (ISS-11)")
+@click.option(
+    "--application", "application_ref", required=True, help="signed application form (ISS-9)"
+)
+@pass_opts
+def holder_register_temp(
+    opts: Options,
+    name: str,
+    national_id: str,
+    category: str,
+    valid_through: str,
+    application_ref: str,
+) -> None:
+    """ISS-8/9/11: register a person eligible for a temp card."""
+    h = run_as(
+        opts,
+        lambda c, a: c.cards.register_temporary_holder(
+            a,
+            name=name,
+            national_id=national_id,
+            category=HolderCategory(category),
+            valid_through=parse_day(valid_through),
+            application_ref=application_ref,
+        ),
+    )
+    emit(
+        opts,
+        {"holder_id": h.id, "number": h.number},
+        f"已登记 registered holder #{h.id}, 工号 work number {h.number}",
+    )
+
+
+@dataclass
+class HolderView:
+    holder: Holder
+    cards: list[Card]
+    balance: int
+    recent: list[Transfer]
+
+
+@holder.command("show")
+@click.argument("ref")
+@pass_opts
+def holder_show(opts: Options, ref: str) -> None:
+    """A holder, their cards and balance (number, or #id). National IDs are masked."""
+
+    async def body(c: CardCenter, a: Actor) -> HolderView:
+        h = await c.cards.holder(holder_ref(ref))
+        balance, recent = await c.money.statement(a, h, 10)
+        async with c.ctx.registry.read() as tx:
+            cards = await tx.cards_of_holder(h.id)
+        return HolderView(
+            replace(h, national_id=mask_national_id(h.national_id or "")), cards, balance, recent
+        )
+
+    view = run_as(opts, body)
+    h = view.holder
+    lines = [
+        f"#{h.id} {h.name} {h.number or '—'} {h.kind.value}/{h.category.value} "
+        f"身份证 ID {h.national_id}",
+        f"  {h.college or h.department or ''} {h.class_name or ''} 状态 {h.status.value} "
+        f"有效期 valid until {fmt_local(h.valid_until) if h.valid_until else '—'}",
+        f"  余额 balance: {yuan(view.balance)} 元",
+        *("  " + card_line(x) for x in view.cards),
+    ]
+    emit(opts, view, "\n".join(lines))
+
+
+@holder.command("update")
+@click.argument("ref")
+@click.option(
+    "--set",
+    "pairs",
+    multiple=True,
+    required=True,
+    help="field=value (name, college, class_name, department, photo_ref)",
+)
+@click.option("--reason", required=True)
+@pass_opts
+def holder_update(opts: Options, ref: str, pairs: tuple[str, ...], reason: str) -> None:
+    """REP-3: complete missing holder data."""
+    changes = dict(p.split("=", 1) for p in pairs)
+
+    async def body(c: CardCenter, a: Actor) -> object:
+        h = await c.cards.holder(holder_ref(ref))
+        return await c.holders.update(a, h.id, changes, reason=reason)
+
+    run_as(opts, body)
+    emit(opts, changes, "已更新 updated")
+
+
+# --- cards -----------------------------------------------------------------------------------
+@cli.group()
+def card() -> None:
+    """Card procedures at the counter (ISS, LOSS, REP, EXC, REF, TERM, SCR)."""
+
+
+def _emit_card(opts: Options, result: CardResult | Card) -> None:
+    if isinstance(result, Card):
+        emit(opts, result, card_line(result))
+    else:
+        emit(opts, result, result_text(result))
+
+
+ID_DOC = click.option(
+    "--id-doc", "presented_id", help="national ID or student/staff number on the document shown"
+)
+
+
+@card.command("issue-temp")
+@click.argument("holder")
+@click.option("--uid")
+@click.option("--valid-through")
+@click.option("--proof", "proof_ref", help="ISS-6 written proof for staff without a number")
+@pass_opts
+def card_issue_temp(
+    opts: Options, holder: str, uid: str | None, valid_through: str | None, proof_ref: str | None
+) -> None:
+    """Issue a temp CPU card (ISS-1 students, ISS-6 staff, ISS-10 others with deposit)."""
+    until = parse_day(valid_through) if valid_through else None
+    r = run_as(
+        opts,
+        lambda c, a: c.cards.issue_temp(
+            a, holder_ref(holder), uid=uid, valid_through=until, proof_ref=proof_ref
+        ),
+    )
+    _emit_card(opts, r)
+
+
+@card.command("order-smart")
+@click.argument("holder")
+@pass_opts
+def card_order_smart(opts: Options, holder: str) -> None:
+    """ISS-2: put a smart card into the vendor's print batch."""
+    _emit_card(opts, run_as(opts, lambda c, a: c.cards.order_smart(a, holder_ref(holder))))
+
+
+@card.command("check-printed")
+@click.argument("serial")
+@click.option("--pass/--fail", "passed", required=True)
+@click.option("--uid")
+@pass_opts
+def card_check_printed(opts: Options, serial: str, passed: bool, uid: str | None) -> None:
+    """ISS-3: printed card checked (print, swipe, RFID)."""
+    _emit_card(
+        opts, run_as(opts, lambda c, a: c.cards.check_printed(a, serial, passed=passed, uid=uid))
+    )
+
+
+@card.command("hand-over")
+@click.argument("serial")
+@click.option("--temp-returned", "returned_temp_serial")
+@click.option("--temp-lost", is_flag=True, help="ISS-4: the temp card is lost; collect the fee")
+@ID_DOC
+@pass_opts
+def card_hand_over(
+    opts: Options,
+    serial: str,
+    returned_temp_serial: str | None,
+    temp_lost: bool,
+    presented_id: str | None,
+) -> None:
+    """ISS-4/ISS-7/REP-4/EXC-5: hand a ready card to its holder."""
+    r = run_as(
+        opts,
+        lambda c, a: c.cards.hand_over(
+            a,
+            serial,
+            returned_temp_serial=returned_temp_serial,
+            temp_card_lost=temp_lost,
+            presented_id=presented_id,
+        ),
+    )
+    _emit_card(opts, r)
+
+
+@card.command("loss")
+@click.argument("serial")
+@ID_DOC
+@pass_opts
+def card_loss(opts: Options, serial: str, presented_id: str | None) -> None:
+    """LOSS-1/2: report a card lost; refused everywhere at once."""
+    _emit_card(
+        opts, run_as(opts, lambda c, a: c.cards.report_loss(a, serial, presented_id=presented_id))
+    )
+
+
+@card.command("unlock")
+@click.argument("serial")
+@ID_DOC
+@pass_opts
+def card_unlock(opts: Options, serial: str, presented_id: str | None) -> None:
+    """LOSS-3: lift a loss report (counter only, valid ID)."""
+    _emit_card(
+        opts, run_as(opts, lambda c, a: c.cards.unlock(a, serial, presented_id=presented_id))
+    )
+
+
+@card.command("replace")
+@click.argument("serial")
+@click.option("--kind", type=click.Choice([k.value for k in CardKind]))
+@click.option("--uid")
+@ID_DOC
+@pass_opts
+def card_replace(
+    opts: Options, serial: str, kind: str | None, uid: str | None, presented_id: str | None
+) -> None:
+    """REP-1..5: replace a lost card (48 h after the loss report)."""
+    k = CardKind(kind) if kind else None
+    _emit_card(
+        opts,
+        run_as(
+            opts,
+            lambda c, a: c.cards.replace(a, serial, presented_id=presented_id, kind=k, uid=uid),
+        ),
+    )
+
+
+@card.command("fault")
+@click.argument("serial")
+@ID_DOC
+@pass_opts
+def card_fault(opts: Options, serial: str, presented_id: str | None) -> None:
+    """EXC-3: faulty card, balance frozen for 48 hours."""
+    _emit_card(
+        opts, run_as(opts, lambda c, a: c.cards.report_fault(a, serial, presented_id=presented_id))
+    )
+
+
+@card.command("exchange")
+@click.argument("serial")
+@click.option("--kind", type=click.Choice([k.value for k in CardKind]))
+@click.option("--uid")
+@pass_opts
+def card_exchange(opts: Options, serial: str, kind: str | None, uid: str | None) -> None:
+    """EXC-3/5: complete a faulty-card exchange after the 48 h freeze."""
+    k = CardKind(kind) if kind else None
+    _emit_card(
+        opts,
+        run_as(opts, lambda c, a: c.cards.complete_faulty_exchange(a, serial, kind=k, uid=uid)),
+    )
+
+
+@card.command("exchange-data")
+@click.argument("serial")
+@click.option(
+    "--document",
+    "document_ref",
+    required=True,
+    help="HR / organisation / academic affairs document",
+)
+@click.option("--set", "pairs", multiple=True, required=True, help="field=value")
+@click.option("--kind", type=click.Choice([k.value for k in CardKind]))
+@ID_DOC
+@pass_opts
+def card_exchange_data(
+    opts: Options,
+    serial: str,
+    document_ref: str,
+    pairs: tuple[str, ...],
+    kind: str | None,
+    presented_id: str | None,
+) -> None:
+    """EXC-4: holder data changed: update the record and exchange at once."""
+    changes = dict(p.split("=", 1) for p in pairs)
+    k = CardKind(kind) if kind else None
+    _emit_card(
+        opts,
+        run_as(
+            opts,
+            lambda c, a: c.cards.exchange_for_changed_data(
+                a,
+                serial,
+                presented_id=presented_id,
+                document_ref=document_ref,
+                changes=changes,
+                kind=k,
+            ),
+        ),
+    )
+
+
+@card.command("extend")
+@click.argument("serial")
+@click.option("--through", "valid_through", required=True)
+@pass_opts
+def card_extend(opts: Options, serial: str, valid_through: str) -> None:
+    """TERM-2/3: extend a temp card (within 3 months of expiry)."""
+    _emit_card(
+        opts,
+        run_as(
+            opts, lambda c, a: c.cards.extend(a, serial, valid_through=parse_day(valid_through))
+        ),
+    )
+
+
+@card.command("refund")
+@click.argument("serial")
+@click.option("--damaged", is_flag=True, help="REF-3: the card failed the check; no deposit refund")
+@ID_DOC
+@pass_opts
+def card_refund(opts: Options, serial: str, damaged: bool, presented_id: str | None) -> None:
+    """REF-1..4: a temp card comes back; deposit refund slip for finance."""
+    slip = run_as(
+        opts, lambda c, a: c.cards.refund(a, serial, card_ok=not damaged, presented_id=presented_id)
+    )
+    text = card_line(slip.card) + (
+        f"\n押金退款单 deposit refund slip No.{slip.slip_no}: {yuan(slip.amount)} 元"
+        if slip.amount
+        else "\n押金不予退还 deposit not refunded (damaged card)"
+    )
+    emit(opts, slip, text)
+
+
+@card.command("terminate")
+@click.argument("serial")
+@click.option(
+    "--reason",
+    required=True,
+    type=click.Choice(
+        [
+            "graduation",
+            "dropout",
+            "suspension",
+            "transfer",
+            "resignation",
+            "dismissal",
+            "expiry",
+            "other",
+        ]
+    ),
+)
+@ID_DOC
+@pass_opts
+def card_terminate(opts: Options, serial: str, reason: str, presented_id: str | None) -> None:
+    """TERM-1/4/6: end card function everywhere and deregister the holder."""
+    _emit_card(
+        opts,
+        run_as(
+            opts,
+            lambda c, a: c.cards.terminate(a, serial, reason=reason, presented_id=presented_id),
+        ),
+    )
+
+
+@card.command("scrap")
+@click.argument("serial")
+@pass_opts
+def card_scrap(opts: Options, serial: str) -> None:
+    """SCR-1: enter a recovered card in the scrap register."""
+    _emit_card(opts, run_as(opts, lambda c, a: c.cards.scrap(a, serial)))
+
+
+@card.command("dispose")
+@click.argument("year", type=int)
+@pass_opts
+def card_dispose(opts: Options, year: int) -> None:
+    """SCR-2: the yearly disposal of the scrap register."""
+    n = run_as(opts, lambda c, a: c.cards.dispose(a, year))
+    emit(opts, {"disposed": n}, f"{year} 年处置 disposed {n} 张 cards")
+
+
+@card.command("show")
+@click.argument("serial")
+@pass_opts
+def card_show(opts: Options, serial: str) -> None:
+    async def body(c: CardCenter, _a: Actor) -> Card:
+        async with c.ctx.registry.read() as tx:
+            return await tx.card_by_serial(serial)
+
+    _emit_card(opts, run_as(opts, body))
+
+
+@cli.command("graduate")
+@click.option("--college", required=True)
+@click.option("--class", "class_name", required=True)
+@click.option("--returned", default="", help="comma-separated serials handed back by the monitor")
+@click.option(
+    "--missing-paid", default="", help="comma-separated student numbers who pay for a missing card"
+)
+@pass_opts
+def graduate(
+    opts: Options, college: str, class_name: str, returned: str, missing_paid: str
+) -> None:
+    """TERM-5: graduate a class and issue clearance certificates."""
+    report = run_as(
+        opts,
+        lambda c, a: c.cards.graduate_class(
+            a,
+            college=college,
+            class_name=class_name,
+            returned_serials=_split(returned),
+            missing_paid=_split(missing_paid),
+        ),
+    )
+    if opts.json:
+        emit(opts, report)
+        return
+    emit_table(
+        opts,
+        f"离校清卡 / clearance {college} {class_name}",
+        ["学号 / number", "离校证明 / certificate"],
+        report.cleared,
+    )
+    if report.blocked:
+        emit_table(opts, "未能办理 / blocked", ["学号 / number", "原因 / reason"], report.blocked)
+    print(f"交回 returned {report.returned}，缴费 paid for missing {report.missing_paid}")
+
+
+def _split(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+# --- money (TOP) ------------------------------------------------------------------------------
+@cli.group()
+def money() -> None:
+    """Top-up, corrections, cash-out (TOP-1, TOP-2, REF-2, TERM-4)."""
+
+
+@money.command("topup")
+@click.argument("serial")
+@click.argument("amount")
+@click.option("--point", default="counter")
+@pass_opts
+def money_topup(opts: Options, serial: str, amount: str, point: str) -> None:
+    """TOP-1: top up (amount in yuan, e.g. 50 or 12.50)."""
+    fen = _fen(amount)
+    r = run_as(opts, lambda c, a: c.money.topup(a, serial, fen, point=point))
+    emit(
+        opts,
+        r,
+        f"充值 {yuan(fen)} 元，余额 balance {yuan(r.balance)} 元 (transfer {r.transfer_id})",
+    )
+
+
+def _fen(amount: str) -> int:
+    try:
+        return parse_yuan(amount)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@money.command("correct")
+@click.argument("transfer_id", type=int)
+@click.argument("amount")
+@click.option("--reason", required=True)
+@pass_opts
+def money_correct(opts: Options, transfer_id: int, amount: str, reason: str) -> None:
+    """TOP-2: give back an over-deduction of a POS sale."""
+    fen = _fen(amount)
+    r = run_as(opts, lambda c, a: c.money.correct(a, transfer_id, fen, reason=reason))
+    emit(opts, r, f"纠错 {yuan(fen)} 元，余额 balance {yuan(r.balance)} 元")
+
+
+@money.command("cashout")
+@click.argument("serial")
+@click.option("--point", default="counter")
+@pass_opts
+def money_cashout(opts: Options, serial: str, point: str) -> None:
+    """REF-2/TERM-4: settle the whole balance in cash."""
+    r = run_as(opts, lambda c, a: c.money.cash_out(a, serial, point=point))
+    emit(opts, r, f"已结清 settled (transfer {r.transfer_id})")
+
+
+@money.command("balance")
+@click.argument("serial")
+@pass_opts
+def money_balance(opts: Options, serial: str) -> None:
+    async def body(c: CardCenter, a: Actor) -> int:
+        a.require(Permission.REPORTS)
+        async with c.ctx.registry.read() as tx:
+            card_ = await tx.card_by_serial(serial)
+            return await tx.balance(purse(card_.holder_id))
+
+    fen = run_as(opts, body)
+    emit(opts, {"balance_fen": fen}, f"余额 balance {yuan(fen)} 元")
+
+
+# --- meal subsidy (MEAL) ------------------------------------------------------------------------
+@cli.group()
+def meal() -> None:
+    """Staff meal subsidy (MEAL-1..4)."""
+
+
+@meal.command("import")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@pass_opts
+def meal_import(opts: Options, path: Path) -> None:
+    """MEAL-1/2: HR's list (工号, 用餐次数)."""
+    from gateway.rosterio import read_roster
+
+    result = read_roster(path, "meal")
+    if result.errors:
+        emit_table(
+            opts,
+            "错误行 / bad rows (nothing imported)",
+            ["行 / row", "列 / column", "原因 / reason"],
+            [(e.row_number, e.column or "", e.reason) for e in result.errors],
+        )
+        raise SystemExit(EXIT_REFUSED)
+    report = run_as(opts, lambda c, a: c.meal.import_quotas(a, result.rows, source=path.name))
+    emit(opts, {"updated": report.updated}, f"已更新 updated {report.updated}")
+
+
+@meal.command("enable")
+@click.argument("staff_number")
+@pass_opts
+def meal_enable(opts: Options, staff_number: str) -> None:
+    """MEAL-3: into group 1; written back onto the card at the reader."""
+    _emit_card(opts, run_as(opts, lambda c, a: c.meal.enable(a, staff_number)))
+
+
+@meal.command("disable")
+@click.argument("staff_number")
+@pass_opts
+def meal_disable(opts: Options, staff_number: str) -> None:
+    """MEAL-4: suspend the card until the holder brings it in."""
+    _emit_card(opts, run_as(opts, lambda c, a: c.meal.disable(a, staff_number)))
+
+
+@meal.command("brought-in")
+@click.argument("serial")
+@pass_opts
+def meal_brought_in(opts: Options, serial: str) -> None:
+    """MEAL-4: re-enable, out of the group, written back onto the card."""
+    _emit_card(opts, run_as(opts, lambda c, a: c.meal.card_brought_in(a, serial)))
+
+
+# --- scheduler ------------------------------------------------------------------------------
+@cli.group()
+def scheduler() -> None:
+    """Due time rules."""
+
+
+@scheduler.command("run-due")
+@pass_opts
+def scheduler_run_due(opts: Options) -> None:
+    """TERM-2/3: expire temp cards past validity, terminate those expired 3 months ago."""
+    changed = run_as(opts, lambda c, a: c.cards.run_due(a))
+    emit(
+        opts,
+        changed,
+        f"处理 changed {len(changed)} 张 cards" + "".join(f"\n  {card_line(x)}" for x in changed),
+    )
+
+
+def main() -> None:
+    cli(prog_name="onecard")
+
+
+if __name__ == "__main__":
+    main()
