@@ -1,0 +1,48 @@
+# onecard — the two commands a new machine needs are `make demo` and `make test`.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test check lint typecheck imports pytest setup system clean contract
+
+## demo: set everything up and run the scripted counter session on a fresh SQLite registry
+demo: setup
+	bash deploy/demo/counter-session.sh
+
+## test: set everything up, then lint, type-check, import contracts and the whole test suite
+test: setup lint typecheck imports pytest
+
+setup: system $(STAMP)
+
+# Debian packages the tests and the demo need (root on these machines; skipped when present)
+system:
+	@bash deploy/ci/install-system.sh
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev,postgres]"
+	touch $(STAMP)
+
+lint:
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck:
+	$(BIN)/mypy
+
+imports:
+	$(BIN)/lint-imports
+
+pytest:
+	bash deploy/ci/start-services.sh
+	$(BIN)/pytest -q
+
+## contract: regenerate the AsyncAPI document from the wire models
+contract:
+	$(BIN)/python -m protocol.wire.asyncapi > docs/asyncapi.json
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Debian packages onecard's tests and demo use. Idempotent; needs root (or sudo) to install.
+set -euo pipefail
+need=()
+for pkg in mosquitto mosquitto-clients postgresql; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
+fi
