@@ -363,6 +363,80 @@ clearances = Table(
     Column("actor", String(64), nullable=False),
 )
 
+# --- the terminal gateway (migration 0002) -----------------------------------------------------
+
+terminals = Table(
+    "terminals",
+    metadata,
+    Column("id", String(63), primary_key=True),  # also the MQTT username and client id
+    Column("kind", String(8), nullable=False),  # pos, kiosk, door, water
+    Column("merchant_id", String(32), ForeignKey("merchants.id"), nullable=True),
+    Column("location", String(128), nullable=False, server_default=""),
+    Column("enabled", Boolean, nullable=False, server_default=text("true")),
+    Column("mqtt_password_hash", String(256), nullable=False),  # mosquitto $7$ PBKDF2 hash
+    Column("firmware", String(64), nullable=True),
+    Column("denylist_version", BigInteger, nullable=False, server_default="0"),
+    _ts("last_seen_at", nullable=True),
+    _ts("created_at"),
+    _ts("updated_at"),
+)
+
+idempotency = Table(
+    "idempotency",
+    metadata,
+    Column("terminal_id", String(63), primary_key=True),
+    Column("request_id", String(64), primary_key=True),
+    Column("op", String(32), nullable=False),
+    Column("fingerprint", String(64), nullable=False),  # sha256 of the canonical request
+    Column("reply", Text, nullable=False),  # the first reply, replayed for retries
+    _ts("at"),
+)
+
+offline_sales = Table(
+    "offline_sales",
+    metadata,
+    Column("terminal_id", String(63), primary_key=True),
+    Column("seq", BigInteger, primary_key=True),
+    Column("card_uid", String(32), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    _ts("sold_at"),
+    _ts("uploaded_at"),
+    Column("result", String(32), nullable=False),  # accepted, or the error code
+    Column("transfer_id", BigInteger, ForeignKey("transfers.id"), nullable=True),
+)
+
+water_holds = Table(
+    "water_holds",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("terminal_id", String(63), nullable=False),
+    Column("card_id", Integer, ForeignKey("cards.id"), nullable=False),
+    Column("holder_id", Integer, ForeignKey("holders.id"), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("state", String(10), nullable=False),  # held, settled, released
+    Column("used", BigInteger, nullable=True),
+    _ts("created_at"),
+    _ts("closed_at", nullable=True),
+)
+
+meal_usage = Table(
+    "meal_usage",
+    metadata,
+    Column("holder_id", Integer, ForeignKey("holders.id"), primary_key=True),
+    Column("month", String(7), primary_key=True),  # campus-time YYYY-MM
+    Column("used", Integer, nullable=False, server_default="0"),
+)
+
+holder_sessions = Table(
+    "holder_sessions",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("holder_id", Integer, ForeignKey("holders.id"), nullable=False),
+    Column("terminal_id", String(63), nullable=False),
+    _ts("created_at"),
+    _ts("expires_at"),
+)
+
 #: Tables that are append-only: UPDATE/DELETE is refused by triggers (see migrations).
 APPEND_ONLY = (
     "transfers",
@@ -384,10 +458,14 @@ __all__ = [
     "deny_changes",
     "disposals",
     "holder_archive",
+    "holder_sessions",
     "holders",
+    "idempotency",
     "meal_quotas",
+    "meal_usage",
     "merchants",
     "metadata",
+    "offline_sales",
     "operator_sessions",
     "operators",
     "receipt_books",
@@ -396,5 +474,7 @@ __all__ = [
     "requisitions",
     "scrap_register",
     "stock_purchases",
+    "terminals",
     "transfers",
+    "water_holds",
 ]
