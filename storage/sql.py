@@ -169,17 +169,41 @@ class SqlTx:
         return None if value is None else str(value)
 
     async def add_deny_change(self, card: Card, change: str, denied: bool, at: datetime) -> int:
-        return await self.insert(
-            "deny_changes",
-            {
-                "card_id": card.id,
-                "serial": card.serial,
-                "uid": card.uid,
-                "change": change,
-                "denied": denied,
-                "at": at,
-            },
+        """Append a deny-list change with the next gapless version.
+
+        Versions must be consecutive and in commit order (terminals apply deltas in order), so
+        appends are serialised: SQLite's ``BEGIN IMMEDIATE`` already does that; PostgreSQL takes
+        a table lock for the rest of the transaction.
+        """
+        if self.dialect == "postgresql":
+            await self.conn.execute(text("LOCK TABLE deny_changes IN SHARE ROW EXCLUSIVE MODE"))
+        last = (await self.conn.execute(select(func.max(s.deny_changes.c.version)))).scalar_one()
+        version = int(last or 0) + 1
+        await self.conn.execute(
+            insert(s.deny_changes).values(
+                version=version,
+                card_id=card.id,
+                serial=card.serial,
+                uid=card.uid,
+                change=change,
+                denied=denied,
+                at=at,
+            )
         )
+        return version
+
+    async def deny_changes_after(self, version: int, limit: int = 10_000) -> list[Row]:
+        t = s.deny_changes
+        query = select(t).where(t.c.version > version).order_by(t.c.version).limit(limit)
+        return [dict(r) for r in (await self.conn.execute(query)).mappings()]
+
+    async def card_by_uid(self, uid: str) -> Card | None:
+        row = (
+            (await self.conn.execute(select(s.cards).where(s.cards.c.uid == uid)))
+            .mappings()
+            .first()
+        )
+        return Card.from_row(dict(row)) if row is not None else None
 
     # --- ledger ----------------------------------------------------------------------------
     async def ensure_account(self, account: str, holder_id: int | None = None) -> None:
@@ -319,7 +343,7 @@ class SqlTx:
 
     # --- queries for reports ----------------------------------------------------------------
     async def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Row]:
-        """A read-only report query in portable SQL (storage.reports owns the texts)."""
+        """A read-only query in portable SQL (report texts live in gateway/services/reports.py)."""
         result = await self.conn.execute(text(sql), dict(params or {}))
         return [dict(r) for r in result.mappings()]
 

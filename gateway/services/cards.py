@@ -331,11 +331,17 @@ class CardService:
             holder = await tx.get_holder(card.holder_id)
             require_active_holder(holder)
             if card.ready_on is not None and local(now).date() < card.ready_on:
+                # exchanges also link the new card to the old one: only a replaced card is REP-4
+                previous = (
+                    await tx.get_card(card.replaces_card_id) if card.replaces_card_id else None
+                )
                 raise RuleViolation(
                     f"智能卡须两个工作日后领取，可领取日期：{card.ready_on}",
                     f"the smart card can be collected from {card.ready_on} (two working days)",
                     code=ErrorCode.TOO_EARLY,
-                    rule="REP-4" if card.replaces_card_id else "EXC-5",
+                    rule="REP-4"
+                    if previous is not None and previous.state is CardState.REPLACED
+                    else "EXC-5",
                 )
             if holder.kind is HolderKind.STAFF:
                 verify_identity(holder, presented_id, "ISS-7")

@@ -11,6 +11,7 @@ from gateway.services.holders import HolderService
 from gateway.services.meal import MealService
 from gateway.services.money import MoneyService
 from gateway.services.operators import OperatorService
+from gateway.services.reports import ReportService
 
 
 @dataclass
@@ -24,6 +25,7 @@ class CardCenter:
     receipts: ReceiptService
     merchants: MerchantService
     meal: MealService
+    reports: ReportService
 
     @classmethod
     def build(cls, ctx: Context) -> CardCenter:
@@ -37,4 +39,5 @@ class CardCenter:
             receipts=ReceiptService(ctx),
             merchants=MerchantService(ctx),
             meal=MealService(ctx),
+            reports=ReportService(ctx),
         )

@@ -36,6 +36,13 @@ def deny_status(card: Card, now: datetime) -> ErrorCode | None:
     return tap_refusal(card.state, card.valid_until, now)
 
 
+def _state_deny(card: Card, now: datetime) -> ErrorCode | None:
+    """The deny-list status implied by the card's state, ignoring the validity date."""
+    if card.state in PENDING_STATES:
+        return None
+    return tap_refusal(card.state, None, now)
+
+
 async def apply_event(
     tx: Tx,
     card: Card,
@@ -82,7 +89,9 @@ async def apply_event(
         },
     )
     updated = await tx.get_card(card.id)
-    before_deny, after_deny = deny_status(card, now), deny_status(updated, now)
+    # compare by state alone: an active card past its validity is refused by time already, so a
+    # time-aware comparison would never list the scheduler's expiry (TERM-2) for the terminals
+    before_deny, after_deny = _state_deny(card, now), _state_deny(updated, now)
     if before_deny != after_deny:
         await tx.add_deny_change(updated, event.value, after_deny is not None, now)
     await tx.audit(
@@ -149,6 +158,7 @@ async def new_card(
     type_group: int = 0,
 ) -> Card:
     serial = await allocate_serial(tx, kind)
+    uid = uid or default_uid(serial)
     card_id = await tx.insert(
         "cards",
         {
@@ -190,6 +200,12 @@ async def new_card(
         {"kind": kind.value, "state": state.value, "rule": rule},
     )
     return await tx.get_card(card_id)
+
+
+def default_uid(serial: str) -> str:
+    """A 7-byte UID (14 hex digits, like MIFARE) derived from the serial, used until the
+    counter reader records the chip's real UID."""
+    return f"04{int(serial):012X}"
 
 
 def verify_identity(holder: Holder, presented: str | None, rule: str) -> None:

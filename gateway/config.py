@@ -1,0 +1,88 @@
+"""Gateway configuration: environment (``ONECARD_*``, nested with ``__``) over a TOML file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class MqttConfig(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str | None = "gateway"
+    password: str | None = None
+    client_id: str = "onecard-gateway-1"
+    #: MQTT v5 shared-subscription group; several gateways with the same group share the load.
+    shared_group: str | None = None
+    keepalive_s: int = 30
+
+
+class HttpConfig(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 9108  # /metrics, /livez, /readyz; 0 picks a free port
+
+
+class DenyListConfig(BaseModel):
+    poll_interval_ms: int = Field(default=50, ge=5, le=5000)
+    snapshot_every_changes: int = Field(default=500, ge=1, le=1000)
+    snapshot_max_age_s: float = Field(default=10.0, gt=0)
+    #: Terminals stop approving offline once their list is older than this.
+    max_offline_age_s: int = 600
+    #: How long a kiosk loss report waits for online terminals to apply the change.
+    applied_wait_ms: int = 300
+
+
+class OfflineConfig(BaseModel):
+    heartbeat_interval_s: int = 30
+    offline_max_amount_fen: int = 2000
+    offline_max_daily_fen: int = 5000
+    offline_max_count: int = 500
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="ONECARD_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    db: str = "var/onecard.sqlite3"
+    log_level: str = "INFO"
+    scheduler_interval_s: float = 10.0
+    max_in_flight: int = 256
+    drain_timeout_s: float = 10.0
+    mqtt: MqttConfig = MqttConfig()
+    http: HttpConfig = HttpConfig()
+    denylist: DenyListConfig = DenyListConfig()
+    offline: OfflineConfig = OfflineConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,  # noqa: ARG003
+        file_secret_settings: PydanticBaseSettingsSource,  # noqa: ARG003
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=_toml_path)
+        return (init_settings, env_settings, toml)
+
+
+_toml_path: Path | None = None
+
+
+def load_settings(toml: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from ``toml`` (optional), then ``ONECARD_*`` variables, then ``overrides``."""
+    global _toml_path
+    _toml_path = toml
+    try:
+        return Settings(**overrides)
+    finally:
+        _toml_path = None

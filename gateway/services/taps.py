@@ -1,0 +1,763 @@
+"""What terminals ask of the card center: taps (purchase, void, meal, access, water) and the
+kiosk's self-service (login, balance, loss report, password, top-up), per the terminal contract.
+
+Every decision, the ledger rows it causes and the idempotency record commit in ONE transaction
+(ARCHITECTURE.md §5): :meth:`TerminalService.handle` replays the stored reply for a retried
+``request_id`` and refuses the same id with other content. The router publishes only after this
+returns.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from gateway.services.base import Actor, Context
+from gateway.services.cards import CardService
+from gateway.services.common import apply_event, live_card
+from gateway.services.holders import HolderService
+from gateway.services.meal import MEAL_GROUP
+from gateway.services.passwords import hash_password, new_token, token_hash, verify_password
+from protocol.cards.clock import local
+from protocol.cards.identity import default_password, mask_name
+from protocol.cards.lifecycle import TAP_RULES, CardEvent, tap_refusal
+from protocol.errors import ErrorCode, OnecardError, RuleViolation
+from protocol.ledger import (
+    TransferKind,
+    TransferSpec,
+    external,
+    hold,
+    merchant,
+    purchase,
+    purse,
+    reversal,
+    subsidy_grant,
+    topup,
+)
+from protocol.wire import (
+    AccessRequest,
+    AccessResponse,
+    BalanceRequest,
+    BalanceResponse,
+    ChangePasswordRequest,
+    ChangePasswordResponse,
+    Direction,
+    HeartbeatRequest,
+    HeartbeatResponse,
+    HelloRequest,
+    HelloResponse,
+    LoginRequest,
+    LoginResponse,
+    MealPaidBy,
+    MealRequest,
+    MealResponse,
+    OfflineRejection,
+    OfflineUploadRequest,
+    OfflineUploadResponse,
+    PurchaseRequest,
+    PurchaseResponse,
+    RecentTransaction,
+    ReportLossRequest,
+    ReportLossResponse,
+    Request,
+    SeqRange,
+    TerminalConfig,
+    TopupRequest,
+    TopupResponse,
+    TransactionKind,
+    WaterHoldRequest,
+    WaterHoldResponse,
+    WaterReleaseRequest,
+    WaterReleaseResponse,
+    WaterSettleRequest,
+    WaterSettleResponse,
+    encode_error,
+    encode_reply,
+    fingerprint,
+)
+from protocol.wire.messages import VoidRequest, VoidResponse
+from storage.ports import Tx
+from storage.records import Card, Holder, Row
+
+KIOSK_SESSION_TTL = timedelta(minutes=5)
+
+
+@dataclass(frozen=True, slots=True)
+class Terminal:
+    id: str
+    kind: str
+    merchant_id: str | None
+    enabled: bool
+
+    @property
+    def actor(self) -> Actor:
+        return Actor(name=f"terminal:{self.id}", channel="terminal")
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The reply to publish and what the router needs for metrics and propagation."""
+
+    payload: bytes
+    ok: bool
+    code: str  # "approved" or the error code
+    replayed: bool = False
+    denylist_version: int | None = None  # a kiosk loss report: wait for terminals to apply it
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def _from_ms(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+class Refused(OnecardError):
+    """A tap refusal (card state, funds) that is a normal, recorded decision."""
+
+
+Handler = Callable[[Tx, Terminal, Any, datetime], Awaitable[Any]]
+
+
+class TerminalService:
+    def __init__(self, ctx: Context, config: TerminalConfig) -> None:
+        self.ctx = ctx
+        self.config = config
+        self.cards = CardService(ctx)
+        self.holders = HolderService(ctx)
+        self._handlers: dict[str, Handler] = {
+            "hello": self._hello,
+            "heartbeat": self._heartbeat,
+            "purchase": self._purchase,
+            "void": self._void,
+            "meal": self._meal,
+            "access": self._access,
+            "water_hold": self._water_hold,
+            "water_settle": self._water_settle,
+            "water_release": self._water_release,
+            "offline_upload": self._offline_upload,
+            "balance": self._balance,
+            "change_password": self._change_password,
+            "topup": self._topup,
+        }
+
+    # --- the one entry point ---------------------------------------------------------------
+    async def handle(self, terminal_id: str, op: str, request: Request[Any]) -> Outcome:
+        """Decide ``request`` durably and idempotently; returns the reply to publish."""
+        if op == "login":
+            return await self._login(terminal_id, request)
+        if op == "report_loss":
+            return await self._report_loss(terminal_id, request)
+        handler = self._handlers[op]
+        now = self.ctx.clock.now()
+        key = fingerprint(op, request)
+        async with self.ctx.registry.transaction() as tx:
+            stored = await self._replay(tx, terminal_id, request.request_id, key)
+            if stored is not None:
+                return stored
+            terminal = await self._terminal(tx, terminal_id)
+            try:
+                data = await handler(tx, terminal, request.data, now)
+            except Refused as exc:
+                payload = encode_error(request.request_id, exc)
+                outcome = Outcome(payload, ok=False, code=exc.code.value)
+            else:
+                payload = encode_reply(op, request.request_id, data)
+                outcome = Outcome(payload, ok=True, code="approved")
+            if op not in ("hello", "heartbeat"):
+                await tx.put(
+                    "idempotency",
+                    {
+                        "terminal_id": terminal_id,
+                        "request_id": request.request_id,
+                        "op": op,
+                        "fingerprint": key,
+                        "reply": payload.decode(),
+                        "at": now,
+                    },
+                )
+            return outcome
+
+    async def _replay(self, tx: Tx, terminal_id: str, request_id: str, key: str) -> Outcome | None:
+        row = await tx.get("idempotency", (terminal_id, request_id))
+        if row is None:
+            return None
+        if row["fingerprint"] != key:
+            exc = OnecardError(code=ErrorCode.IDEMPOTENCY_CONFLICT)
+            return Outcome(encode_error(request_id, exc), ok=False, code=exc.code.value)
+        payload = str(row["reply"]).encode()
+        ok = b'"ok":true' in payload
+        code = "approved" if ok else str(json.loads(payload)["error"]["code"])
+        return Outcome(payload, ok=ok, code=code, replayed=True)
+
+    async def _terminal(self, tx: Tx, terminal_id: str) -> Terminal:
+        """Revocation is checked on every request (ARCHITECTURE.md §3)."""
+        row = await tx.get("terminals", terminal_id)
+        if row is None:
+            raise OnecardError(code=ErrorCode.TERMINAL_UNKNOWN)
+        if not row["enabled"]:
+            raise OnecardError(code=ErrorCode.TERMINAL_DISABLED)
+        return Terminal(row["id"], row["kind"], row["merchant_id"], bool(row["enabled"]))
+
+    # --- terminal presence ------------------------------------------------------------------
+    async def _hello(self, tx: Tx, t: Terminal, data: HelloRequest, now: datetime) -> HelloResponse:
+        if data.kind.value != t.kind:
+            raise OnecardError(
+                f"终端类型不符：登记为 {t.kind}",
+                f"terminal registered as {t.kind}, not {data.kind}",
+                code=ErrorCode.PERMISSION_DENIED,
+            )
+        await tx.update(
+            "terminals",
+            t.id,
+            {
+                "firmware": data.firmware,
+                "denylist_version": data.denylist_version,
+                "last_seen_at": now,
+            },
+        )
+        return HelloResponse(
+            server_time_ms=_ms(now),
+            denylist_version=await self._deny_version(tx),
+            config=self.config,
+        )
+
+    async def _heartbeat(
+        self, tx: Tx, t: Terminal, data: HeartbeatRequest, now: datetime
+    ) -> HeartbeatResponse:
+        await tx.update(
+            "terminals", t.id, {"denylist_version": data.denylist_version, "last_seen_at": now}
+        )
+        return HeartbeatResponse(
+            server_time_ms=_ms(now), denylist_version=await self._deny_version(tx)
+        )
+
+    async def _deny_version(self, tx: Tx) -> int:
+        rows = await tx.rows("SELECT max(version) AS v FROM deny_changes")
+        return int(rows[0]["v"] or 0)
+
+    # --- card checks ------------------------------------------------------------------------
+    async def _usable_card(self, tx: Tx, uid: str, now: datetime) -> tuple[Card, Holder]:
+        """The registry decides: unknown, lost, frozen, expired (TERM-2 at once), ... refused."""
+        card = await tx.card_by_uid(uid)
+        if card is None:
+            raise Refused(code=ErrorCode.CARD_UNKNOWN)
+        refusal = tap_refusal(card.state, card.valid_until, now)
+        if card.state.value in ("printing", "ready"):
+            refusal = ErrorCode.CARD_NOT_ISSUED
+        if refusal is not None:
+            raise Refused(code=refusal, rule=TAP_RULES.get(refusal))
+        holder = await tx.get_holder(card.holder_id)
+        if holder.status != "active":
+            raise Refused(code=ErrorCode.CARD_TERMINATED, rule="TERM-6")
+        return card, holder
+
+    def _merchant(self, t: Terminal, given: str | None) -> str:
+        if given is not None and t.merchant_id is not None and given != t.merchant_id:
+            raise OnecardError(
+                "商户号与终端登记不符",
+                "merchant differs from the terminal's registration",
+                code=ErrorCode.PERMISSION_DENIED,
+            )
+        return given or t.merchant_id or t.id
+
+    async def _debit(
+        self, tx: Tx, spec: TransferSpec, *, now: datetime, t: Terminal, card: Card, holder: Holder
+    ) -> int:
+        try:
+            return await tx.post(
+                spec,
+                at=now,
+                actor=t.actor.name,
+                card_id=card.id,
+                terminal_id=t.id,
+                holder_id=holder.id,
+            )
+        except OnecardError as exc:
+            if exc.code is ErrorCode.INSUFFICIENT_FUNDS:
+                raise Refused(exc.message_zh, exc.message_en, code=exc.code) from None
+            raise
+
+    # --- POS --------------------------------------------------------------------------------
+    async def _purchase(
+        self, tx: Tx, t: Terminal, data: PurchaseRequest, now: datetime
+    ) -> PurchaseResponse:
+        card, holder = await self._usable_card(tx, data.card, now)
+        mid = self._merchant(t, data.merchant_id)
+        tid = await self._debit(
+            tx, purchase(holder.id, mid, data.amount_fen), now=now, t=t, card=card, holder=holder
+        )
+        return PurchaseResponse(
+            balance_after_fen=await tx.balance(purse(holder.id)), transfer_id=str(tid)
+        )
+
+    async def _void(self, tx: Tx, t: Terminal, data: VoidRequest, now: datetime) -> VoidResponse:
+        """Reverse this terminal's own LAST sale, named by its request id."""
+        row = await tx.get("idempotency", (t.id, data.original_request_id))
+        if row is None or row["op"] != "purchase" or b'"ok":true' not in str(row["reply"]).encode():
+            raise Refused(
+                "原交易不存在或未成功",
+                "no approved sale with that request id",
+                code=ErrorCode.NOT_FOUND,
+            )
+        transfer_id = int(json.loads(row["reply"])["data"]["transfer_id"])
+        last = await tx.rows(
+            "SELECT max(id) AS id FROM transfers WHERE terminal_id = :t AND kind = 'purchase'",
+            {"t": t.id},
+        )
+        if int(last[0]["id"] or 0) != transfer_id:
+            raise Refused(
+                "只能撤销本终端最后一笔交易",
+                "only this terminal's last sale can be voided",
+                code=ErrorCode.TRANSITION_NOT_ALLOWED,
+            )
+        if await tx.referencing_total(transfer_id):
+            raise Refused(
+                "该交易已撤销或已纠错",
+                "that sale was already voided or corrected",
+                code=ErrorCode.DUPLICATE,
+            )
+        original = await tx.get_transfer(transfer_id)
+        spec = reversal(
+            TransferSpec(TransferKind.PURCHASE, original.source, original.dest, original.amount),
+            transfer_id,
+        )
+        holder_id = int(original.source.split(":", 1)[1])
+        rid = await tx.post(
+            spec,
+            at=now,
+            actor=t.actor.name,
+            card_id=original.card_id,
+            terminal_id=t.id,
+            holder_id=holder_id,
+        )
+        return VoidResponse(
+            refunded_fen=original.amount,
+            balance_after_fen=await tx.balance(purse(holder_id)),
+            transfer_id=str(rid),
+        )
+
+    async def _meal(self, tx: Tx, t: Terminal, data: MealRequest, now: datetime) -> MealResponse:
+        """MEAL-1: a subsidised swipe while the month's count lasts, then the purse."""
+        card, holder = await self._usable_card(tx, data.card, now)
+        mid = self._merchant(t, None)
+        quota = await tx.get("meal_quotas", holder.id)
+        month = local(now).strftime("%Y-%m")
+        if quota is not None and quota["enabled"] and card.type_group == MEAL_GROUP:
+            usage = await tx.get("meal_usage", (holder.id, month))
+            used = int(usage["used"]) if usage else 0
+            left = int(quota["meals_per_month"]) - used
+            if left > 0:
+                tid = await tx.post(
+                    subsidy_grant(mid, data.amount_fen),
+                    at=now,
+                    actor=t.actor.name,
+                    card_id=card.id,
+                    terminal_id=t.id,
+                )
+                if usage is None:
+                    await tx.put("meal_usage", {"holder_id": holder.id, "month": month, "used": 1})
+                else:
+                    await tx.update("meal_usage", (holder.id, month), {"used": used + 1})
+                return MealResponse(
+                    paid_by=MealPaidBy.SUBSIDY,
+                    subsidy_left=left - 1,
+                    balance_after_fen=await tx.balance(purse(holder.id)),
+                    transfer_id=str(tid),
+                )
+            subsidy_left: int | None = 0
+        else:
+            subsidy_left = None
+        tid = await self._debit(
+            tx,
+            purchase(holder.id, mid, data.amount_fen, memo="meal"),
+            now=now,
+            t=t,
+            card=card,
+            holder=holder,
+        )
+        return MealResponse(
+            paid_by=MealPaidBy.PURSE,
+            subsidy_left=subsidy_left,
+            balance_after_fen=await tx.balance(purse(holder.id)),
+            transfer_id=str(tid),
+        )
+
+    # --- door ---------------------------------------------------------------------------------
+    async def _access(
+        self,
+        tx: Tx,
+        t: Terminal,  # noqa: ARG002
+        data: AccessRequest,
+        now: datetime,
+    ) -> AccessResponse:
+        try:
+            await self._usable_card(tx, data.card, now)
+        except Refused as exc:
+            return AccessResponse(allowed=False, reason=exc.code)
+        return AccessResponse(allowed=True)
+
+    # --- water (two-phase) ---------------------------------------------------------------------
+    async def _water_hold(
+        self, tx: Tx, t: Terminal, data: WaterHoldRequest, now: datetime
+    ) -> WaterHoldResponse:
+        card, holder = await self._usable_card(tx, data.card, now)
+        hold_id = await tx.insert(
+            "water_holds",
+            {
+                "terminal_id": t.id,
+                "card_id": card.id,
+                "holder_id": holder.id,
+                "amount": data.amount_fen,
+                "state": "held",
+                "created_at": now,
+            },
+        )
+        account = f"{hold(holder.id)}:w{hold_id}"
+        await self._debit(
+            tx,
+            TransferSpec(
+                TransferKind.FREEZE, purse(holder.id), account, data.amount_fen, memo="water hold"
+            ),
+            now=now,
+            t=t,
+            card=card,
+            holder=holder,
+        )
+        return WaterHoldResponse(
+            hold_id=str(hold_id),
+            held_fen=data.amount_fen,
+            available_fen=await tx.balance(purse(holder.id)),
+        )
+
+    async def _open_hold(self, tx: Tx, t: Terminal, hold_id: str) -> Row:
+        row = await tx.get("water_holds", int(hold_id)) if hold_id.isdigit() else None
+        if row is None or row["terminal_id"] != t.id:
+            raise Refused("无此预授权", "no such hold at this terminal", code=ErrorCode.NOT_FOUND)
+        if row["state"] != "held":
+            raise Refused(
+                "预授权已结算或释放",
+                "the hold was settled or released already",
+                code=ErrorCode.DUPLICATE,
+            )
+        return row
+
+    async def _water_settle(
+        self, tx: Tx, t: Terminal, data: WaterSettleRequest, now: datetime
+    ) -> WaterSettleResponse:
+        row = await self._open_hold(tx, t, data.hold_id)
+        if data.used_fen > int(row["amount"]):
+            raise Refused(
+                "用量超过预授权金额", "used more than held", code=ErrorCode.INVALID_AMOUNT
+            )
+        holder_id = int(row["holder_id"])
+        account = f"{hold(holder_id)}:w{row['id']}"
+        mid = self._merchant(t, None)
+        transfer_id = 0
+        if data.used_fen:
+            transfer_id = await tx.post(
+                TransferSpec(
+                    TransferKind.PURCHASE, account, merchant(mid), data.used_fen, memo="water"
+                ),
+                at=now,
+                actor=t.actor.name,
+                card_id=row["card_id"],
+                terminal_id=t.id,
+            )
+        rest = int(row["amount"]) - data.used_fen
+        if rest:
+            await tx.post(
+                TransferSpec(
+                    TransferKind.RELEASE, account, purse(holder_id), rest, memo="water hold rest"
+                ),
+                at=now,
+                actor=t.actor.name,
+                card_id=row["card_id"],
+                terminal_id=t.id,
+                holder_id=holder_id,
+            )
+        await tx.update(
+            "water_holds", row["id"], {"state": "settled", "used": data.used_fen, "closed_at": now}
+        )
+        return WaterSettleResponse(
+            charged_fen=data.used_fen,
+            released_fen=rest,
+            balance_after_fen=await tx.balance(purse(holder_id)),
+            transfer_id=str(transfer_id) if transfer_id else None,
+        )
+
+    async def _water_release(
+        self, tx: Tx, t: Terminal, data: WaterReleaseRequest, now: datetime
+    ) -> WaterReleaseResponse:
+        row = await self._open_hold(tx, t, data.hold_id)
+        holder_id = int(row["holder_id"])
+        await tx.post(
+            TransferSpec(
+                TransferKind.RELEASE,
+                f"{hold(holder_id)}:w{row['id']}",
+                purse(holder_id),
+                int(row["amount"]),
+                memo="water release",
+            ),
+            at=now,
+            actor=t.actor.name,
+            card_id=row["card_id"],
+            terminal_id=t.id,
+            holder_id=holder_id,
+        )
+        await tx.update(
+            "water_holds", row["id"], {"state": "released", "used": 0, "closed_at": now}
+        )
+        return WaterReleaseResponse(
+            released_fen=int(row["amount"]), balance_after_fen=await tx.balance(purse(holder_id))
+        )
+
+    # --- store and forward ------------------------------------------------------------------
+    async def _offline_upload(
+        self, tx: Tx, t: Terminal, data: OfflineUploadRequest, now: datetime
+    ) -> OfflineUploadResponse:
+        """Exactly once per (terminal, seq); the purse is debited even if the card was reported
+        lost since (the terminal approved it with the deny list it held); gaps are reported."""
+        accepted: list[int] = []
+        duplicates: list[int] = []
+        rejected: list[OfflineRejection] = []
+        mid = self._merchant(t, None)
+        for sale in data.sales:
+            if await tx.get("offline_sales", (t.id, sale.seq)) is not None:
+                duplicates.append(sale.seq)
+                continue
+            result, transfer_id = "accepted", None
+            card = await tx.card_by_uid(sale.card)
+            if card is None:
+                result = ErrorCode.CARD_UNKNOWN.value
+            else:
+                spec = purchase(
+                    card.holder_id,
+                    sale.merchant_id or mid,
+                    sale.amount_fen,
+                    memo=f"offline #{sale.seq}",
+                )
+                try:
+                    transfer_id = await tx.post(
+                        spec,
+                        at=now,
+                        actor=t.actor.name,
+                        card_id=card.id,
+                        terminal_id=t.id,
+                        request_id=f"offline:{sale.seq}",
+                        holder_id=card.holder_id,
+                    )
+                except OnecardError as exc:
+                    if exc.code is not ErrorCode.INSUFFICIENT_FUNDS:
+                        raise
+                    result = exc.code.value
+            await tx.put(
+                "offline_sales",
+                {
+                    "terminal_id": t.id,
+                    "seq": sale.seq,
+                    "card_uid": sale.card,
+                    "amount": sale.amount_fen,
+                    "sold_at": _from_ms(sale.at_ms),
+                    "uploaded_at": now,
+                    "result": result,
+                    "transfer_id": transfer_id,
+                },
+            )
+            if result == "accepted":
+                accepted.append(sale.seq)
+            else:
+                rejected.append(OfflineRejection(seq=sale.seq, code=ErrorCode(result)))
+        seqs = [
+            int(r["seq"]) for r in await tx.find("offline_sales", terminal_id=t.id, order_by="seq")
+        ]
+        return OfflineUploadResponse(
+            accepted=accepted, duplicates=duplicates, rejected=rejected, gaps=_gaps(seqs)
+        )
+
+    # --- kiosk --------------------------------------------------------------------------------
+    async def _session(self, tx: Tx, t: Terminal, token: str, now: datetime) -> Holder:
+        row = await tx.get("holder_sessions", token_hash(token))
+        if row is None or row["expires_at"] <= now or row["terminal_id"] != t.id:
+            raise Refused("请重新登录", "session expired: log in again", code=ErrorCode.AUTH_FAILED)
+        return await tx.get_holder(int(row["holder_id"]))
+
+    async def _login(self, terminal_id: str, request: Request[Any]) -> Outcome:
+        """LOSS-1: number + password (default: last 6 of the national ID), with lockout.
+        Not idempotency-recorded: the reply carries a secret session token."""
+        data: LoginRequest = request.data
+        now = self.ctx.clock.now()
+        async with self.ctx.registry.read() as tx:
+            await self._terminal(tx, terminal_id)
+        try:
+            actor = await self.holders.authenticate(data.number, data.password, channel="kiosk")
+        except OnecardError as exc:
+            return Outcome(encode_error(request.request_id, exc), ok=False, code=exc.code.value)
+        assert actor.holder_id is not None
+        token, digest = new_token()
+        async with self.ctx.registry.transaction() as tx:
+            holder = await tx.get_holder(actor.holder_id)
+            await tx.put(
+                "holder_sessions",
+                {
+                    "token_hash": digest,
+                    "holder_id": holder.id,
+                    "terminal_id": terminal_id,
+                    "created_at": now,
+                    "expires_at": now + KIOSK_SESSION_TTL,
+                },
+            )
+        initial = bool(
+            holder.national_id
+            and holder.password_hash
+            and verify_password(default_password(holder.national_id), holder.password_hash)
+        )
+        reply = LoginResponse(
+            session=token,
+            session_expires_ms=_ms(now + KIOSK_SESSION_TTL),
+            holder_name_masked=mask_name(holder.name),
+            must_change_password=initial,
+        )
+        return Outcome(encode_reply("login", request.request_id, reply), ok=True, code="approved")
+
+    async def _balance(
+        self, tx: Tx, t: Terminal, data: BalanceRequest, now: datetime
+    ) -> BalanceResponse:
+        holder = await self._session(tx, t, data.session, now)
+        account = purse(holder.id)
+        recent = [
+            RecentTransaction(
+                at_ms=_ms(tr.at),
+                kind=_kind(tr.kind),
+                direction=Direction.CREDIT if tr.dest == account else Direction.DEBIT,
+                amount_fen=tr.amount,
+                place=tr.terminal_id,
+            )
+            for tr in await tx.transfers_of(account, 20)
+        ]
+        return BalanceResponse(balance_fen=await tx.balance(account), recent=recent)
+
+    async def _report_loss(self, terminal_id: str, request: Request[Any]) -> Outcome:
+        """LOSS-1/2 at a kiosk: the holder's own card is refused everywhere from this version."""
+        data: ReportLossRequest = request.data
+        op = "report_loss"
+        key = fingerprint(op, request)
+        now = self.ctx.clock.now()
+        async with self.ctx.registry.transaction() as tx:
+            stored = await self._replay(tx, terminal_id, request.request_id, key)
+            if stored is not None:
+                return stored
+            t = await self._terminal(tx, terminal_id)
+            version: int | None = None
+            try:
+                holder = await self._session(tx, t, data.session, now)
+                actor = Actor(name=f"holder:{holder.id}", channel="kiosk", holder_id=holder.id)
+                cards = await tx.cards_of_holder(holder.id)
+                card = (
+                    next((c for c in cards if c.serial == data.card_serial), None)
+                    if data.card_serial
+                    else live_card(cards)
+                )
+                if card is None:
+                    raise Refused(  # noqa: TRY301
+                        "没有可挂失的卡片",
+                        "no card to report lost",
+                        code=ErrorCode.NOT_FOUND,
+                        rule="LOSS-1",
+                    )
+                try:
+                    await apply_event(tx, card, CardEvent.REPORT_LOSS, now=now, actor=actor)
+                except RuleViolation as exc:
+                    raise Refused(
+                        exc.message_zh, exc.message_en, code=exc.code, rule=exc.rule
+                    ) from None
+                version = await self._deny_version(tx)
+                payload = encode_reply(
+                    op,
+                    request.request_id,
+                    ReportLossResponse(denylist_version=version, terminals_applied=0),
+                )
+                outcome = Outcome(payload, ok=True, code="approved", denylist_version=version)
+            except Refused as exc:
+                outcome = Outcome(
+                    encode_error(request.request_id, exc), ok=False, code=exc.code.value
+                )
+            await tx.put(
+                "idempotency",
+                {
+                    "terminal_id": terminal_id,
+                    "request_id": request.request_id,
+                    "op": op,
+                    "fingerprint": key,
+                    "reply": outcome.payload.decode(),
+                    "at": now,
+                },
+            )
+            return outcome
+
+    async def _change_password(
+        self, tx: Tx, t: Terminal, data: ChangePasswordRequest, now: datetime
+    ) -> ChangePasswordResponse:
+        holder = await self._session(tx, t, data.session, now)
+        if not holder.password_hash or not verify_password(data.old_password, holder.password_hash):
+            raise Refused(
+                "原密码错误", "wrong current password", code=ErrorCode.AUTH_FAILED, rule="LOSS-1"
+            )
+        await tx.update("holders", holder.id, {"password_hash": hash_password(data.new_password)})
+        await tx.audit(now, f"holder:{holder.id}", "holder.password_changed", "holder", holder.id)
+        return ChangePasswordResponse()
+
+    async def _topup(self, tx: Tx, t: Terminal, data: TopupRequest, now: datetime) -> TopupResponse:
+        """TOP-1 at a kiosk: the holder's purse (by session or card) from the kiosk's channel."""
+        if data.session is not None:
+            holder = await self._session(tx, t, data.session, now)
+            card = None
+        elif data.card is not None:
+            card, holder = await self._usable_card(tx, data.card, now)
+        else:
+            raise Refused(
+                "须指定会话或卡片", "give a session or a card", code=ErrorCode.INVALID_INPUT
+            )
+        spec = topup(holder.id, data.amount_fen, external(f"kiosk-{t.id}"))
+        spec = TransferSpec(spec.kind, spec.source, spec.dest, spec.amount, memo=data.payment_ref)
+        tid = await tx.post(
+            spec,
+            at=now,
+            actor=t.actor.name,
+            card_id=card.id if card else None,
+            terminal_id=t.id,
+            holder_id=holder.id,
+        )
+        return TopupResponse(
+            balance_after_fen=await tx.balance(purse(holder.id)), transfer_id=str(tid)
+        )
+
+    # --- for the router ---------------------------------------------------------------------
+    async def terminals_at_version(self, version: int) -> int:
+        async with self.ctx.registry.read() as tx:
+            rows = await tx.rows(
+                "SELECT count(*) AS n FROM terminals WHERE enabled = :e AND denylist_version >= :v",
+                {"e": True, "v": version},
+            )
+        return int(rows[0]["n"])
+
+
+def _kind(kind: str) -> TransactionKind:
+    try:
+        return TransactionKind(kind)
+    except ValueError:
+        return TransactionKind.OTHER
+
+
+def _gaps(seqs: list[int]) -> list[SeqRange]:
+    gaps: list[SeqRange] = []
+    expected = 1
+    for seq in seqs:
+        if seq > expected:
+            gaps.append(SeqRange(first=expected, last=seq - 1))
+        expected = seq + 1
+    return gaps
