@@ -46,6 +46,16 @@ def _pk(table: Table) -> Any:
     return next(iter(table.primary_key.columns))
 
 
+def _key_clause(table: Table, key: Any) -> Any:
+    """``pk == key``; a tuple key matches a composite primary key column by column."""
+    columns = list(table.primary_key.columns)
+    if len(columns) == 1:
+        return columns[0] == key
+    if not isinstance(key, tuple) or len(key) != len(columns):
+        raise ValueError(f"{table.name} needs a key of {len(columns)} values")
+    return and_(*(c == v for c, v in zip(columns, key, strict=True)))
+
+
 class SqlTx:
     """One database transaction with the registry's operations."""
 
@@ -78,13 +88,13 @@ class SqlTx:
 
     async def update(self, table: str, key: Any, values: Mapping[str, Any]) -> None:
         t = _table(table)
-        result = await self.conn.execute(update(t).where(_pk(t) == key).values(**values))
+        result = await self.conn.execute(update(t).where(_key_clause(t, key)).values(**values))
         if result.rowcount != 1:
             raise NotFound(f"{table} 中无记录 {key}", f"{table}: no row {key}")
 
     async def get(self, table: str, key: Any) -> Row | None:
         t = _table(table)
-        row = (await self.conn.execute(select(t).where(_pk(t) == key))).mappings().first()
+        row = (await self.conn.execute(select(t).where(_key_clause(t, key)))).mappings().first()
         return dict(row) if row is not None else None
 
     async def find(

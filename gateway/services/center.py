@@ -12,6 +12,7 @@ from gateway.services.meal import MealService
 from gateway.services.money import MoneyService
 from gateway.services.operators import OperatorService
 from gateway.services.reports import ReportService
+from gateway.services.terminals import TerminalRegistryService
 
 
 @dataclass
@@ -26,6 +27,7 @@ class CardCenter:
     merchants: MerchantService
     meal: MealService
     reports: ReportService
+    terminals: TerminalRegistryService
 
     @classmethod
     def build(cls, ctx: Context) -> CardCenter:
@@ -40,4 +42,5 @@ class CardCenter:
             merchants=MerchantService(ctx),
             meal=MealService(ctx),
             reports=ReportService(ctx),
+            terminals=TerminalRegistryService(ctx),
         )

@@ -24,7 +24,8 @@ async def test_loss_then_replace_at_47h_refused_and_48h_done(counter: Counter) -
     assert "2026-11-25 10:05" in str(err.value)
     c.clock.advance(hours=1)
     result = await c.center.cards.replace(c.op, issued.card.serial, presented_id=holder.number)
-    assert result.old_card is not None and result.old_card.state is CardState.REPLACED
+    assert result.old_card is not None
+    assert result.old_card.state is CardState.REPLACED
     assert result.card.state is CardState.ACTIVE
     assert result.receipts[0].amount == 3000
     with pytest.raises(RuleViolation) as err:
