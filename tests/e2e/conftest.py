@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest_asyncio
+
+from tests.e2e.campus import Campus, build_campus
+
+
+@pytest_asyncio.fixture
+async def campus(tmp_path: Path) -> AsyncIterator[Campus]:
+    c = await build_campus(tmp_path)
+    c.task = asyncio.create_task(c.gateway.run(), name="gateway")
+    try:
+        await c.wait_ready()
+        yield c
+    finally:
+        c.gateway.stop.set()
+        try:
+            async with asyncio.timeout(15):
+                await c.task
+        finally:
+            c.broker.stop()
+            await c.registry.close()
