@@ -19,10 +19,9 @@ from gateway.services.common import (
     require_active_holder,
     verify_identity,
 )
-from gateway.services.passwords import hash_password
 from protocol.cards.clock import SMART_CARD_WORKING_DAYS, add_working_days, end_of_validity, local
 from protocol.cards.fees import FeeItem
-from protocol.cards.identity import default_password, validate_national_id
+from protocol.cards.identity import validate_national_id
 from protocol.cards.lifecycle import CardEvent, ExchangeReason, auto_termination_at
 from protocol.cards.policy import require_complete, require_refund_eligible, require_settled
 from protocol.errors import ErrorCode, InvalidInput, OnecardError, RuleViolation
@@ -155,7 +154,7 @@ class CardService:
                     "name": name.strip(),
                     "national_id": nid,
                     "valid_until": end_of_validity(valid_through),
-                    "password_hash": hash_password(default_password(nid)),
+                    "password_hash": None,  # default: last 6 of the national ID (LOSS-1)
                     "created_at": now,
                     "application_ref": application_ref.strip(),
                 },

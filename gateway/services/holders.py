@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -51,6 +52,19 @@ class ImportReport:
     imported: int = 0
     skipped_existing: list[tuple[int, str]] = field(default_factory=list)  # (row, reason)
     holder_ids: list[int] = field(default_factory=list)
+
+
+def uses_default_password(holder: Holder) -> bool:
+    """LOSS-1: until changed, the password is the last 6 of the national ID (not stored)."""
+    return holder.password_hash is None
+
+
+def check_holder_password(holder: Holder, password: str) -> bool:
+    if holder.password_hash is None:
+        if not holder.national_id:
+            return False
+        return hmac.compare_digest(password.encode(), default_password(holder.national_id).encode())
+    return verify_password(password, holder.password_hash)
 
 
 class HolderService:
@@ -110,9 +124,7 @@ class HolderService:
                     "department": row.department,
                     "photo_ref": row.photo,
                     "valid_until": end_of_validity(valid) if valid else None,
-                    "password_hash": hash_password(default_password(row.national_id))
-                    if row.national_id
-                    else None,
+                    "password_hash": None,  # the default password until changed (LOSS-1)
                     "created_at": now,
                 }
                 report.holder_ids.append(await tx.insert("holders", values))
@@ -170,15 +182,14 @@ class HolderService:
             candidates = [
                 h
                 for h in await tx.holders_by_number(number)
-                if h.status == "active" and h.password_hash
+                if h.status == "active" and (h.password_hash or h.national_id)
             ]
             if not candidates:
                 raise wrong
             for holder in candidates:
                 if holder.locked_until is not None and holder.locked_until > now:
                     continue
-                assert holder.password_hash is not None
-                if verify_password(password, holder.password_hash):
+                if check_holder_password(holder, password):
                     if holder.failed_logins:
                         await tx.update(
                             "holders", holder.id, {"failed_logins": 0, "locked_until": None}
@@ -222,7 +233,7 @@ class HolderService:
         now = self.ctx.clock.now()
         async with self.ctx.registry.transaction() as tx:
             holder = await tx.get_holder(actor.holder_id)
-            if not holder.password_hash or not verify_password(old, holder.password_hash):
+            if not check_holder_password(holder, old):
                 raise AccessDenied(
                     "原密码错误",
                     "wrong current password",
@@ -246,7 +257,7 @@ class HolderService:
                 "holders",
                 holder_id,
                 {
-                    "password_hash": hash_password(default_password(holder.national_id)),
+                    "password_hash": None,
                     "failed_logins": 0,
                     "locked_until": None,
                 },

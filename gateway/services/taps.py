@@ -18,11 +18,11 @@ from typing import Any
 from gateway.services.base import Actor, Context
 from gateway.services.cards import CardService
 from gateway.services.common import apply_event, live_card
-from gateway.services.holders import HolderService
+from gateway.services.holders import HolderService, check_holder_password, uses_default_password
 from gateway.services.meal import MEAL_GROUP
-from gateway.services.passwords import hash_password, new_token, token_hash, verify_password
+from gateway.services.passwords import hash_password, new_token, token_hash
 from protocol.cards.clock import local
-from protocol.cards.identity import default_password, mask_name
+from protocol.cards.identity import mask_name
 from protocol.cards.lifecycle import TAP_RULES, CardEvent, tap_refusal
 from protocol.errors import ErrorCode, OnecardError, RuleViolation
 from protocol.ledger import (
@@ -611,11 +611,7 @@ class TerminalService:
                     "expires_at": now + KIOSK_SESSION_TTL,
                 },
             )
-        initial = bool(
-            holder.national_id
-            and holder.password_hash
-            and verify_password(default_password(holder.national_id), holder.password_hash)
-        )
+        initial = uses_default_password(holder)
         reply = LoginResponse(
             session=token,
             session_expires_ms=_ms(now + KIOSK_SESSION_TTL),
@@ -703,7 +699,7 @@ class TerminalService:
         self, tx: Tx, t: Terminal, data: ChangePasswordRequest, now: datetime
     ) -> ChangePasswordResponse:
         holder = await self._session(tx, t, data.session, now)
-        if not holder.password_hash or not verify_password(data.old_password, holder.password_hash):
+        if not check_holder_password(holder, data.old_password):
             raise Refused(
                 "原密码错误", "wrong current password", code=ErrorCode.AUTH_FAILED, rule="LOSS-1"
             )

@@ -7,6 +7,7 @@ from datetime import date
 
 import pytest
 
+from gateway.services.holders import check_holder_password, uses_default_password
 from protocol.cards.clock import end_of_validity
 from protocol.errors import ErrorCode, InvalidInput, OnecardError
 from protocol.ledger import cash, deposit, fee_income
@@ -27,7 +28,11 @@ async def test_iss1_import_sets_validity_and_each_student_gets_a_free_temp_card(
     assert first.kind is HolderKind.STUDENT
     assert first.number == "2026000001"
     assert first.valid_until == end_of_validity(date(2030, 7, 31))
-    assert first.password_hash is not None
+    # LOSS-1: the self-service password is the last 6 of the national ID until changed
+    assert uses_default_password(first)
+    assert first.national_id is not None
+    assert check_holder_password(first, first.national_id[-6:])
+    assert not check_holder_password(first, "000000")
 
     issued = await c.center.cards.issue_temp(c.op, first.number)
     assert issued.card.kind is CardKind.TEMP
