@@ -1,0 +1,130 @@
+"""`onecard serve` as operators run it: TOML config, /metrics /livez /readyz, SIGTERM shutdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.broker import PrivateBroker, Probe, free_port
+
+pytestmark = pytest.mark.broker
+ROOT = Path(__file__).resolve().parents[2]
+ONECARD = str(Path(sys.executable).parent / "onecard")
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def _cli(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
+    done = subprocess.run(
+        [ONECARD, *args],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_serve_reports_health_metrics_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "ONECARD_DB": str(tmp_path / "r.sqlite3"),
+        "ONECARD_SESSION": str(tmp_path / "s.json"),
+    }
+    env.pop("ONECARD_NOW", None)
+    _cli(
+        env,
+        "init",
+        "--admin",
+        "chief",
+        "--name",
+        "王科长",
+        "--password-stdin",
+        stdin="First-pass-1\n",
+    )
+    _cli(env, "login", "chief", "--password-stdin", stdin="First-pass-1\n")
+    _cli(env, "passwd", "--stdin", stdin="First-pass-1\nCounter-2026\n")
+    _cli(
+        env,
+        "terminal",
+        "add",
+        "door-001",
+        "--kind",
+        "door",
+        "--password-stdin",
+        stdin="door-secret\n",
+    )
+    with PrivateBroker(
+        tmp_path / "broker", users={"gateway": "gw-secret", "door-001": "door-secret"}
+    ) as broker:
+        http_port = free_port()
+        config = tmp_path / "onecard.toml"
+        config.write_text(
+            f'db = "{tmp_path / "r.sqlite3"}"\nlog_level = "INFO"\n'
+            f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\n'
+            'username = "gateway"\npassword = "gw-secret"\n'
+            f"[http]\nport = {http_port}\n"
+        )
+        serve_env = {k: v for k, v in env.items() if k != "ONECARD_DB"}
+        log_path = tmp_path / "serve.log"
+        log_file = log_path.open("wb")
+        proc = subprocess.Popen(
+            [ONECARD, "serve", "--config", str(config)],
+            env=serve_env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 15
+            status = 0
+            while time.monotonic() < deadline:
+                try:
+                    status, _ = _get(f"http://127.0.0.1:{http_port}/readyz")
+                except OSError:
+                    status = 0
+                if status == 200:
+                    break
+                time.sleep(0.1)
+            assert status == 200
+            assert _get(f"http://127.0.0.1:{http_port}/livez")[0] == 200
+            with Probe(broker, "door-001", "door-secret") as door:
+                door.connect()
+                door.subscribe("onecard/v1/t/door-001/resp/#")
+                body = {"v": 1, "request_id": "d-1", "data": {"card": "04FFFFFFFFFFFF"}}
+                door.publish("onecard/v1/t/door-001/req/access", json.dumps(body).encode())
+                reply = json.loads(door.next_message(timeout=5).payload)
+            assert reply["data"] == {"allowed": False, "reason": "card_unknown"}
+            code, metrics = _get(f"http://127.0.0.1:{http_port}/metrics")
+            assert code == 200
+            assert b'onecard_decisions_total{op="access",result="approved"} 1.0' in metrics
+            assert b"onecard_mqtt_connected 1.0" in metrics
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=20) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            log_file.close()
+        log = log_path.read_text()
+        with Probe(broker, "door-001", "door-secret") as door:
+            door.connect()
+            door.subscribe("onecard/v1/gateway/status")
+            status_msg = json.loads(door.next_message(timeout=5).payload)
+        assert status_msg["state"] == "offline", log
