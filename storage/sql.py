@@ -57,7 +57,11 @@ def _key_clause(table: Table, key: Any) -> Any:
 
 
 class SqlTx:
-    """One database transaction with the registry's operations."""
+    """One database transaction with the registry's operations.
+
+    A :class:`~protocol.errors.Duplicate` raised by :meth:`insert`/:meth:`put` ends the
+    transaction on PostgreSQL (the server aborts it): let it propagate, never catch it and carry on.
+    """
 
     def __init__(self, conn: AsyncConnection) -> None:
         self.conn = conn
