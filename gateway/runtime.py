@@ -234,7 +234,8 @@ class Gateway:
             return
         tid, op = topic.terminal_id, topic.op
         reply_to = message.response_topic
-        if not reply_to or not reply_to.startswith(f"onecard/v1/t/{tid}/"):
+        # the broker ACL lets the gateway write only under .../resp/ (deploy/mosquitto)
+        if not reply_to or not reply_to.startswith(f"onecard/v1/t/{tid}/resp/"):
             reply_to = response_topic(tid, op)
         try:
             outcome = await self._decide(tid, op, message.payload)

@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Table, and_, func, insert, select, text, update
+from sqlalchemy import Table, and_, bindparam, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -31,6 +31,8 @@ from storage.records import Card, Holder, Receipt, Row, Transfer
 class InsufficientFunds(OnecardError):
     code = ErrorCode.INSUFFICIENT_FUNDS
 
+
+IN_CHUNK = 500
 
 TABLES: dict[str, Table] = {t.name: t for t in s.metadata.sorted_tables}
 
@@ -110,6 +112,31 @@ class SqlTx:
         if limit is not None:
             query = query.limit(limit)
         return [dict(r) for r in (await self.conn.execute(query)).mappings()]
+
+    async def insert_many(self, table: str, rows: list[dict[str, Any]]) -> None:
+        """Bulk insert (one executemany); for rows whose keys the caller reads back after."""
+        if not rows:
+            return
+        t = _table(table)
+        try:
+            await self.conn.execute(insert(t), rows)
+        except IntegrityError as exc:
+            raise Duplicate(
+                f"{table} 记录重复或不符合约束",
+                f"{table}: duplicate or breaks a constraint ({exc.orig})",
+            ) from exc
+
+    async def find_in(self, table: str, column: str, values: list[Any], **eq: Any) -> list[Row]:
+        """Rows whose ``column`` is one of ``values`` (queried in chunks), with equality filters."""
+        t = _table(table)
+        out: list[Row] = []
+        for start in range(0, len(values), IN_CHUNK):
+            chunk = values[start : start + IN_CHUNK]
+            query = select(t).where(
+                t.c[column].in_(chunk), and_(True, *(t.c[k] == v for k, v in eq.items()))
+            )
+            out.extend(dict(r) for r in (await self.conn.execute(query)).mappings())
+        return out
 
     async def count(self, table: str, **eq: Any) -> int:
         t = _table(table)
@@ -279,6 +306,60 @@ class SqlTx:
                 "request_id": request_id,
                 "memo": spec.memo,
             },
+        )
+
+    async def post_many(
+        self, specs: list[TransferSpec], *, at: datetime, actor: str, card_ids: list[int | None]
+    ) -> None:
+        """Bulk transfers whose sources may go negative (cash, external channels): top-up
+        batches. Three executemany statements instead of six statements per transfer."""
+        if not specs:
+            return
+        for spec in specs:
+            if account_kind(spec.source) in NON_NEGATIVE_KINDS:
+                msg = f"post_many cannot debit {spec.source}: use post()"
+                raise ValueError(msg)
+        accounts = {spec.source for spec in specs} | {spec.dest for spec in specs}
+        rows = [
+            {
+                "id": a,
+                "kind": account_kind(a).value,
+                "holder_id": int(a.split(":")[1])
+                if account_kind(a) in NON_NEGATIVE_KINDS and a.split(":")[1].isdigit()
+                else None,
+            }
+            for a in sorted(accounts)
+        ]
+        ins = (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(s.accounts)
+        await self.conn.execute(ins.on_conflict_do_nothing(), rows)
+        moves: dict[str, int] = {}
+        for spec in specs:
+            moves[spec.source] = moves.get(spec.source, 0) - spec.amount
+            moves[spec.dest] = moves.get(spec.dest, 0) + spec.amount
+        await self.conn.execute(
+            update(s.accounts)
+            .where(s.accounts.c.id == bindparam("account"))
+            .values(balance=s.accounts.c.balance + bindparam("delta")),
+            [{"account": a, "delta": d} for a, d in moves.items()],
+        )
+        await self.conn.execute(
+            insert(s.transfers),
+            [
+                {
+                    "kind": spec.kind.value,
+                    "source": spec.source,
+                    "dest": spec.dest,
+                    "amount": spec.amount,
+                    "ref_id": spec.ref,
+                    "at": at,
+                    "actor": actor,
+                    "card_id": card_id,
+                    "terminal_id": None,
+                    "request_id": None,
+                    "memo": spec.memo,
+                }
+                for spec, card_id in zip(specs, card_ids, strict=True)
+            ],
         )
 
     async def get_transfer(self, transfer_id: int) -> Transfer:

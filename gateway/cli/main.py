@@ -1251,7 +1251,7 @@ def broker_render(
         port=port,
         bind=bind,
         persistence=not no_persistence,
-        persistence_dir=None if no_persistence else directory / "data",
+        persistence_dir=None if no_persistence else Path("/var/lib/mosquitto"),
     )
     emit(
         opts,

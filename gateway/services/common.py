@@ -142,6 +142,25 @@ async def allocate_serial(tx: Tx, kind: CardKind) -> str:
     )
 
 
+async def allocate_serials(tx: Tx, kind: CardKind, count: int) -> list[str]:
+    """INV-2: ``count`` consecutive unused serials from the requisitioned ranges."""
+    out: list[str] = []
+    for req in await tx.find("requisitions", kind=kind.value, order_by="id"):
+        highest = await tx.used_serials_between(req["serial_from"], req["serial_to"])
+        nxt = int(req["serial_from"]) if highest is None else int(highest) + 1
+        while nxt <= int(req["serial_to"]) and len(out) < count:
+            out.append(f"{nxt:0{SERIAL_WIDTH}d}")
+            nxt += 1
+        if len(out) == count:
+            return out
+    raise OnecardError(
+        f"柜台空白卡不足 {count} 张，请向网络管理科科长申领新卡",
+        f"fewer than {count} blank {kind} cards left at the counter: requisition more (INV-2)",
+        code=ErrorCode.OUT_OF_STOCK,
+        rule="INV-2",
+    )
+
+
 async def new_card(
     tx: Tx,
     holder: Holder,

@@ -91,44 +91,57 @@ class HolderService:
             )
         now = self.ctx.clock.now()
         report = ImportReport(kind=kind.value)
+        rule = "ISS-1" if kind is HolderKind.STUDENT else "ISS-6"
+        category = HolderCategory.STUDENT if kind is HolderKind.STUDENT else HolderCategory.STAFF
+        numbered: list[dict[str, Any]] = []
+        order: list[tuple[str | None, dict[str, Any]]] = []  # (number, values) in row order
+        by_number: dict[str, int] = {}
+        for row in rows:
+            number = row.student_number if kind is HolderKind.STUDENT else row.staff_number
+            valid = row.valid_until or default_valid_through
+            values: dict[str, Any] = {
+                "kind": kind.value,
+                "category": category.value,
+                "number": number or None,
+                "name": row.name or "",
+                "national_id": row.national_id,
+                "college": row.college,
+                "class_name": row.class_name,
+                "department": row.department,
+                "photo_ref": row.photo,
+                "valid_until": end_of_validity(valid) if valid else None,
+                "password_hash": None,  # the default password until changed (LOSS-1)
+                "created_at": now,
+            }
+            order.append((number or None, values))
+            if number:
+                numbered.append(values)
+                by_number[number] = row.row_number
+        by_id = {r.national_id: r.row_number for r in rows if r.national_id}
         async with self.ctx.registry.transaction() as tx:
-            for row in rows:
-                number = row.student_number if kind is HolderKind.STUDENT else row.staff_number
-                if number and await tx.find("holders", kind=kind.value, number=number):
-                    raise OnecardError(
-                        f"第 {row.row_number} 行：学号/工号 {number} 已登记",
-                        f"row {row.row_number}: number {number} is registered already",
-                        code=ErrorCode.DUPLICATE,
-                        rule="ISS-1" if kind is HolderKind.STUDENT else "ISS-6",
-                    )
-                if row.national_id and await tx.find(
-                    "holders", national_id=row.national_id, status="active"
-                ):
-                    raise OnecardError(
-                        f"第 {row.row_number} 行：身份证号已登记",
-                        f"row {row.row_number}: national ID is registered already",
-                        code=ErrorCode.DUPLICATE,
-                        rule="ISS-1" if kind is HolderKind.STUDENT else "ISS-6",
-                    )
-                valid = row.valid_until or default_valid_through
-                values: dict[str, Any] = {
-                    "kind": kind.value,
-                    "category": HolderCategory.STUDENT.value
-                    if kind is HolderKind.STUDENT
-                    else HolderCategory.STAFF.value,
-                    "number": number or None,
-                    "name": row.name or "",
-                    "national_id": row.national_id,
-                    "college": row.college,
-                    "class_name": row.class_name,
-                    "department": row.department,
-                    "photo_ref": row.photo,
-                    "valid_until": end_of_validity(valid) if valid else None,
-                    "password_hash": None,  # the default password until changed (LOSS-1)
-                    "created_at": now,
-                }
-                report.holder_ids.append(await tx.insert("holders", values))
-                report.imported += 1
+            for clash in await tx.find_in("holders", "number", list(by_number), kind=kind.value):
+                raise OnecardError(
+                    f"第 {by_number[clash['number']]} 行：学号/工号 {clash['number']} 已登记",
+                    f"row {by_number[clash['number']]}: number {clash['number']} is registered",
+                    code=ErrorCode.DUPLICATE,
+                    rule=rule,
+                )
+            for clash in await tx.find_in("holders", "national_id", list(by_id), status="active"):
+                raise OnecardError(
+                    f"第 {by_id[clash['national_id']]} 行：身份证号已登记",
+                    f"row {by_id[clash['national_id']]}: national ID is registered already",
+                    code=ErrorCode.DUPLICATE,
+                    rule=rule,
+                )
+            await tx.insert_many("holders", numbered)
+            ids = {
+                r["number"]: int(r["id"])
+                for r in await tx.find_in("holders", "number", list(by_number), kind=kind.value)
+            }
+            for number, values in order:
+                holder_id = ids[number] if number else await tx.insert("holders", values)
+                report.holder_ids.append(holder_id)
+            report.imported = len(order)
             await tx.audit(
                 now,
                 actor.name,

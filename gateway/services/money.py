@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from gateway.services.base import Actor, Context
 from gateway.services.common import require_active_holder
-from protocol.errors import ErrorCode, RuleViolation
+from protocol.errors import ErrorCode, OnecardError, RuleViolation
 from protocol.ledger import (
     AccountKind,
     TransferKind,
@@ -57,6 +57,29 @@ class MoneyService:
                 holder_id=holder.id,
             )
             return MoneyResult(tid, await tx.balance(purse(holder.id)))
+
+    async def topup_batch(
+        self, actor: Actor, amounts: list[tuple[str, int]], *, point: str = "counter"
+    ) -> int:
+        """TOP-1 for many cards in one transaction (a cash point's batch, the demo's seeding)."""
+        actor.require(Permission.TOPUP_CENTER)
+        now = self.ctx.clock.now()
+        async with self.ctx.registry.transaction() as tx:
+            serials = [serial for serial, _ in amounts]
+            cards = {r["serial"]: r for r in await tx.find_in("cards", "serial", serials)}
+            missing = [x for x in serials if x not in cards]
+            if missing:
+                raise OnecardError(
+                    f"无此卡号 {missing[0]}", f"no card {missing[0]}", code=ErrorCode.CARD_UNKNOWN
+                )
+            specs = [
+                topup(int(cards[serial]["holder_id"]), amount, cash(point))
+                for serial, amount in amounts
+            ]
+            await tx.post_many(
+                specs, at=now, actor=actor.name, card_ids=[int(cards[x]["id"]) for x in serials]
+            )
+        return len(amounts)
 
     async def correct(
         self, actor: Actor, transfer_id: int, amount: int, *, reason: str
