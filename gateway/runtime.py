@@ -48,13 +48,20 @@ from protocol.wire import (
     response_topic,
     shared_subscription,
 )
-from storage.ports import Registry
+from storage.ports import Registry, TapExecutor
 
 log = logging.getLogger("onecard.gateway")
 
 
 class Gateway:
-    def __init__(self, settings: Settings, ctx: Context, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        ctx: Context,
+        *,
+        executor: TapExecutor,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.settings = settings
         self.ctx = ctx
         self.registry: Registry = ctx.registry
@@ -67,7 +74,7 @@ class Gateway:
             offline_max_daily_fen=off.offline_max_daily_fen,
             offline_max_count=off.offline_max_count,
         )
-        self.service = TerminalService(ctx, self.terminal_config)
+        self.service = TerminalService(ctx, self.terminal_config, executor)
         self.cards = CardService(ctx)
         self.deny = DenyState()
         self.fleet = Fleet()

@@ -1278,26 +1278,20 @@ def serve(opts: Options, config_path: Path | None, migrate: bool) -> None:
     import asyncio
     import signal
 
+    from gateway.bootstrap import open_gateway
     from gateway.config import load_settings
     from gateway.logs import setup_logging
-    from gateway.runtime import Gateway
-    from gateway.services.base import Context, SystemClock
-    from storage.sql import SqlRegistry
 
     overrides = {} if "ONECARD_DB" not in os.environ and config_path else {"db": opts.db}
     settings = load_settings(config_path, **overrides)
     setup_logging(settings.log_level)
 
     async def main() -> None:
-        registry = await SqlRegistry.open(settings.db, migrate=migrate)
-        try:
-            gateway = Gateway(settings, Context(registry=registry, clock=SystemClock()))
+        async with open_gateway(settings, migrate=migrate) as gateway:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, gateway.stop.set)
             await gateway.run()
-        finally:
-            await registry.close()
 
     try:
         asyncio.run(main())

@@ -10,7 +10,7 @@ returns.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -79,7 +79,7 @@ from protocol.wire import (
     fingerprint,
 )
 from protocol.wire.messages import VoidRequest, VoidResponse
-from storage.ports import Tx
+from storage.ports import TapExecutor, TapTx, Tx
 from storage.records import Card, Holder, Row
 
 KIOSK_SESSION_TTL = timedelta(minutes=5)
@@ -120,12 +120,13 @@ class Refused(OnecardError):
     """A tap refusal (card state, funds) that is a normal, recorded decision."""
 
 
-Handler = Callable[[Tx, Terminal, Any, datetime], Awaitable[Any]]
+Handler = Callable[[TapTx, Terminal, Any, datetime], Any]
 
 
 class TerminalService:
-    def __init__(self, ctx: Context, config: TerminalConfig) -> None:
+    def __init__(self, ctx: Context, config: TerminalConfig, executor: TapExecutor) -> None:
         self.ctx = ctx
+        self.executor = executor
         self.config = config
         self.cards = CardService(ctx)
         self.holders = HolderService(ctx)
@@ -141,49 +142,73 @@ class TerminalService:
             "water_release": self._water_release,
             "offline_upload": self._offline_upload,
             "balance": self._balance,
-            "change_password": self._change_password,
             "topup": self._topup,
         }
 
     # --- the one entry point ---------------------------------------------------------------
     async def handle(self, terminal_id: str, op: str, request: Request[Any]) -> Outcome:
-        """Decide ``request`` durably and idempotently; returns the reply to publish."""
+        """Decide ``request`` durably and idempotently; returns the reply to publish.
+
+        Taps run as jobs of the batching writer (one transaction per batch, committed before
+        this returns); the kiosk's login, loss report and password change (scrypt, lifecycle
+        events) run on the registry's own transactions.
+        """
         if op == "login":
             return await self._login(terminal_id, request)
         if op == "report_loss":
             return await self._report_loss(terminal_id, request)
-        handler = self._handlers[op]
+        if op == "change_password":
+            return await self._change_password(terminal_id, request)
         now = self.ctx.clock.now()
         key = fingerprint(op, request)
-        async with self.ctx.registry.transaction() as tx:
-            stored = await self._replay(tx, terminal_id, request.request_id, key)
-            if stored is not None:
-                return stored
-            terminal = await self._terminal(tx, terminal_id)
-            try:
-                data = await handler(tx, terminal, request.data, now)
-            except Refused as exc:
-                payload = encode_error(request.request_id, exc)
-                outcome = Outcome(payload, ok=False, code=exc.code.value)
-            else:
-                payload = encode_reply(op, request.request_id, data)
-                outcome = Outcome(payload, ok=True, code="approved")
-            if op not in ("hello", "heartbeat"):
-                await tx.put(
-                    "idempotency",
-                    {
-                        "terminal_id": terminal_id,
-                        "request_id": request.request_id,
-                        "op": op,
-                        "fingerprint": key,
-                        "reply": payload.decode(),
-                        "at": now,
-                    },
-                )
-            return outcome
+        return await self.executor.run(
+            lambda tx: self._decide(tx, terminal_id, op, request, key, now)
+        )
+
+    def _decide(
+        self, tx: TapTx, terminal_id: str, op: str, request: Request[Any], key: str, now: datetime
+    ) -> Outcome:
+        stored = self._replay_sync(tx, terminal_id, request.request_id, key)
+        if stored is not None:
+            return stored
+        terminal = self._terminal_sync(tx, terminal_id)
+        try:
+            with tx.undo_on(Refused):
+                data = self._handlers[op](tx, terminal, request.data, now)
+        except Refused as exc:
+            outcome = Outcome(encode_error(request.request_id, exc), ok=False, code=exc.code.value)
+        else:
+            outcome = Outcome(encode_reply(op, request.request_id, data), ok=True, code="approved")
+        if op not in ("hello", "heartbeat"):
+            tx.put(
+                "idempotency",
+                {
+                    "terminal_id": terminal_id,
+                    "request_id": request.request_id,
+                    "op": op,
+                    "fingerprint": key,
+                    "reply": outcome.payload.decode(),
+                    "at": now,
+                },
+            )
+        return outcome
 
     async def _replay(self, tx: Tx, terminal_id: str, request_id: str, key: str) -> Outcome | None:
         row = await tx.get("idempotency", (terminal_id, request_id))
+        if row is None:
+            return None
+        if row["fingerprint"] != key:
+            exc = OnecardError(code=ErrorCode.IDEMPOTENCY_CONFLICT)
+            return Outcome(encode_error(request_id, exc), ok=False, code=exc.code.value)
+        payload = str(row["reply"]).encode()
+        ok = b'"ok":true' in payload
+        code = "approved" if ok else str(json.loads(payload)["error"]["code"])
+        return Outcome(payload, ok=ok, code=code, replayed=True)
+
+    def _replay_sync(
+        self, tx: TapTx, terminal_id: str, request_id: str, key: str
+    ) -> Outcome | None:
+        row = tx.get("idempotency", (terminal_id, request_id))
         if row is None:
             return None
         if row["fingerprint"] != key:
@@ -204,14 +229,24 @@ class TerminalService:
         return Terminal(row["id"], row["kind"], row["merchant_id"], bool(row["enabled"]))
 
     # --- terminal presence ------------------------------------------------------------------
-    async def _hello(self, tx: Tx, t: Terminal, data: HelloRequest, now: datetime) -> HelloResponse:
+    def _terminal_sync(self, tx: TapTx, terminal_id: str) -> Terminal:
+        """Revocation is checked on every request (ARCHITECTURE.md §3)."""
+        row = tx.get("terminals", terminal_id)
+        if row is None:
+            raise OnecardError(code=ErrorCode.TERMINAL_UNKNOWN)
+        if not row["enabled"]:
+            raise OnecardError(code=ErrorCode.TERMINAL_DISABLED)
+        return Terminal(row["id"], row["kind"], row["merchant_id"], bool(row["enabled"]))
+
+    # --- terminal presence ------------------------------------------------------------------
+    def _hello(self, tx: TapTx, t: Terminal, data: HelloRequest, now: datetime) -> HelloResponse:
         if data.kind.value != t.kind:
             raise OnecardError(
                 f"终端类型不符：登记为 {t.kind}",
                 f"terminal registered as {t.kind}, not {data.kind}",
                 code=ErrorCode.PERMISSION_DENIED,
             )
-        await tx.update(
+        tx.update(
             "terminals",
             t.id,
             {
@@ -222,28 +257,25 @@ class TerminalService:
         )
         return HelloResponse(
             server_time_ms=_ms(now),
-            denylist_version=await self._deny_version(tx),
+            denylist_version=self._deny_version(tx),
             config=self.config,
         )
 
-    async def _heartbeat(
-        self, tx: Tx, t: Terminal, data: HeartbeatRequest, now: datetime
+    def _heartbeat(
+        self, tx: TapTx, t: Terminal, data: HeartbeatRequest, now: datetime
     ) -> HeartbeatResponse:
-        await tx.update(
+        tx.update(
             "terminals", t.id, {"denylist_version": data.denylist_version, "last_seen_at": now}
         )
-        return HeartbeatResponse(
-            server_time_ms=_ms(now), denylist_version=await self._deny_version(tx)
-        )
+        return HeartbeatResponse(server_time_ms=_ms(now), denylist_version=self._deny_version(tx))
 
-    async def _deny_version(self, tx: Tx) -> int:
-        rows = await tx.rows("SELECT max(version) AS v FROM deny_changes")
-        return int(rows[0]["v"] or 0)
+    def _deny_version(self, tx: TapTx) -> int:
+        return tx.deny_version()
 
     # --- card checks ------------------------------------------------------------------------
-    async def _usable_card(self, tx: Tx, uid: str, now: datetime) -> tuple[Card, Holder]:
+    def _usable_card(self, tx: TapTx, uid: str, now: datetime) -> tuple[Card, Holder]:
         """The registry decides: unknown, lost, frozen, expired (TERM-2 at once), ... refused."""
-        card = await tx.card_by_uid(uid)
+        card = tx.card_by_uid(uid)
         if card is None:
             raise Refused(code=ErrorCode.CARD_UNKNOWN)
         refusal = tap_refusal(card.state, card.valid_until, now)
@@ -251,7 +283,7 @@ class TerminalService:
             refusal = ErrorCode.CARD_NOT_ISSUED
         if refusal is not None:
             raise Refused(code=refusal, rule=TAP_RULES.get(refusal))
-        holder = await tx.get_holder(card.holder_id)
+        holder = tx.get_holder(card.holder_id)
         if holder.status != "active":
             raise Refused(code=ErrorCode.CARD_TERMINATED, rule="TERM-6")
         return card, holder
@@ -265,11 +297,18 @@ class TerminalService:
             )
         return given or t.merchant_id or t.id
 
-    async def _debit(
-        self, tx: Tx, spec: TransferSpec, *, now: datetime, t: Terminal, card: Card, holder: Holder
+    def _debit(
+        self,
+        tx: TapTx,
+        spec: TransferSpec,
+        *,
+        now: datetime,
+        t: Terminal,
+        card: Card,
+        holder: Holder,
     ) -> int:
         try:
-            return await tx.post(
+            return tx.post(
                 spec,
                 at=now,
                 actor=t.actor.name,
@@ -283,21 +322,21 @@ class TerminalService:
             raise
 
     # --- POS --------------------------------------------------------------------------------
-    async def _purchase(
-        self, tx: Tx, t: Terminal, data: PurchaseRequest, now: datetime
+    def _purchase(
+        self, tx: TapTx, t: Terminal, data: PurchaseRequest, now: datetime
     ) -> PurchaseResponse:
-        card, holder = await self._usable_card(tx, data.card, now)
+        card, holder = self._usable_card(tx, data.card, now)
         mid = self._merchant(t, data.merchant_id)
-        tid = await self._debit(
+        tid = self._debit(
             tx, purchase(holder.id, mid, data.amount_fen), now=now, t=t, card=card, holder=holder
         )
         return PurchaseResponse(
-            balance_after_fen=await tx.balance(purse(holder.id)), transfer_id=str(tid)
+            balance_after_fen=tx.balance(purse(holder.id)), transfer_id=str(tid)
         )
 
-    async def _void(self, tx: Tx, t: Terminal, data: VoidRequest, now: datetime) -> VoidResponse:
+    def _void(self, tx: TapTx, t: Terminal, data: VoidRequest, now: datetime) -> VoidResponse:
         """Reverse this terminal's own LAST sale, named by its request id."""
-        row = await tx.get("idempotency", (t.id, data.original_request_id))
+        row = tx.get("idempotency", (t.id, data.original_request_id))
         if row is None or row["op"] != "purchase" or b'"ok":true' not in str(row["reply"]).encode():
             raise Refused(
                 "原交易不存在或未成功",
@@ -305,29 +344,25 @@ class TerminalService:
                 code=ErrorCode.NOT_FOUND,
             )
         transfer_id = int(json.loads(row["reply"])["data"]["transfer_id"])
-        last = await tx.rows(
-            "SELECT max(id) AS id FROM transfers WHERE terminal_id = :t AND kind = 'purchase'",
-            {"t": t.id},
-        )
-        if int(last[0]["id"] or 0) != transfer_id:
+        if tx.last_purchase_id(t.id) != transfer_id:
             raise Refused(
                 "只能撤销本终端最后一笔交易",
                 "only this terminal's last sale can be voided",
                 code=ErrorCode.TRANSITION_NOT_ALLOWED,
             )
-        if await tx.referencing_total(transfer_id):
+        if tx.referencing_total(transfer_id):
             raise Refused(
                 "该交易已撤销或已纠错",
                 "that sale was already voided or corrected",
                 code=ErrorCode.DUPLICATE,
             )
-        original = await tx.get_transfer(transfer_id)
+        original = tx.get_transfer(transfer_id)
         spec = reversal(
             TransferSpec(TransferKind.PURCHASE, original.source, original.dest, original.amount),
             transfer_id,
         )
         holder_id = int(original.source.split(":", 1)[1])
-        rid = await tx.post(
+        rid = tx.post(
             spec,
             at=now,
             actor=t.actor.name,
@@ -337,22 +372,22 @@ class TerminalService:
         )
         return VoidResponse(
             refunded_fen=original.amount,
-            balance_after_fen=await tx.balance(purse(holder_id)),
+            balance_after_fen=tx.balance(purse(holder_id)),
             transfer_id=str(rid),
         )
 
-    async def _meal(self, tx: Tx, t: Terminal, data: MealRequest, now: datetime) -> MealResponse:
+    def _meal(self, tx: TapTx, t: Terminal, data: MealRequest, now: datetime) -> MealResponse:
         """MEAL-1: a subsidised swipe while the month's count lasts, then the purse."""
-        card, holder = await self._usable_card(tx, data.card, now)
+        card, holder = self._usable_card(tx, data.card, now)
         mid = self._merchant(t, None)
-        quota = await tx.get("meal_quotas", holder.id)
+        quota = tx.get("meal_quotas", holder.id)
         month = local(now).strftime("%Y-%m")
         if quota is not None and quota["enabled"] and card.type_group == MEAL_GROUP:
-            usage = await tx.get("meal_usage", (holder.id, month))
+            usage = tx.get("meal_usage", (holder.id, month))
             used = int(usage["used"]) if usage else 0
             left = int(quota["meals_per_month"]) - used
             if left > 0:
-                tid = await tx.post(
+                tid = tx.post(
                     subsidy_grant(mid, data.amount_fen),
                     at=now,
                     actor=t.actor.name,
@@ -360,19 +395,19 @@ class TerminalService:
                     terminal_id=t.id,
                 )
                 if usage is None:
-                    await tx.put("meal_usage", {"holder_id": holder.id, "month": month, "used": 1})
+                    tx.put("meal_usage", {"holder_id": holder.id, "month": month, "used": 1})
                 else:
-                    await tx.update("meal_usage", (holder.id, month), {"used": used + 1})
+                    tx.update("meal_usage", (holder.id, month), {"used": used + 1})
                 return MealResponse(
                     paid_by=MealPaidBy.SUBSIDY,
                     subsidy_left=left - 1,
-                    balance_after_fen=await tx.balance(purse(holder.id)),
+                    balance_after_fen=tx.balance(purse(holder.id)),
                     transfer_id=str(tid),
                 )
             subsidy_left: int | None = 0
         else:
             subsidy_left = None
-        tid = await self._debit(
+        tid = self._debit(
             tx,
             purchase(holder.id, mid, data.amount_fen, memo="meal"),
             now=now,
@@ -383,30 +418,30 @@ class TerminalService:
         return MealResponse(
             paid_by=MealPaidBy.PURSE,
             subsidy_left=subsidy_left,
-            balance_after_fen=await tx.balance(purse(holder.id)),
+            balance_after_fen=tx.balance(purse(holder.id)),
             transfer_id=str(tid),
         )
 
     # --- door ---------------------------------------------------------------------------------
-    async def _access(
+    def _access(
         self,
-        tx: Tx,
+        tx: TapTx,
         t: Terminal,  # noqa: ARG002
         data: AccessRequest,
         now: datetime,
     ) -> AccessResponse:
         try:
-            await self._usable_card(tx, data.card, now)
+            self._usable_card(tx, data.card, now)
         except Refused as exc:
             return AccessResponse(allowed=False, reason=exc.code)
         return AccessResponse(allowed=True)
 
     # --- water (two-phase) ---------------------------------------------------------------------
-    async def _water_hold(
-        self, tx: Tx, t: Terminal, data: WaterHoldRequest, now: datetime
+    def _water_hold(
+        self, tx: TapTx, t: Terminal, data: WaterHoldRequest, now: datetime
     ) -> WaterHoldResponse:
-        card, holder = await self._usable_card(tx, data.card, now)
-        hold_id = await tx.insert(
+        card, holder = self._usable_card(tx, data.card, now)
+        hold_id = tx.insert(
             "water_holds",
             {
                 "terminal_id": t.id,
@@ -418,7 +453,7 @@ class TerminalService:
             },
         )
         account = f"{hold(holder.id)}:w{hold_id}"
-        await self._debit(
+        self._debit(
             tx,
             TransferSpec(
                 TransferKind.FREEZE, purse(holder.id), account, data.amount_fen, memo="water hold"
@@ -431,11 +466,11 @@ class TerminalService:
         return WaterHoldResponse(
             hold_id=str(hold_id),
             held_fen=data.amount_fen,
-            available_fen=await tx.balance(purse(holder.id)),
+            available_fen=tx.balance(purse(holder.id)),
         )
 
-    async def _open_hold(self, tx: Tx, t: Terminal, hold_id: str) -> Row:
-        row = await tx.get("water_holds", int(hold_id)) if hold_id.isdigit() else None
+    def _open_hold(self, tx: TapTx, t: Terminal, hold_id: str) -> Row:
+        row = tx.get("water_holds", int(hold_id)) if hold_id.isdigit() else None
         if row is None or row["terminal_id"] != t.id:
             raise Refused("无此预授权", "no such hold at this terminal", code=ErrorCode.NOT_FOUND)
         if row["state"] != "held":
@@ -446,10 +481,10 @@ class TerminalService:
             )
         return row
 
-    async def _water_settle(
-        self, tx: Tx, t: Terminal, data: WaterSettleRequest, now: datetime
+    def _water_settle(
+        self, tx: TapTx, t: Terminal, data: WaterSettleRequest, now: datetime
     ) -> WaterSettleResponse:
-        row = await self._open_hold(tx, t, data.hold_id)
+        row = self._open_hold(tx, t, data.hold_id)
         if data.used_fen > int(row["amount"]):
             raise Refused(
                 "用量超过预授权金额", "used more than held", code=ErrorCode.INVALID_AMOUNT
@@ -459,7 +494,7 @@ class TerminalService:
         mid = self._merchant(t, None)
         transfer_id = 0
         if data.used_fen:
-            transfer_id = await tx.post(
+            transfer_id = tx.post(
                 TransferSpec(
                     TransferKind.PURCHASE, account, merchant(mid), data.used_fen, memo="water"
                 ),
@@ -470,7 +505,7 @@ class TerminalService:
             )
         rest = int(row["amount"]) - data.used_fen
         if rest:
-            await tx.post(
+            tx.post(
                 TransferSpec(
                     TransferKind.RELEASE, account, purse(holder_id), rest, memo="water hold rest"
                 ),
@@ -480,22 +515,22 @@ class TerminalService:
                 terminal_id=t.id,
                 holder_id=holder_id,
             )
-        await tx.update(
+        tx.update(
             "water_holds", row["id"], {"state": "settled", "used": data.used_fen, "closed_at": now}
         )
         return WaterSettleResponse(
             charged_fen=data.used_fen,
             released_fen=rest,
-            balance_after_fen=await tx.balance(purse(holder_id)),
+            balance_after_fen=tx.balance(purse(holder_id)),
             transfer_id=str(transfer_id) if transfer_id else None,
         )
 
-    async def _water_release(
-        self, tx: Tx, t: Terminal, data: WaterReleaseRequest, now: datetime
+    def _water_release(
+        self, tx: TapTx, t: Terminal, data: WaterReleaseRequest, now: datetime
     ) -> WaterReleaseResponse:
-        row = await self._open_hold(tx, t, data.hold_id)
+        row = self._open_hold(tx, t, data.hold_id)
         holder_id = int(row["holder_id"])
-        await tx.post(
+        tx.post(
             TransferSpec(
                 TransferKind.RELEASE,
                 f"{hold(holder_id)}:w{row['id']}",
@@ -509,16 +544,14 @@ class TerminalService:
             terminal_id=t.id,
             holder_id=holder_id,
         )
-        await tx.update(
-            "water_holds", row["id"], {"state": "released", "used": 0, "closed_at": now}
-        )
+        tx.update("water_holds", row["id"], {"state": "released", "used": 0, "closed_at": now})
         return WaterReleaseResponse(
-            released_fen=int(row["amount"]), balance_after_fen=await tx.balance(purse(holder_id))
+            released_fen=int(row["amount"]), balance_after_fen=tx.balance(purse(holder_id))
         )
 
     # --- store and forward ------------------------------------------------------------------
-    async def _offline_upload(
-        self, tx: Tx, t: Terminal, data: OfflineUploadRequest, now: datetime
+    def _offline_upload(
+        self, tx: TapTx, t: Terminal, data: OfflineUploadRequest, now: datetime
     ) -> OfflineUploadResponse:
         """Exactly once per (terminal, seq); the purse is debited even if the card was reported
         lost since (the terminal approved it with the deny list it held); gaps are reported."""
@@ -527,11 +560,11 @@ class TerminalService:
         rejected: list[OfflineRejection] = []
         mid = self._merchant(t, None)
         for sale in data.sales:
-            if await tx.get("offline_sales", (t.id, sale.seq)) is not None:
+            if tx.get("offline_sales", (t.id, sale.seq)) is not None:
                 duplicates.append(sale.seq)
                 continue
             result, transfer_id = "accepted", None
-            card = await tx.card_by_uid(sale.card)
+            card = tx.card_by_uid(sale.card)
             if card is None:
                 result = ErrorCode.CARD_UNKNOWN.value
             else:
@@ -542,7 +575,7 @@ class TerminalService:
                     memo=f"offline #{sale.seq}",
                 )
                 try:
-                    transfer_id = await tx.post(
+                    transfer_id = tx.post(
                         spec,
                         at=now,
                         actor=t.actor.name,
@@ -555,7 +588,7 @@ class TerminalService:
                     if exc.code is not ErrorCode.INSUFFICIENT_FUNDS:
                         raise
                     result = exc.code.value
-            await tx.put(
+            tx.put(
                 "offline_sales",
                 {
                     "terminal_id": t.id,
@@ -572,9 +605,7 @@ class TerminalService:
                 accepted.append(sale.seq)
             else:
                 rejected.append(OfflineRejection(seq=sale.seq, code=ErrorCode(result)))
-        seqs = [
-            int(r["seq"]) for r in await tx.find("offline_sales", terminal_id=t.id, order_by="seq")
-        ]
+        seqs = [int(r["seq"]) for r in tx.find("offline_sales", terminal_id=t.id, order_by="seq")]
         return OfflineUploadResponse(
             accepted=accepted, duplicates=duplicates, rejected=rejected, gaps=_gaps(seqs)
         )
@@ -585,6 +616,12 @@ class TerminalService:
         if row is None or row["expires_at"] <= now or row["terminal_id"] != t.id:
             raise Refused("请重新登录", "session expired: log in again", code=ErrorCode.AUTH_FAILED)
         return await tx.get_holder(int(row["holder_id"]))
+
+    def _session_sync(self, tx: TapTx, t: Terminal, token: str, now: datetime) -> Holder:
+        row = tx.get("holder_sessions", token_hash(token))
+        if row is None or row["expires_at"] <= now or row["terminal_id"] != t.id:
+            raise Refused("请重新登录", "session expired: log in again", code=ErrorCode.AUTH_FAILED)
+        return tx.get_holder(int(row["holder_id"]))
 
     async def _login(self, terminal_id: str, request: Request[Any]) -> Outcome:
         """LOSS-1: number + password (default: last 6 of the national ID), with lockout.
@@ -620,10 +657,10 @@ class TerminalService:
         )
         return Outcome(encode_reply("login", request.request_id, reply), ok=True, code="approved")
 
-    async def _balance(
-        self, tx: Tx, t: Terminal, data: BalanceRequest, now: datetime
+    def _balance(
+        self, tx: TapTx, t: Terminal, data: BalanceRequest, now: datetime
     ) -> BalanceResponse:
-        holder = await self._session(tx, t, data.session, now)
+        holder = self._session_sync(tx, t, data.session, now)
         account = purse(holder.id)
         recent = [
             RecentTransaction(
@@ -633,9 +670,9 @@ class TerminalService:
                 amount_fen=tr.amount,
                 place=tr.terminal_id,
             )
-            for tr in await tx.transfers_of(account, 20)
+            for tr in tx.transfers_of(account, 20)
         ]
-        return BalanceResponse(balance_fen=await tx.balance(account), recent=recent)
+        return BalanceResponse(balance_fen=tx.balance(account), recent=recent)
 
     async def _report_loss(self, terminal_id: str, request: Request[Any]) -> Outcome:
         """LOSS-1/2 at a kiosk: the holder's own card is refused everywhere from this version."""
@@ -671,7 +708,8 @@ class TerminalService:
                     raise Refused(
                         exc.message_zh, exc.message_en, code=exc.code, rule=exc.rule
                     ) from None
-                version = await self._deny_version(tx)
+                rows = await tx.rows("SELECT max(version) AS v FROM deny_changes")
+                version = int(rows[0]["v"] or 0)
                 payload = encode_reply(
                     op,
                     request.request_id,
@@ -695,32 +733,70 @@ class TerminalService:
             )
             return outcome
 
-    async def _change_password(
-        self, tx: Tx, t: Terminal, data: ChangePasswordRequest, now: datetime
-    ) -> ChangePasswordResponse:
-        holder = await self._session(tx, t, data.session, now)
-        if not check_holder_password(holder, data.old_password):
-            raise Refused(
+    async def _change_password(self, terminal_id: str, request: Request[Any]) -> Outcome:
+        """LOSS-1: the holder changes the self-service password. The scrypt work happens outside
+        any transaction, so it never holds the registry's write lock."""
+        data: ChangePasswordRequest = request.data
+        op = "change_password"
+        key = fingerprint(op, request)
+        now = self.ctx.clock.now()
+        async with self.ctx.registry.read() as tx:
+            stored = await self._replay(tx, terminal_id, request.request_id, key)
+            if stored is not None:
+                return stored
+            t = await self._terminal(tx, terminal_id)
+            try:
+                holder = await self._session(tx, t, data.session, now)
+            except Refused as exc:
+                return Outcome(encode_error(request.request_id, exc), ok=False, code=exc.code.value)
+        if check_holder_password(holder, data.old_password):
+            new_hash = hash_password(data.new_password)
+            outcome = Outcome(
+                encode_reply(op, request.request_id, ChangePasswordResponse()),
+                ok=True,
+                code="approved",
+            )
+        else:
+            new_hash = None
+            wrong = Refused(
                 "原密码错误", "wrong current password", code=ErrorCode.AUTH_FAILED, rule="LOSS-1"
             )
-        await tx.update("holders", holder.id, {"password_hash": hash_password(data.new_password)})
-        await tx.audit(now, f"holder:{holder.id}", "holder.password_changed", "holder", holder.id)
-        return ChangePasswordResponse()
+            outcome = Outcome(
+                encode_error(request.request_id, wrong), ok=False, code=wrong.code.value
+            )
+        async with self.ctx.registry.transaction() as tx:
+            if new_hash is not None:
+                await tx.update("holders", holder.id, {"password_hash": new_hash})
+                await tx.audit(
+                    now, f"holder:{holder.id}", "holder.password_changed", "holder", holder.id
+                )
+            await tx.put(
+                "idempotency",
+                {
+                    "terminal_id": terminal_id,
+                    "request_id": request.request_id,
+                    "op": op,
+                    "fingerprint": key,
+                    "reply": outcome.payload.decode(),
+                    "at": now,
+                },
+            )
+        return outcome
 
-    async def _topup(self, tx: Tx, t: Terminal, data: TopupRequest, now: datetime) -> TopupResponse:
+    def _topup(self, tx: TapTx, t: Terminal, data: TopupRequest, now: datetime) -> TopupResponse:
         """TOP-1 at a kiosk: the holder's purse (by session or card) from the kiosk's channel."""
         if data.session is not None:
-            holder = await self._session(tx, t, data.session, now)
+            holder = self._session_sync(tx, t, data.session, now)
             card = None
         elif data.card is not None:
-            card, holder = await self._usable_card(tx, data.card, now)
+            card, holder = self._usable_card(tx, data.card, now)
         else:
             raise Refused(
                 "须指定会话或卡片", "give a session or a card", code=ErrorCode.INVALID_INPUT
             )
         spec = topup(holder.id, data.amount_fen, external(f"kiosk-{t.id}"))
         spec = TransferSpec(spec.kind, spec.source, spec.dest, spec.amount, memo=data.payment_ref)
-        tid = await tx.post(
+        tid = tx.post(
             spec,
             at=now,
             actor=t.actor.name,
@@ -728,9 +804,7 @@ class TerminalService:
             terminal_id=t.id,
             holder_id=holder.id,
         )
-        return TopupResponse(
-            balance_after_fen=await tx.balance(purse(holder.id)), transfer_id=str(tid)
-        )
+        return TopupResponse(balance_after_fen=tx.balance(purse(holder.id)), transfer_id=str(tid))
 
     # --- for the router ---------------------------------------------------------------------
     async def terminals_at_version(self, version: int) -> int:

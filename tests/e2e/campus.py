@@ -26,6 +26,7 @@ from protocol.cards.identity import default_password
 from protocol.types import CardKind, HolderKind, Permission
 from protocol.wire import TerminalKind
 from storage.sql import SqlRegistry
+from storage.tapwriter import SqliteTapWriter
 from tests.broker import PrivateBroker
 from tests.conftest import student_rows
 
@@ -61,6 +62,7 @@ class Campus:
     gateway: Gateway
     admin: Actor
     students: list[Student]
+    writer: SqliteTapWriter | None = None
     task: asyncio.Task[None] | None = None
     clients: list[TerminalClient] = field(default_factory=list)
 
@@ -199,5 +201,7 @@ async def build_campus(tmp_path: Path, *, students: int = 4) -> Campus:
         scheduler_interval_s=0.2,
         denylist={"poll_interval_ms": 20, "applied_wait_ms": 500},
     )
-    gateway = Gateway(settings, Context(registry=registry, clock=clock))
-    return Campus(registry, center, clock, broker, gateway, admin, people)
+    writer = SqliteTapWriter(tmp_path / "campus.sqlite3")
+    writer.start()
+    gateway = Gateway(settings, Context(registry=registry, clock=clock), executor=writer)
+    return Campus(registry, center, clock, broker, gateway, admin, people, writer=writer)

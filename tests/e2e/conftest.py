@@ -23,4 +23,6 @@ async def campus(tmp_path: Path) -> AsyncIterator[Campus]:
                 await c.task
         finally:
             c.broker.stop()
+            if c.writer is not None:
+                await c.writer.close()
             await c.registry.close()

@@ -1,0 +1,46 @@
+"""The composition root: the one place that picks concrete classes for the gateway process."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from gateway.config import Settings
+from gateway.metrics import Metrics
+from gateway.runtime import Gateway
+from gateway.services.base import Clock, Context, SystemClock
+from protocol.errors import ErrorCode, OnecardError
+from storage.engine import database_url
+from storage.sql import SqlRegistry
+from storage.tapwriter import SqliteTapWriter
+
+
+def sqlite_path(db: str) -> str:
+    url = database_url(db)
+    if not url.startswith("sqlite"):
+        raise OnecardError(
+            "网关的刷卡通道目前需要 SQLite 登记库",
+            "the gateway's tap path runs on a SQLite registry for now (PostgreSQL: counter only)",
+            code=ErrorCode.UNAVAILABLE,
+        )
+    return url.split(":///", 1)[1]
+
+
+@asynccontextmanager
+async def open_gateway(
+    settings: Settings,
+    *,
+    migrate: bool = False,
+    clock: Clock | None = None,
+    metrics: Metrics | None = None,
+) -> AsyncIterator[Gateway]:
+    """Registry, batching tap writer and gateway, closed in reverse order."""
+    registry = await SqlRegistry.open(settings.db, migrate=migrate)
+    writer = SqliteTapWriter(sqlite_path(settings.db))
+    try:
+        writer.start()
+        ctx = Context(registry=registry, clock=clock or SystemClock())
+        yield Gateway(settings, ctx, executor=writer, metrics=metrics)
+    finally:
+        await writer.close()
+        await registry.close()

@@ -1,0 +1,389 @@
+"""The tap path's batching writer for SQLite: many decisions, one transaction, one thread hop.
+
+FIELD-NOTES measured the cost: through aiosqlite every statement is a thread hop (≈1.3–2.4k
+debits/s whatever the batch), while one thread running a whole batch with stdlib ``sqlite3``
+under ``synchronous=FULL`` reaches ≈11.5k (batch 10) to ≈25k (batch 100) durable debits/s.
+
+:class:`SqliteTapWriter` owns one connection in one thread. :meth:`run` queues a *job* — a plain
+function of a :class:`SqliteTapTx` — and returns its result once the transaction that ran it has
+COMMITTED (so the gateway publishes a reply only for a durable decision). The thread takes every
+queued job (up to ``max_batch``), runs each inside its own SAVEPOINT (a failing job rolls back
+alone and its exception goes to its caller), commits once, then wakes the callers.
+
+The SQL here is hand-written for the few statements of the hot path, against the same schema
+(:mod:`storage.schema`); datetimes are stored exactly as SQLAlchemy stores them on SQLite (naive
+UTC text), booleans as 0/1. Everything else keeps using :class:`storage.sql.SqlRegistry`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import Boolean
+
+from protocol.errors import ErrorCode, NotFound, OnecardError
+from protocol.ledger import NON_NEGATIVE_KINDS, TransferSpec, account_kind
+from storage import schema as s
+from storage.records import Card, Holder, Row, Transfer
+
+T = TypeVar("T")
+_STOP = object()
+
+
+class InsufficientFunds(OnecardError):
+    code = ErrorCode.INSUFFICIENT_FUNDS
+
+
+def _to_db(value: Any) -> Any:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            msg = "naive datetime given to the registry"
+            raise ValueError(msg)
+        return (
+            value.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+        )
+    if isinstance(value, bool):
+        return int(value)
+    return value
+
+
+def _ts(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    return datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+
+class _TableInfo:
+    def __init__(self, name: str) -> None:
+        table = s.metadata.tables[name]
+        self.name = name
+        self.columns = [c.name for c in table.columns]
+        self.key = [c.name for c in table.primary_key.columns]
+        self.times = {c.name for c in table.columns if isinstance(c.type, s.UtcDateTime)}
+        self.bools = {c.name for c in table.columns if isinstance(c.type, Boolean)}
+        cols = ", ".join(self.columns)
+        where = " AND ".join(f"{k} = ?" for k in self.key)
+        self.select_by_key = f"SELECT {cols} FROM {name} WHERE {where}"  # noqa: S608 (schema names)
+        self.where_key = where
+
+    def row(self, values: tuple[Any, ...]) -> Row:
+        out = dict(zip(self.columns, values, strict=True))
+        for name in self.times:
+            out[name] = _ts(out[name])
+        for name in self.bools:
+            if out[name] is not None:
+                out[name] = bool(out[name])
+        return out
+
+
+_INFO: dict[str, _TableInfo] = {}
+
+
+def _info(table: str) -> _TableInfo:
+    info = _INFO.get(table)
+    if info is None:
+        info = _INFO[table] = _TableInfo(table)
+    return info
+
+
+def _key(key: Any) -> tuple[Any, ...]:
+    return tuple(key) if isinstance(key, tuple) else (key,)
+
+
+class SqliteTapTx:
+    """The synchronous operations a tap decision needs, on the writer's connection."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    # generic rows
+    def get(self, table: str, key: Any) -> Row | None:
+        info = _info(table)
+        found = self.conn.execute(info.select_by_key, _key(key)).fetchone()
+        return info.row(found) if found is not None else None
+
+    def find(self, table: str, *, order_by: str | None = None, **eq: Any) -> list[Row]:
+        info = _info(table)
+        where = " AND ".join(f"{k} = ?" for k in eq) or "1 = 1"
+        sql = f"SELECT {', '.join(info.columns)} FROM {table} WHERE {where}"  # noqa: S608
+        if order_by:
+            sql += f" ORDER BY {order_by}"
+        return [info.row(r) for r in self.conn.execute(sql, [_to_db(v) for v in eq.values()])]
+
+    def put(self, table: str, values: Mapping[str, Any]) -> None:
+        cols = list(values)
+        sql = f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"  # noqa: S608
+        self.conn.execute(sql, [_to_db(values[c]) for c in cols])
+
+    def insert(self, table: str, values: Mapping[str, Any]) -> int:
+        cols = list(values)
+        sql = f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"  # noqa: S608
+        cursor = self.conn.execute(sql, [_to_db(values[c]) for c in cols])
+        assert cursor.lastrowid is not None
+        return int(cursor.lastrowid)
+
+    def update(self, table: str, key: Any, values: Mapping[str, Any]) -> None:
+        info = _info(table)
+        sets = ", ".join(f"{c} = ?" for c in values)
+        sql = f"UPDATE {table} SET {sets} WHERE {info.where_key}"  # noqa: S608
+        cursor = self.conn.execute(sql, [*(_to_db(v) for v in values.values()), *_key(key)])
+        if cursor.rowcount != 1:
+            raise NotFound(f"{table} 中无记录 {key}", f"{table}: no row {key}")
+
+    @contextlib.contextmanager
+    def undo_on(self, *errors: type[BaseException]) -> Iterator[None]:
+        """Roll back what the block wrote if it raises one of ``errors`` (then re-raise)."""
+        self.conn.execute("SAVEPOINT step")
+        try:
+            yield
+        except errors:
+            self.conn.execute("ROLLBACK TO step")
+            self.conn.execute("RELEASE step")
+            raise
+        self.conn.execute("RELEASE step")
+
+    def transfers_of(self, account: str, limit: int = 20) -> list[Transfer]:
+        info = _info("transfers")
+        rows = self.conn.execute(
+            f"SELECT {', '.join(info.columns)} FROM transfers WHERE id IN ("  # noqa: S608
+            " SELECT id FROM transfers WHERE source = ?"
+            " UNION SELECT id FROM transfers WHERE dest = ?) ORDER BY id DESC LIMIT ?",
+            (account, account, limit),
+        )
+        return [Transfer.from_row(info.row(r)) for r in rows]
+
+    def scalar(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        found = self.conn.execute(sql, params).fetchone()
+        return None if found is None else found[0]
+
+    # cards and holders
+    def card_by_uid(self, uid: str) -> Card | None:
+        info = _info("cards")
+        found = self.conn.execute(
+            f"SELECT {', '.join(info.columns)} FROM cards WHERE uid = ?",  # noqa: S608
+            (uid,),
+        ).fetchone()
+        return Card.from_row(info.row(found)) if found is not None else None
+
+    def get_holder(self, holder_id: int) -> Holder:
+        row = self.get("holders", holder_id)
+        if row is None:
+            raise NotFound(f"无此持卡人 {holder_id}", f"no holder {holder_id}")
+        return Holder.from_row(row)
+
+    # ledger
+    def balance(self, account: str) -> int:
+        value = self.scalar("SELECT balance FROM accounts WHERE id = ?", (account,))
+        return int(value or 0)
+
+    def post(
+        self,
+        spec: TransferSpec,
+        *,
+        at: datetime,
+        actor: str,
+        card_id: int | None = None,
+        terminal_id: str | None = None,
+        request_id: str | None = None,
+        holder_id: int | None = None,
+    ) -> int:
+        """One balanced transfer with a conditional debit (no negative purse, ever)."""
+        conn = self.conn
+        for account in (spec.source, spec.dest):
+            kind = account_kind(account)
+            owner = holder_id if kind in NON_NEGATIVE_KINDS else None
+            conn.execute(
+                "INSERT INTO accounts (id, kind, holder_id, balance) VALUES (?, ?, ?, 0) "
+                "ON CONFLICT DO NOTHING",
+                (account, kind.value, owner),
+            )
+        if account_kind(spec.source) in NON_NEGATIVE_KINDS:
+            cursor = conn.execute(
+                "UPDATE accounts SET balance = balance - ? WHERE id = ? AND balance >= ?",
+                (spec.amount, spec.source, spec.amount),
+            )
+        else:
+            cursor = conn.execute(
+                "UPDATE accounts SET balance = balance - ? WHERE id = ?", (spec.amount, spec.source)
+            )
+        if cursor.rowcount != 1:
+            have = self.balance(spec.source)
+            raise InsufficientFunds(
+                f"余额不足：需要 {spec.amount} 分，现有 {have} 分",
+                f"insufficient balance: need {spec.amount} fen, have {have} fen",
+            )
+        conn.execute(
+            "UPDATE accounts SET balance = balance + ? WHERE id = ?", (spec.amount, spec.dest)
+        )
+        cursor = conn.execute(
+            "INSERT INTO transfers (kind, source, dest, amount, ref_id, at, actor, card_id,"
+            " terminal_id, request_id, memo) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                spec.kind.value,
+                spec.source,
+                spec.dest,
+                spec.amount,
+                spec.ref,
+                _to_db(at),
+                actor,
+                card_id,
+                terminal_id,
+                request_id,
+                spec.memo,
+            ),
+        )
+        assert cursor.lastrowid is not None
+        return int(cursor.lastrowid)
+
+    def get_transfer(self, transfer_id: int) -> Transfer:
+        row = self.get("transfers", transfer_id)
+        if row is None:
+            raise NotFound(f"无此交易 {transfer_id}", f"no transfer {transfer_id}")
+        return Transfer.from_row(row)
+
+    def referencing_total(self, ref_id: int) -> int:
+        return int(
+            self.scalar(
+                "SELECT coalesce(sum(amount), 0) FROM transfers WHERE ref_id = ?", (ref_id,)
+            )
+        )
+
+    def deny_version(self) -> int:
+        return int(self.scalar("SELECT max(version) FROM deny_changes") or 0)
+
+    def last_purchase_id(self, terminal_id: str) -> int | None:
+        value = self.scalar(
+            "SELECT max(id) FROM transfers WHERE terminal_id = ? AND kind = 'purchase'",
+            (terminal_id,),
+        )
+        return None if value is None else int(value)
+
+
+class _Job:
+    __slots__ = ("fn", "future")
+
+    def __init__(self, fn: Callable[[SqliteTapTx], Any], future: Future[Any]) -> None:
+        self.fn = fn
+        self.future = future
+
+
+class SqliteTapWriter:
+    """One writer thread, group commit. ``await writer.run(job)`` -> the job's result, durable."""
+
+    def __init__(
+        self, path: str | Path, *, max_batch: int = 256, busy_timeout_ms: int = 10_000
+    ) -> None:
+        self.path = str(path)
+        self.max_batch = max_batch
+        self.busy_timeout_ms = busy_timeout_ms
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self.batches = 0
+        self.jobs = 0
+
+    def start(self) -> None:
+        ready: Future[None] = Future()
+        self._thread = threading.Thread(
+            target=self._main, args=(ready,), name="onecard-tapwriter", daemon=True
+        )
+        self._thread.start()
+        ready.result(timeout=30)
+
+    async def close(self) -> None:
+        if self._thread is None:
+            return
+        self._queue.put(_STOP)
+        await asyncio.to_thread(self._thread.join, 30)
+        self._thread = None
+
+    async def run(self, fn: Callable[[SqliteTapTx], T]) -> T:
+        if self._thread is None:
+            msg = "tap writer not started"
+            raise RuntimeError(msg)
+        future: Future[T] = Future()
+        self._queue.put(_Job(fn, future))
+        return await asyncio.wrap_future(future)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        for pragma in (
+            "PRAGMA journal_mode=WAL",
+            "PRAGMA synchronous=FULL",
+            "PRAGMA foreign_keys=ON",
+            f"PRAGMA busy_timeout={self.busy_timeout_ms}",
+        ):
+            conn.execute(pragma)
+        return conn
+
+    def _main(self, ready: Future[None]) -> None:
+        try:
+            conn = self._connect()
+        except Exception as exc:  # noqa: BLE001 - handed to the starter
+            ready.set_exception(exc)
+            return
+        ready.set_result(None)
+        tx = SqliteTapTx(conn)
+        try:
+            while True:
+                first = self._queue.get()
+                if first is _STOP:
+                    return
+                batch = [first]
+                stop = False
+                while len(batch) < self.max_batch:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is _STOP:
+                        stop = True
+                        break
+                    batch.append(item)
+                self._run_batch(conn, tx, batch)
+                if stop:
+                    return
+        finally:
+            conn.close()
+
+    def _run_batch(self, conn: sqlite3.Connection, tx: SqliteTapTx, batch: list[_Job]) -> None:
+        results: list[tuple[_Job, Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for job in batch:
+                conn.execute("SAVEPOINT job")
+                try:
+                    value = job.fn(tx)
+                except Exception as exc:  # noqa: BLE001 - the job's own failure goes to its caller
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                    results.append((job, None, exc))
+                else:
+                    conn.execute("RELEASE job")
+                    results.append((job, value, None))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            failure = OnecardError(
+                "数据库暂不可用", f"registry unavailable: {exc}", code=ErrorCode.UNAVAILABLE
+            )
+            for job in batch:
+                if not job.future.done():
+                    job.future.set_exception(failure)
+            return
+        self.batches += 1
+        self.jobs += len(batch)
+        for job, value, error in results:
+            if error is not None:
+                job.future.set_exception(error)
+            else:
+                job.future.set_result(value)
