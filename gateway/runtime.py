@@ -74,9 +74,9 @@ class Gateway:
             offline_max_daily_fen=off.offline_max_daily_fen,
             offline_max_count=off.offline_max_count,
         )
-        self.service = TerminalService(ctx, self.terminal_config, executor)
-        self.cards = CardService(ctx)
         self.deny = DenyState()
+        self.service = TerminalService(ctx, self.terminal_config, executor, self.deny.refusal)
+        self.cards = CardService(ctx)
         self.fleet = Fleet()
         self.kinds: dict[str, str] = {}
         self.stop = asyncio.Event()

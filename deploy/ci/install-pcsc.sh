@@ -45,4 +45,4 @@ else
   "$venv/bin/python" -m pip install --quiet "pyscard>=2.2,<3"
 fi
 
-"$venv/bin/python" -c "import smartcard; print('install-pcsc: pyscard', smartcard.__version__ if hasattr(smartcard, '__version__') else 'ok')"
+"$venv/bin/python" -c "import importlib.metadata as m; print('install-pcsc: pyscard', m.version('pyscard'))"

@@ -124,9 +124,18 @@ Handler = Callable[[TapTx, Terminal, Any, datetime], Any]
 
 
 class TerminalService:
-    def __init__(self, ctx: Context, config: TerminalConfig, executor: TapExecutor) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        config: TerminalConfig,
+        executor: TapExecutor,
+        deny_lookup: Callable[[str], ErrorCode | None] = lambda _uid: None,
+    ) -> None:
         self.ctx = ctx
         self.executor = executor
+        #: The gateway's in-memory deny set: a card on it is refused even if the registry row was
+        #: read a moment before the change (the registry is checked too, in the same job).
+        self.deny_lookup = deny_lookup
         self.config = config
         self.cards = CardService(ctx)
         self.holders = HolderService(ctx)
@@ -278,7 +287,7 @@ class TerminalService:
         card = tx.card_by_uid(uid)
         if card is None:
             raise Refused(code=ErrorCode.CARD_UNKNOWN)
-        refusal = tap_refusal(card.state, card.valid_until, now)
+        refusal = tap_refusal(card.state, card.valid_until, now) or self.deny_lookup(uid)
         if card.state.value in ("printing", "ready"):
             refusal = ErrorCode.CARD_NOT_ISSUED
         if refusal is not None:
