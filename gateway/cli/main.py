@@ -1299,6 +1299,41 @@ def serve(opts: Options, config_path: Path | None, migrate: bool) -> None:
         fail(opts, exc)
 
 
+@cli.group()
+def demo() -> None:
+    """The demo: broker + gateway on SQLite + simulated fleet (make demo)."""
+
+
+@demo.command("run")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default="var/demo-live",
+    show_default=True,
+)
+@click.option("--students", type=int, default=20_000, show_default=True)
+@click.option("--staff", type=int, default=2_000, show_default=True)
+@click.option("--visitors", type=int, default=200, show_default=True)
+@click.option("--terminals", type=int, default=200, show_default=True)
+@click.option("--duration", type=float, help="seconds; default: until Ctrl-C")
+@click.option("--no-dashboard", is_flag=True, help="plain log lines instead of the live dashboard")
+def demo_run(
+    directory: Path,
+    students: int,
+    staff: int,
+    visitors: int,
+    terminals: int,
+    duration: float | None,
+    no_dashboard: bool,
+) -> None:
+    """Seed a synthetic campus, start mosquitto, the gateway and the fleet; Ctrl-C stops all."""
+    from gateway.demo.launcher import DemoSize, run_demo
+
+    size = DemoSize(students=students, staff=staff, visitors=visitors, terminals=terminals)
+    raise SystemExit(run_demo(directory, size, duration=duration, dashboard=not no_dashboard))
+
+
 # --- scheduler ------------------------------------------------------------------------------
 @cli.group()
 def scheduler() -> None:

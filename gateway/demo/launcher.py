@@ -1,0 +1,254 @@
+"""`onecard demo`: a private Mosquitto, the gateway on a fresh SQLite registry seeded with a
+synthetic campus, and a simulated fleet with its live dashboard — all on this machine.
+
+Processes: mosquitto (files rendered from the registry, like production), ``onecard serve``
+(the gateway), ``python -m simulators fleet`` (black-box terminals speaking the contract). Ctrl-C
+(or the end of ``--duration``) stops the fleet first (it prints its summary), then the gateway
+(SIGTERM: drain, retained ``offline``), then the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.demo.seed import seed_campus
+from gateway.mqtt import broker_files as bf
+from gateway.services.base import Actor, Context, SystemClock
+from gateway.services.center import CardCenter
+from protocol.types import Permission
+from storage.sql import SqlRegistry
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    students: int = 20_000
+    staff: int = 2_000
+    visitors: int = 200
+    terminals: int = 200
+
+
+@dataclass
+class DemoPaths:
+    root: Path
+
+    @property
+    def db(self) -> Path:
+        return self.root / "onecard.sqlite3"
+
+    @property
+    def broker(self) -> Path:
+        return self.root / "broker"
+
+    @property
+    def terminals(self) -> Path:
+        return self.root / "terminals.json"
+
+    @property
+    def cards(self) -> Path:
+        return self.root / "cards.json"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "onecard.toml"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _write_secret(path: Path, data: object) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, ensure_ascii=False)
+
+
+async def prepare(
+    paths: DemoPaths, size: DemoSize, *, gateway_password: str, say: object = print
+) -> None:
+    """A fresh registry seeded through the services, and the fleet's credential files."""
+    if paths.root.exists():
+        shutil.rmtree(paths.root)
+    paths.root.mkdir(parents=True)
+    started = time.perf_counter()
+    registry = await SqlRegistry.open(paths.db, migrate=True)
+    try:
+        center = CardCenter.build(Context(registry=registry, clock=SystemClock()))
+        actor = Actor(name="demo-seed", permissions=frozenset(Permission))
+        seeded = await seed_campus(
+            center,
+            actor,
+            students=size.students,
+            staff=size.staff,
+            visitors=size.visitors,
+            terminals=size.terminals,
+            password_hash=bf.mosquitto_password_hash,
+            new_password=bf.new_password,
+        )
+        async with registry.read() as tx:
+            rows = await tx.find("terminals", order_by="id")
+    finally:
+        await registry.close()
+    _write_secret(paths.terminals, seeded.terminals)
+    _write_secret(paths.cards, seeded.cards)
+    accounts = [_Account(r["id"], bool(r["enabled"]), r["mqtt_password_hash"]) for r in rows]
+    entries = bf.password_entries(
+        accounts, {"gateway": bf.mosquitto_password_hash(gateway_password)}
+    )
+    port = free_port()
+    as_root = os.geteuid() == 0
+    bf.write_broker_files(
+        paths.broker,
+        entries=entries,
+        gateway_users=["gateway"],
+        port=port,
+        persistence=False,
+        persistence_dir=None,
+        log_dest=paths.broker / "mosquitto.log",
+        run_as="root" if as_root else None,
+        owner=None,
+    )
+    http_port = free_port()
+    paths.config.write_text(
+        f'db = "{paths.db}"\nlog_level = "WARNING"\nscheduler_interval_s = 5.0\n'
+        f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\nusername = "gateway"\n'
+        f'password = "{gateway_password}"\n'
+        f"[http]\nport = {http_port}\n"
+    )
+    (paths.root / "ports.json").write_text(json.dumps({"mqtt": port, "http": http_port}))
+    print(  # noqa: T201
+        f"已生成演示校园 seeded campus: {len(seeded.cards)} cards, "
+        f"{len(seeded.terminals)} terminals in {time.perf_counter() - started:.1f}s  ({paths.root})"
+    )
+
+
+@dataclass(frozen=True)
+class _Account:
+    id: str
+    enabled: bool
+    mqtt_password_hash: str
+
+
+def _wait_port(port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", port), timeout=0.5),
+        ):
+            return
+        time.sleep(0.05)
+    msg = f"nothing listening on 127.0.0.1:{port} after {timeout}s"
+    raise TimeoutError(msg)
+
+
+def _wait_ready(url: str, timeout: float, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            msg = f"the gateway exited with {proc.returncode}"
+            raise RuntimeError(msg)
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310
+            if resp.status == 200:
+                return
+        time.sleep(0.1)
+    msg = f"gateway not ready after {timeout}s"
+    raise TimeoutError(msg)
+
+
+def _stop(
+    proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, timeout: float = 20
+) -> int | None:
+    if proc is None or proc.poll() is not None:
+        return None if proc is None else proc.returncode
+    proc.send_signal(sig)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
+def run_demo(
+    root: Path, size: DemoSize, *, duration: float | None, dashboard: bool, seed: int = 1
+) -> int:
+    """Set up, run until Ctrl-C or ``duration``, stop cleanly; the fleet's exit code."""
+    paths = DemoPaths(root)
+    gateway_password = bf.new_password()
+    asyncio.run(prepare(paths, size, gateway_password=gateway_password))
+    ports = json.loads((paths.root / "ports.json").read_text())
+    bin_dir = Path(sys.executable).parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ONECARD_")}
+    broker = gateway = fleet = None
+    code = 1
+    try:
+        mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        broker = subprocess.Popen(  # noqa: S603 - our own files
+            [mosquitto, "-c", str(paths.broker / bf.CONF_NAME)], stdin=subprocess.DEVNULL
+        )
+        _wait_port(ports["mqtt"], 10)
+        gateway_log = (paths.root / "gateway.log").open("wb")
+        gateway = subprocess.Popen(  # noqa: S603
+            [str(bin_dir / "onecard"), "serve", "--config", str(paths.config)],
+            env=env,
+            stdout=gateway_log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C goes to the fleet; we stop the gateway ourselves
+        )
+        _wait_ready(f"http://127.0.0.1:{ports['http']}/readyz", 30, gateway)
+        print(  # noqa: T201
+            f"网关就绪 gateway ready: mqtt 127.0.0.1:{ports['mqtt']}, "
+            f"metrics http://127.0.0.1:{ports['http']}/metrics — Ctrl-C 停止 / stops"
+        )
+        fleet_cmd = [
+            sys.executable,
+            "-m",
+            "simulators",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(ports["mqtt"]),
+            "--terminals",
+            str(paths.terminals),
+            "--cards",
+            str(paths.cards),
+            "fleet",
+            "--seed",
+            str(seed),
+            "--json",
+            str(paths.root / "fleet-result.json"),
+        ]
+        if duration is not None:
+            fleet_cmd += ["--duration", str(duration)]
+        else:
+            fleet_cmd += ["--duration", str(10 * 365 * 86400)]
+        if dashboard:
+            fleet_cmd += [
+                "--dashboard",
+                "--metrics-url",
+                f"http://127.0.0.1:{ports['http']}/metrics",
+            ]
+        fleet = subprocess.Popen(fleet_cmd, env=env, stdin=subprocess.DEVNULL)  # noqa: S603
+        try:
+            code = fleet.wait()
+        except KeyboardInterrupt:
+            code = _stop(fleet, signal.SIGINT, 60) or 0
+    finally:
+        _stop(fleet, signal.SIGINT, 60)
+        _stop(gateway, signal.SIGTERM, 30)
+        _stop(broker, signal.SIGTERM, 10)
+    return code
