@@ -76,9 +76,7 @@ def _write_secret(path: Path, data: object) -> None:
         json.dump(data, fh, ensure_ascii=False)
 
 
-async def prepare(
-    paths: DemoPaths, size: DemoSize, *, gateway_password: str, say: object = print
-) -> None:
+async def prepare(paths: DemoPaths, size: DemoSize, *, gateway_password: str) -> None:
     """A fresh registry seeded through the services, and the fleet's credential files."""
     if paths.root.exists():
         shutil.rmtree(paths.root)
