@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from gateway.config import Settings
 from gateway.metrics import Metrics
+from gateway.mqtt.client import MqttSession, SessionFactory
 from gateway.runtime import Gateway
 from gateway.services.base import Clock, Context, SystemClock
 from protocol.errors import ErrorCode, OnecardError
@@ -26,6 +27,15 @@ def sqlite_path(db: str) -> str:
     return url.split(":///", 1)[1]
 
 
+def session_factory(settings: Settings) -> SessionFactory:
+    """The MQTT adapter named by ``mqtt.client``."""
+    if settings.mqtt.client == "gmqtt":
+        from gateway.mqtt.client_gmqtt import GmqttSession
+
+        return lambda s, will: GmqttSession(s, will=will)
+    return lambda s, will: MqttSession(s, will=will)
+
+
 @asynccontextmanager
 async def open_gateway(
     settings: Settings,
@@ -40,7 +50,13 @@ async def open_gateway(
     try:
         writer.start()
         ctx = Context(registry=registry, clock=clock or SystemClock())
-        yield Gateway(settings, ctx, executor=writer, metrics=metrics)
+        yield Gateway(
+            settings,
+            ctx,
+            executor=writer,
+            metrics=metrics,
+            session_factory=session_factory(settings),
+        )
     finally:
         await writer.close()
         await registry.close()

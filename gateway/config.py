@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 from pydantic_settings import (
@@ -15,6 +15,8 @@ from pydantic_settings import (
 
 
 class MqttConfig(BaseModel):
+    #: MQTT client library behind the one-file adapter (docs/benchmarks.md records the choice).
+    client: Literal["aiomqtt", "gmqtt"] = "aiomqtt"
     host: str = "127.0.0.1"
     port: int = 1883
     username: str | None = "gateway"

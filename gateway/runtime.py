@@ -20,7 +20,15 @@ from gateway.config import Settings
 from gateway.denylist import DenyState, Fleet
 from gateway.http import OpsServer
 from gateway.metrics import Metrics
-from gateway.mqtt.client import Inbound, LastWill, MqttError, MqttSession, MqttSettings
+from gateway.mqtt.client import (
+    Inbound,
+    LastWill,
+    MqttError,
+    MqttSession,
+    MqttSettings,
+    Session,
+    SessionFactory,
+)
 from gateway.services.base import SYSTEM, Context
 from gateway.services.cards import CardService
 from gateway.services.taps import Outcome, TerminalService
@@ -61,7 +69,11 @@ class Gateway:
         *,
         executor: TapExecutor,
         metrics: Metrics | None = None,
+        session_factory: SessionFactory | None = None,
     ) -> None:
+        self.session_factory: SessionFactory = session_factory or (
+            lambda s, will: MqttSession(s, will=will)
+        )
         self.settings = settings
         self.ctx = ctx
         self.registry: Registry = ctx.registry
@@ -81,7 +93,7 @@ class Gateway:
         self.kinds: dict[str, str] = {}
         self.stop = asyncio.Event()
         self.ready = False
-        self.session: MqttSession | None = None
+        self.session: Session | None = None
         self._deny_wakeup = asyncio.Event()
         self._fleet_changed = asyncio.Event()
         self._published = asyncio.Condition()
@@ -144,8 +156,8 @@ class Gateway:
         first = True
         while not self.stop.is_set():
             try:
-                async with MqttSession(
-                    self._mqtt_settings(), will=LastWill(GATEWAY_STATUS_TOPIC, offline)
+                async with self.session_factory(
+                    self._mqtt_settings(), LastWill(GATEWAY_STATUS_TOPIC, offline)
                 ) as session:
                     if not first:
                         self.metrics.mqtt_reconnects.inc()
@@ -172,7 +184,7 @@ class Gateway:
                 self.session = None
                 self.metrics.mqtt_connected.set(0)
 
-    async def _on_connect(self, session: MqttSession) -> None:
+    async def _on_connect(self, session: Session) -> None:
         group = self.settings.mqtt.shared_group
         requests = shared_subscription(REQUEST_FILTER, group) if group else REQUEST_FILTER
         await session.subscribe([requests, TERMINAL_STATUS_FILTER])
@@ -182,7 +194,7 @@ class Gateway:
         self.ready = True
         log.info("connected to the broker; deny list version %d", self.deny.version)
 
-    async def _consume(self, session: MqttSession) -> None:
+    async def _consume(self, session: Session) -> None:
         """Read until asked to stop; each request is handled in its own task (a reply is never
         awaited inside the read loop: FIELD-NOTES)."""
         reader = asyncio.create_task(self._read(session), name="mqtt-read")
@@ -196,7 +208,7 @@ class Gateway:
         if reader in done:
             reader.result()  # re-raise a connection error for the reconnect loop
 
-    async def _read(self, session: MqttSession) -> None:
+    async def _read(self, session: Session) -> None:
         async for message in session.messages():
             received = time.perf_counter()
             await self._slots.acquire()
@@ -227,7 +239,7 @@ class Gateway:
             self.metrics.errors.labels(code=ErrorCode.INTERNAL.value).inc()
 
     # --- the router -----------------------------------------------------------------------------
-    async def _on_message(self, session: MqttSession, message: Inbound, received: float) -> None:
+    async def _on_message(self, session: Session, message: Inbound, received: float) -> None:
         try:
             topic = parse_topic(message.topic)
         except WireError:
@@ -344,7 +356,7 @@ class Gateway:
             self.metrics.denylist_version.set(self.deny.version)
             self.metrics.denylist_size.set(len(self.deny.codes))
 
-    async def _publish_changes(self, session: MqttSession) -> None:
+    async def _publish_changes(self, session: Session) -> None:
         cfg = self.settings.denylist
         too_old = time.monotonic() - self._snapshot_at > cfg.snapshot_max_age_s
         if len(self.deny.pending) >= cfg.snapshot_every_changes or too_old:
@@ -357,7 +369,7 @@ class Gateway:
             )
         await self._mark_published(self.deny.version)
 
-    async def _publish_snapshot(self, session: MqttSession) -> None:
+    async def _publish_snapshot(self, session: Session) -> None:
         snapshot = self.deny.snapshot(int(self.ctx.clock.now().timestamp() * 1000))
         await session.publish(
             DENYLIST_SNAPSHOT_TOPIC, snapshot.model_dump_json().encode(), retain=True

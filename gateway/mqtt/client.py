@@ -7,10 +7,10 @@ session). Reconnection is the caller's loop: a new session per attempt (aiomqtt 
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import Protocol, Self
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -48,6 +48,32 @@ class LastWill:
     topic: str
     payload: bytes
     retain: bool = True
+
+
+class Session(Protocol):
+    """What the gateway needs of a broker connection (both adapters provide it)."""
+
+    async def __aenter__(self) -> Self: ...
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+    async def subscribe(self, filters: Sequence[str], qos: int = 1) -> None: ...
+    def messages(self) -> AsyncIterator[Inbound]: ...
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        correlation_data: bytes | None = None,
+    ) -> None: ...
+
+
+SessionFactory = Callable[[MqttSettings, LastWill], Session]
 
 
 class MqttSession:

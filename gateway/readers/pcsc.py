@@ -33,6 +33,7 @@ import contextlib
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -67,8 +68,11 @@ log = logging.getLogger("onecard.gateway.readers.pcsc")
 T = TypeVar("T")
 
 PNP_NOTIFICATION: Final = "\\\\?PnP?\\Notification"
-#: How long one ``SCardGetStatusChange`` waits before the monitor re-checks its stop flag.
-STATUS_POLL_MS: Final = 1000
+#: ``SCardGetStatusChange`` waits without a timeout: with pcsc-lite 1.9.9 a finite timeout that
+#: expires while a reader is busy (a stalled card) could leave the call blocked for good (seen
+#: here: no events for 10 s, released only by ``SCardCancel``). :meth:`PcscReaderBridge.close`
+#: wakes it with ``SCardCancel``; a dead pcscd makes it return ``SCARD_E_NO_SERVICE``.
+STATUS_WAIT_MS: Final = scard.INFINITE
 DEFAULT_TIMEOUT: Final = 2.0
 
 _SERVICE_GONE: Final = frozenset(
@@ -312,6 +316,11 @@ class _Session:
         self.transmits += 1
         if hresult != scard.SCARD_S_SUCCESS:
             raise _pcsc_error(hresult, self.reader, "SCardTransmit")
+        if len(raw) < 2:
+            # vpcd reports success with an empty answer when the card's link breaks mid-command
+            raise ReaderError(
+                f"卡片无应答 ({self.reader})", f"card on {self.reader!r} returned no status word"
+            )
         return Response.parse(bytes(raw))
 
     def expect_ok(self, command: Command, what: str, *, allow: Iterable[int] = ()) -> bytes:
@@ -529,11 +538,8 @@ class PcscReaderBridge:
 
     async def close(self) -> None:
         self._stop.set()
-        with self._monitor_lock:
-            if self._monitor_context is not None:
-                scard.SCardCancel(self._monitor_context)
         if self._monitor is not None:
-            await asyncio.to_thread(self._monitor.join, 5.0)
+            await asyncio.to_thread(self._stop_monitor, self._monitor)
             self._monitor = None
         tasks = list(self._all_tasks)
         for task in tasks:
@@ -550,6 +556,18 @@ class PcscReaderBridge:
             worker.stop()
         # a stuck worker stays blocked in SCardTransmit; it is a daemon thread: do not wait long
         await asyncio.to_thread(_join_all, workers, 0.5)
+
+    def _stop_monitor(self, monitor: threading.Thread, timeout: float = 5.0) -> None:
+        """Cancel the monitor's wait until it exits (a cancel sent just before it starts waiting
+        would be lost, hence the loop)."""
+        deadline = time.monotonic() + timeout
+        while monitor.is_alive() and time.monotonic() < deadline:
+            with self._monitor_lock:
+                if self._monitor_context is not None:
+                    scard.SCardCancel(self._monitor_context)
+            monitor.join(0.2)
+        if monitor.is_alive():
+            log.error("PC/SC monitor thread did not stop")
 
     async def __aenter__(self) -> PcscReaderBridge:
         await self.start()
@@ -821,7 +839,7 @@ class PcscReaderBridge:
         while not self._stop.is_set():
             states = [(PNP_NOTIFICATION, pnp_state)]
             states += [(r, s & ~scard.SCARD_STATE_CHANGED) for r, s in watched.items()]
-            hresult, new_states = scard.SCardGetStatusChange(context, STATUS_POLL_MS, states)
+            hresult, new_states = scard.SCardGetStatusChange(context, STATUS_WAIT_MS, states)
             if hresult in (scard.SCARD_E_TIMEOUT, scard.SCARD_E_CANCELLED):
                 continue
             if hresult in _SERVICE_GONE:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -17,6 +18,7 @@ from typing import Any
 
 import aiomqtt
 
+from gateway.bootstrap import session_factory
 from gateway.config import load_settings
 from gateway.mqtt.broker_files import mosquitto_password_hash
 from gateway.runtime import Gateway
@@ -196,6 +198,7 @@ async def build_campus(tmp_path: Path, *, students: int = 4) -> Campus:
             "port": broker.port,
             "username": "gateway",
             "password": "pw-gateway",
+            "client": os.environ.get("ONECARD_TEST_MQTT_CLIENT", "aiomqtt"),
         },
         http={"port": 0},
         scheduler_interval_s=0.2,
@@ -203,5 +206,10 @@ async def build_campus(tmp_path: Path, *, students: int = 4) -> Campus:
     )
     writer = SqliteTapWriter(tmp_path / "campus.sqlite3")
     writer.start()
-    gateway = Gateway(settings, Context(registry=registry, clock=clock), executor=writer)
+    gateway = Gateway(
+        settings,
+        Context(registry=registry, clock=clock),
+        executor=writer,
+        session_factory=session_factory(settings),
+    )
     return Campus(registry, center, clock, broker, gateway, admin, people, writer=writer)

@@ -4,13 +4,18 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
 import pytest_asyncio
 
 from tests.e2e.campus import Campus, build_campus
 
 
-@pytest_asyncio.fixture
-async def campus(tmp_path: Path) -> AsyncIterator[Campus]:
+@pytest_asyncio.fixture(params=["aiomqtt", "gmqtt"])
+async def campus(
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Campus]:
+    """The gateway runs once per MQTT adapter: both stay supported behind the one-file seam."""
+    monkeypatch.setenv("ONECARD_TEST_MQTT_CLIENT", request.param)
     c = await build_campus(tmp_path)
     c.task = asyncio.create_task(c.gateway.run(), name="gateway")
     try:
