@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import random
 import time
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from typing import Any
 
 from gateway.config import Settings
@@ -44,6 +46,7 @@ from protocol.wire import (
     HelloRequest,
     Presence,
     ReportLossResponse,
+    Request,
     TerminalConfig,
     TerminalKind,
     TerminalStatus,
@@ -59,6 +62,21 @@ from protocol.wire import (
 from storage.ports import Registry, TapExecutor
 
 log = logging.getLogger("onecard.gateway")
+
+#: Kiosk self-service ops that do not run on the batching writer (scrypt, lifecycle events).
+ASYNC_OPS = frozenset({"login", "report_loss", "change_password"})
+
+
+@dataclass(slots=True)
+class _Pending:
+    tid: str
+    op: str
+    reply_to: str
+    correlation: bytes | None
+    received: float
+    kind: str | None = None
+    request: Request[Any] | None = None
+    outcome: Outcome | None = None
 
 
 class Gateway:
@@ -100,7 +118,12 @@ class Gateway:
         self._published_version = -1
         self._snapshot_at = 0.0
         self._in_flight: set[asyncio.Task[None]] = set()
-        self._slots = asyncio.Semaphore(settings.max_in_flight)
+        self._in_flight_items = 0
+        self._capacity = asyncio.Event()
+        self._pending: list[tuple[Inbound, float]] = []
+        self._flush_scheduled = False
+        self._decision_children: dict[tuple[str, str], Any] = {}
+        self._latency_children: dict[str, Any] = {}
         self.http: OpsServer | None = None
 
     # --- life cycle ---------------------------------------------------------------------------
@@ -209,16 +232,32 @@ class Gateway:
             reader.result()  # re-raise a connection error for the reconnect loop
 
     async def _read(self, session: Session) -> None:
+        """Collect what arrives in one loop turn into a batch; each batch is one task and, for
+        taps, one job list for the batching writer (one wake-up for many decisions)."""
+        loop = asyncio.get_running_loop()
         async for message in session.messages():
-            received = time.perf_counter()
-            await self._slots.acquire()
-            task = asyncio.create_task(self._guarded(self._on_message(session, message, received)))
-            self._in_flight.add(task)
-            task.add_done_callback(self._done)
+            self._pending.append((message, time.perf_counter()))
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                loop.call_soon(self._flush, session)
+            while self._in_flight_items >= self.settings.max_in_flight:
+                self._capacity.clear()
+                await self._capacity.wait()
 
-    def _done(self, task: asyncio.Task[None]) -> None:
+    def _flush(self, session: Session) -> None:
+        self._flush_scheduled = False
+        items, self._pending = self._pending, []
+        if not items:
+            return
+        self._in_flight_items += len(items)
+        task = asyncio.create_task(self._guarded(self._route(session, items)))
+        self._in_flight.add(task)
+        task.add_done_callback(functools.partial(self._done, count=len(items)))
+
+    def _done(self, task: asyncio.Task[None], count: int) -> None:
         self._in_flight.discard(task)
-        self._slots.release()
+        self._in_flight_items -= count
+        self._capacity.set()
 
     async def _drain(self) -> None:
         if not self._in_flight:
@@ -239,59 +278,123 @@ class Gateway:
             self.metrics.errors.labels(code=ErrorCode.INTERNAL.value).inc()
 
     # --- the router -----------------------------------------------------------------------------
-    async def _on_message(self, session: Session, message: Inbound, received: float) -> None:
+    async def _route(self, session: Session, items: list[tuple[Inbound, float]]) -> None:
+        """Parse and decode a batch; taps go to the writer together, kiosk self-service ops
+        (scrypt, lifecycle events) run on their own; then every reply is published."""
+        taps: list[_Pending] = []
+        replies: list[tuple[_Pending, Outcome]] = []
+        others: list[Awaitable[None]] = []
+        for message, received in items:
+            pending = await self._prepare(message, received)
+            if pending is None:
+                continue
+            if pending.outcome is not None:
+                replies.append((pending, pending.outcome))
+            elif pending.request is None:
+                continue
+            elif pending.op in ASYNC_OPS:
+                others.append(self._guarded(self._one(session, pending)))
+            else:
+                taps.append(pending)
+        if taps:
+            batch = [(p.tid, p.op, p.request) for p in taps if p.request is not None]
+            results = await self.service.handle_many(batch)
+            for pending, result in zip(taps, results, strict=True):
+                replies.append((pending, self._outcome(pending, result)))
+        if replies:
+            await self._publish_all(session, replies)
+        if others:
+            await asyncio.gather(*others)
+
+    async def _prepare(self, message: Inbound, received: float) -> _Pending | None:
         try:
             topic = parse_topic(message.topic)
         except WireError:
             self.metrics.dropped.labels(reason="bad_topic").inc()
-            return
+            return None
         if topic.kind is TopicKind.TERMINAL_STATUS and topic.terminal_id is not None:
             self._on_status(topic.terminal_id, message.payload)
-            return
+            return None
         if topic.kind is not TopicKind.REQUEST or topic.op is None or topic.terminal_id is None:
             self.metrics.dropped.labels(reason="unexpected_topic").inc()
-            return
+            return None
         tid, op = topic.terminal_id, topic.op
         reply_to = message.response_topic
         # the broker ACL lets the gateway write only under .../resp/ (deploy/mosquitto)
         if not reply_to or not reply_to.startswith(f"onecard/v1/t/{tid}/resp/"):
             reply_to = response_topic(tid, op)
-        try:
-            outcome = await self._decide(tid, op, message.payload)
-        except Exception:  # the one boundary: an error reply, a metric and a log line (§7)
-            log.exception("handling %s from a terminal failed", op)
-            error = OnecardError(code=ErrorCode.INTERNAL)
-            outcome = Outcome(
-                encode_error(_peek_id(message.payload), error), ok=False, code=error.code.value
-            )
-        if outcome.denylist_version is not None:
-            outcome = await self._with_applied_count(op, outcome)
-        await session.publish(reply_to, outcome.payload, correlation_data=message.correlation_data)
-        self.metrics.decisions.labels(op=op, result=outcome.code).inc()
-        self.metrics.decision_seconds.labels(op=op).observe(time.perf_counter() - received)
-        if not outcome.ok:
-            self.metrics.errors.labels(code=outcome.code).inc()
-        if outcome.replayed:
-            self.metrics.replays.inc()
-
-    async def _decide(self, tid: str, op: str, payload: bytes) -> Outcome:
+        pending = _Pending(tid, op, reply_to, message.correlation_data, received)
         kind_name = self.kinds.get(tid)
         if kind_name is None:
             await self._refresh_kinds()
             kind_name = self.kinds.get(tid)
-        kind = TerminalKind(kind_name) if kind_name else None
+        pending.kind = kind_name
         try:
-            request = decode_request(op, payload, kind=kind)
+            pending.request = decode_request(
+                op, message.payload, kind=TerminalKind(kind_name) if kind_name else None
+            )
         except WireError as exc:
-            return Outcome(encode_error(exc.request_id, exc), ok=False, code=exc.code.value)
+            pending.outcome = Outcome(
+                encode_error(exc.request_id, exc), ok=False, code=exc.code.value
+            )
+        return pending
+
+    def _outcome(self, pending: _Pending, result: Outcome | BaseException) -> Outcome:
+        request = pending.request
+        assert request is not None
+        if isinstance(result, Outcome):
+            if result.ok and isinstance(request.data, HelloRequest | HeartbeatRequest):
+                self.fleet.seen(
+                    pending.tid, pending.kind or "", request.data.denylist_version, online=True
+                )
+                self._fleet_changed.set()
+            return result
+        if isinstance(result, OnecardError):
+            return Outcome(
+                encode_error(request.request_id, result), ok=False, code=result.code.value
+            )
+        log.error("handling %s failed", pending.op, exc_info=result)
+        error = OnecardError(code=ErrorCode.INTERNAL)
+        return Outcome(encode_error(request.request_id, error), ok=False, code=error.code.value)
+
+    async def _one(self, session: Session, pending: _Pending) -> None:
+        """A kiosk self-service request (login, loss report, password change)."""
+        assert pending.request is not None
         try:
-            outcome = await self.service.handle(tid, op, request)
-        except OnecardError as exc:
-            return Outcome(encode_error(request.request_id, exc), ok=False, code=exc.code.value)
-        if outcome.ok and isinstance(request.data, HelloRequest | HeartbeatRequest):
-            self.fleet.seen(tid, kind_name or "", request.data.denylist_version, online=True)
-            self._fleet_changed.set()
-        return outcome
+            outcome = await self.service.handle(pending.tid, pending.op, pending.request)
+        except Exception as exc:  # noqa: BLE001 - turned into a reply by _outcome
+            outcome = self._outcome(pending, exc)
+        if outcome.denylist_version is not None:
+            outcome = await self._with_applied_count(pending.op, outcome)
+        await self._publish_all(session, [(pending, outcome)])
+
+    async def _publish_all(self, session: Session, replies: list[tuple[_Pending, Outcome]]) -> None:
+        await asyncio.gather(
+            *(
+                session.publish(p.reply_to, o.payload, correlation_data=p.correlation)
+                for p, o in replies
+            )
+        )
+        now = time.perf_counter()
+        for pending, outcome in replies:
+            self._count(pending.op, outcome, now - pending.received)
+
+    def _count(self, op: str, outcome: Outcome, seconds: float) -> None:
+        key = (op, outcome.code)
+        counter = self._decision_children.get(key)
+        if counter is None:
+            counter = self._decision_children[key] = self.metrics.decisions.labels(
+                op=op, result=outcome.code
+            )
+        counter.inc()
+        histogram = self._latency_children.get(op)
+        if histogram is None:
+            histogram = self._latency_children[op] = self.metrics.decision_seconds.labels(op=op)
+        histogram.observe(seconds)
+        if not outcome.ok:
+            self.metrics.errors.labels(code=outcome.code).inc()
+        if outcome.replayed:
+            self.metrics.replays.inc()
 
     async def _refresh_kinds(self) -> None:
         async with self.registry.read() as tx:

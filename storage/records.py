@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from datetime import date, datetime
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
 from protocol.cards.lifecycle import CardFacts, ExchangeReason
 from protocol.cards.policy import HolderData
@@ -129,3 +129,14 @@ class Receipt(_FromRow):
 
 
 Row = dict[str, Any]
+
+
+class TapCard(NamedTuple):
+    """What a tap decision reads of a card and its holder, in one indexed lookup."""
+
+    id: int
+    holder_id: int
+    state: CardState
+    valid_until: datetime | None
+    type_group: int
+    holder_status: str

@@ -22,7 +22,7 @@ import contextlib
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,8 +32,9 @@ from sqlalchemy import Boolean
 
 from protocol.errors import ErrorCode, NotFound, OnecardError
 from protocol.ledger import NON_NEGATIVE_KINDS, TransferSpec, account_kind
+from protocol.types import CardState
 from storage import schema as s
-from storage.records import Card, Holder, Row, Transfer
+from storage.records import Card, Holder, Row, TapCard, Transfer
 
 T = TypeVar("T")
 _STOP = object()
@@ -165,6 +166,30 @@ class SqliteTapTx:
         found = self.conn.execute(sql, params).fetchone()
         return None if found is None else found[0]
 
+    # the hot path: one indexed lookup each
+    def idempotent(self, terminal_id: str, request_id: str) -> tuple[str, str] | None:
+        found = self.conn.execute(
+            "SELECT fingerprint, reply FROM idempotency WHERE terminal_id = ? AND request_id = ?",
+            (terminal_id, request_id),
+        ).fetchone()
+        return None if found is None else (found[0], found[1])
+
+    def terminal(self, terminal_id: str) -> tuple[str, str | None, bool] | None:
+        found = self.conn.execute(
+            "SELECT kind, merchant_id, enabled FROM terminals WHERE id = ?", (terminal_id,)
+        ).fetchone()
+        return None if found is None else (found[0], found[1], bool(found[2]))
+
+    def tap_card(self, uid: str) -> TapCard | None:
+        found = self.conn.execute(
+            "SELECT c.id, c.holder_id, c.state, c.valid_until, c.type_group, h.status"
+            " FROM cards c JOIN holders h ON h.id = c.holder_id WHERE c.uid = ?",
+            (uid,),
+        ).fetchone()
+        if found is None:
+            return None
+        return TapCard(found[0], found[1], CardState(found[2]), _ts(found[3]), found[4], found[5])
+
     # cards and holders
     def card_by_uid(self, uid: str) -> Card | None:
         info = _info("cards")
@@ -197,33 +222,70 @@ class SqliteTapTx:
         holder_id: int | None = None,
     ) -> int:
         """One balanced transfer with a conditional debit (no negative purse, ever)."""
+        return self.post_returning(
+            spec,
+            at=at,
+            actor=actor,
+            card_id=card_id,
+            terminal_id=terminal_id,
+            request_id=request_id,
+            holder_id=holder_id,
+        )[0]
+
+    def post_returning(
+        self,
+        spec: TransferSpec,
+        *,
+        at: datetime,
+        actor: str,
+        card_id: int | None = None,
+        terminal_id: str | None = None,
+        request_id: str | None = None,
+        holder_id: int | None = None,
+    ) -> tuple[int, int]:
+        """:meth:`post`, returning ``(transfer id, source balance after)``.
+
+        Accounts are created on first use; the common case (both exist) is three statements:
+        the conditional debit (``RETURNING`` the new balance), the credit and the transfer row.
+        """
         conn = self.conn
-        for account in (spec.source, spec.dest):
-            kind = account_kind(account)
-            owner = holder_id if kind in NON_NEGATIVE_KINDS else None
-            conn.execute(
-                "INSERT INTO accounts (id, kind, holder_id, balance) VALUES (?, ?, ?, 0) "
-                "ON CONFLICT DO NOTHING",
-                (account, kind.value, owner),
-            )
-        if account_kind(spec.source) in NON_NEGATIVE_KINDS:
-            cursor = conn.execute(
-                "UPDATE accounts SET balance = balance - ? WHERE id = ? AND balance >= ?",
+        source_kind = account_kind(spec.source)
+        guarded = source_kind in NON_NEGATIVE_KINDS
+        if guarded:
+            rows = conn.execute(
+                "UPDATE accounts SET balance = balance - ?"
+                " WHERE id = ? AND balance >= ? RETURNING balance",
                 (spec.amount, spec.source, spec.amount),
-            )
+            ).fetchall()  # exhaust: a RETURNING statement must finish before COMMIT
+            found = rows[0] if rows else None
+            if found is None:
+                have = self.balance(spec.source)
+                raise InsufficientFunds(
+                    f"余额不足：需要 {spec.amount} 分，现有 {have} 分",
+                    f"insufficient balance: need {spec.amount} fen, have {have} fen",
+                )
         else:
-            cursor = conn.execute(
-                "UPDATE accounts SET balance = balance - ? WHERE id = ?", (spec.amount, spec.source)
-            )
-        if cursor.rowcount != 1:
-            have = self.balance(spec.source)
-            raise InsufficientFunds(
-                f"余额不足：需要 {spec.amount} 分，现有 {have} 分",
-                f"insufficient balance: need {spec.amount} fen, have {have} fen",
-            )
-        conn.execute(
+            rows = conn.execute(
+                "UPDATE accounts SET balance = balance - ? WHERE id = ? RETURNING balance",
+                (spec.amount, spec.source),
+            ).fetchall()
+            found = rows[0] if rows else None
+            if found is None:
+                conn.execute(
+                    "INSERT INTO accounts (id, kind, holder_id, balance) VALUES (?, ?, NULL, ?)",
+                    (spec.source, source_kind.value, -spec.amount),
+                )
+                found = (-spec.amount,)
+        cursor = conn.execute(
             "UPDATE accounts SET balance = balance + ? WHERE id = ?", (spec.amount, spec.dest)
         )
+        if cursor.rowcount == 0:
+            dest_kind = account_kind(spec.dest)
+            owner = holder_id if dest_kind in NON_NEGATIVE_KINDS else None
+            conn.execute(
+                "INSERT INTO accounts (id, kind, holder_id, balance) VALUES (?, ?, ?, ?)",
+                (spec.dest, dest_kind.value, owner, spec.amount),
+            )
         cursor = conn.execute(
             "INSERT INTO transfers (kind, source, dest, amount, ref_id, at, actor, card_id,"
             " terminal_id, request_id, memo) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -242,7 +304,7 @@ class SqliteTapTx:
             ),
         )
         assert cursor.lastrowid is not None
-        return int(cursor.lastrowid)
+        return int(cursor.lastrowid), int(found[0])
 
     def get_transfer(self, transfer_id: int) -> Transfer:
         row = self.get("transfers", transfer_id)
@@ -269,11 +331,16 @@ class SqliteTapTx:
 
 
 class _Job:
-    __slots__ = ("fn", "future")
+    """One function, or (``many``) a list of functions answered with one list of outcomes."""
 
-    def __init__(self, fn: Callable[[SqliteTapTx], Any], future: Future[Any]) -> None:
-        self.fn = fn
+    __slots__ = ("fns", "future", "many")
+
+    def __init__(
+        self, fns: list[Callable[[SqliteTapTx], Any]], future: Future[Any], *, many: bool
+    ) -> None:
+        self.fns = fns
         self.future = future
+        self.many = many
 
 
 class SqliteTapWriter:
@@ -310,7 +377,16 @@ class SqliteTapWriter:
             msg = "tap writer not started"
             raise RuntimeError(msg)
         future: Future[T] = Future()
-        self._queue.put(_Job(fn, future))
+        self._queue.put(_Job([fn], future, many=False))
+        return await asyncio.wrap_future(future)
+
+    async def run_many(self, fns: Sequence[Callable[[SqliteTapTx], T]]) -> list[T | BaseException]:
+        """Several jobs, one wake-up: each result, or the exception its job raised, in order."""
+        if self._thread is None:
+            msg = "tap writer not started"
+            raise RuntimeError(msg)
+        future: Future[list[T | BaseException]] = Future()
+        self._queue.put(_Job(list(fns), future, many=True))
         return await asyncio.wrap_future(future)
 
     def _connect(self) -> sqlite3.Connection:
@@ -355,20 +431,20 @@ class SqliteTapWriter:
             conn.close()
 
     def _run_batch(self, conn: sqlite3.Connection, tx: SqliteTapTx, batch: list[_Job]) -> None:
-        results: list[tuple[_Job, Any, BaseException | None]] = []
+        outcomes: list[list[Any]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             for job in batch:
-                conn.execute("SAVEPOINT job")
-                try:
-                    value = job.fn(tx)
-                except Exception as exc:  # noqa: BLE001 - the job's own failure goes to its caller
-                    conn.execute("ROLLBACK TO job")
+                results: list[Any] = []
+                for fn in job.fns:
+                    conn.execute("SAVEPOINT job")
+                    try:
+                        results.append(fn(tx))
+                    except Exception as exc:  # noqa: BLE001 - the job's failure goes to its caller
+                        conn.execute("ROLLBACK TO job")
+                        results.append(exc)
                     conn.execute("RELEASE job")
-                    results.append((job, None, exc))
-                else:
-                    conn.execute("RELEASE job")
-                    results.append((job, value, None))
+                outcomes.append(results)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
@@ -381,9 +457,11 @@ class SqliteTapWriter:
                     job.future.set_exception(failure)
             return
         self.batches += 1
-        self.jobs += len(batch)
-        for job, value, error in results:
-            if error is not None:
-                job.future.set_exception(error)
+        for job, results in zip(batch, outcomes, strict=True):
+            self.jobs += len(results)
+            if job.many:
+                job.future.set_result(results)
+            elif isinstance(results[0], BaseException):
+                job.future.set_exception(results[0])
             else:
-                job.future.set_result(value)
+                job.future.set_result(results[0])

@@ -68,11 +68,15 @@ log = logging.getLogger("onecard.gateway.readers.pcsc")
 T = TypeVar("T")
 
 PNP_NOTIFICATION: Final = "\\\\?PnP?\\Notification"
-#: ``SCardGetStatusChange`` waits without a timeout: with pcsc-lite 1.9.9 a finite timeout that
-#: expires while a reader is busy (a stalled card) could leave the call blocked for good (seen
-#: here: no events for 10 s, released only by ``SCardCancel``). :meth:`PcscReaderBridge.close`
-#: wakes it with ``SCardCancel``; a dead pcscd makes it return ``SCARD_E_NO_SERVICE``.
+#: ``SCardGetStatusChange`` waits without a timeout; the wait is re-armed by ``SCardCancel``.
+#: Measured with pcsc-lite 1.9.9: after a reader was blocked by a stalled card, the removal and
+#: re-insertion that followed sometimes never woke a waiting ``SCardGetStatusChange`` (no events
+#: for 10 s, with a 1 s timeout as well as with INFINITE); a ``SCardCancel`` released it and the
+#: next call saw the new state at once. So the monitor is nudged (cancelled and re-armed) every
+#: :data:`STATUS_REFRESH_S` seconds and right after a stuck reader recovers; a dead pcscd makes
+#: the call return ``SCARD_E_NO_SERVICE``.
 STATUS_WAIT_MS: Final = scard.INFINITE
+STATUS_REFRESH_S: Final = 2.0
 DEFAULT_TIMEOUT: Final = 2.0
 
 _SERVICE_GONE: Final = frozenset(
@@ -523,6 +527,7 @@ class PcscReaderBridge:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._all_tasks: set[asyncio.Task[None]] = set()
         self._present: dict[str, bool] = {}
+        self._nudger: threading.Thread | None = None
         self.service_up = threading.Event()
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -535,12 +540,19 @@ class PcscReaderBridge:
             target=self._monitor_main, name="onecard-pcsc-monitor", daemon=True
         )
         self._monitor.start()
+        self._nudger = threading.Thread(
+            target=self._nudge_main, name="onecard-pcsc-nudge", daemon=True
+        )
+        self._nudger.start()
 
     async def close(self) -> None:
         self._stop.set()
         if self._monitor is not None:
             await asyncio.to_thread(self._stop_monitor, self._monitor)
             self._monitor = None
+        if self._nudger is not None:
+            await asyncio.to_thread(self._nudger.join, 1.0)
+            self._nudger = None
         tasks = list(self._all_tasks)
         for task in tasks:
             task.cancel()
@@ -562,9 +574,7 @@ class PcscReaderBridge:
         would be lost, hence the loop)."""
         deadline = time.monotonic() + timeout
         while monitor.is_alive() and time.monotonic() < deadline:
-            with self._monitor_lock:
-                if self._monitor_context is not None:
-                    scard.SCardCancel(self._monitor_context)
+            self._nudge()
             monitor.join(0.2)
         if monitor.is_alive():
             log.error("PC/SC monitor thread did not stop")
@@ -692,7 +702,18 @@ class PcscReaderBridge:
             log.debug("event dropped: loop closed")
 
     def _worker_recovered(self, reader: str) -> None:
+        self._nudge()  # pcscd may have held back this reader's events while it was blocked
         self._post(lambda: self._emit(ReaderRecovered(reader)))
+
+    def _nudge(self) -> None:
+        """Make the monitor's pending ``SCardGetStatusChange`` return and re-read the states."""
+        with self._monitor_lock:
+            if self._monitor_context is not None:
+                scard.SCardCancel(self._monitor_context)
+
+    def _nudge_main(self) -> None:
+        while not self._stop.wait(STATUS_REFRESH_S):
+            self._nudge()
 
     def _on_change(self, change: _Change) -> None:
         changes = self._changes.get(change.reader)

@@ -9,6 +9,7 @@ returns.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from protocol.ledger import (
     subsidy_grant,
     topup,
 )
+from protocol.types import CardState
 from protocol.wire import (
     AccessRequest,
     AccessResponse,
@@ -80,9 +82,12 @@ from protocol.wire import (
 )
 from protocol.wire.messages import VoidRequest, VoidResponse
 from storage.ports import TapExecutor, TapTx, Tx
-from storage.records import Card, Holder, Row
+from storage.records import Holder, Row, TapCard
 
 KIOSK_SESSION_TTL = timedelta(minutes=5)
+_NOT_ISSUED = frozenset({CardState.PRINTING, CardState.READY})
+#: Ops whose handler may write before it refuses: their writes are undone on refusal.
+_UNDO_OPS = frozenset({"water_hold"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,15 +179,43 @@ class TerminalService:
             lambda tx: self._decide(tx, terminal_id, op, request, key, now)
         )
 
+    async def handle_many(
+        self, requests: list[tuple[str, str, Request[Any]]]
+    ) -> list[Outcome | BaseException]:
+        """Many taps, one writer wake-up: each decided in its own savepoint, all committed
+        together before this returns (group commit)."""
+        now = self.ctx.clock.now()
+        jobs = [
+            functools.partial(
+                self._decide,
+                terminal_id=tid,
+                op=op,
+                request=request,
+                key=fingerprint(op, request),
+                now=now,
+            )
+            for tid, op, request in requests
+        ]
+        return await self.executor.run_many(jobs)
+
     def _decide(
         self, tx: TapTx, terminal_id: str, op: str, request: Request[Any], key: str, now: datetime
     ) -> Outcome:
-        stored = self._replay_sync(tx, terminal_id, request.request_id, key)
+        stored = tx.idempotent(terminal_id, request.request_id)
         if stored is not None:
-            return stored
-        terminal = self._terminal_sync(tx, terminal_id)
+            return _replayed(request.request_id, key, stored[0], stored[1])
+        found = tx.terminal(terminal_id)
+        if found is None:
+            raise OnecardError(code=ErrorCode.TERMINAL_UNKNOWN)
+        kind, merchant_id, enabled = found
+        if not enabled:
+            raise OnecardError(code=ErrorCode.TERMINAL_DISABLED)
+        terminal = Terminal(terminal_id, kind, merchant_id, enabled)
         try:
-            with tx.undo_on(Refused):
+            if op in _UNDO_OPS:
+                with tx.undo_on(Refused):
+                    data = self._handlers[op](tx, terminal, request.data, now)
+            else:
                 data = self._handlers[op](tx, terminal, request.data, now)
         except Refused as exc:
             outcome = Outcome(encode_error(request.request_id, exc), ok=False, code=exc.code.value)
@@ -206,41 +239,11 @@ class TerminalService:
         row = await tx.get("idempotency", (terminal_id, request_id))
         if row is None:
             return None
-        if row["fingerprint"] != key:
-            exc = OnecardError(code=ErrorCode.IDEMPOTENCY_CONFLICT)
-            return Outcome(encode_error(request_id, exc), ok=False, code=exc.code.value)
-        payload = str(row["reply"]).encode()
-        ok = b'"ok":true' in payload
-        code = "approved" if ok else str(json.loads(payload)["error"]["code"])
-        return Outcome(payload, ok=ok, code=code, replayed=True)
-
-    def _replay_sync(
-        self, tx: TapTx, terminal_id: str, request_id: str, key: str
-    ) -> Outcome | None:
-        row = tx.get("idempotency", (terminal_id, request_id))
-        if row is None:
-            return None
-        if row["fingerprint"] != key:
-            exc = OnecardError(code=ErrorCode.IDEMPOTENCY_CONFLICT)
-            return Outcome(encode_error(request_id, exc), ok=False, code=exc.code.value)
-        payload = str(row["reply"]).encode()
-        ok = b'"ok":true' in payload
-        code = "approved" if ok else str(json.loads(payload)["error"]["code"])
-        return Outcome(payload, ok=ok, code=code, replayed=True)
+        return _replayed(request_id, key, str(row["fingerprint"]), str(row["reply"]))
 
     async def _terminal(self, tx: Tx, terminal_id: str) -> Terminal:
         """Revocation is checked on every request (ARCHITECTURE.md §3)."""
         row = await tx.get("terminals", terminal_id)
-        if row is None:
-            raise OnecardError(code=ErrorCode.TERMINAL_UNKNOWN)
-        if not row["enabled"]:
-            raise OnecardError(code=ErrorCode.TERMINAL_DISABLED)
-        return Terminal(row["id"], row["kind"], row["merchant_id"], bool(row["enabled"]))
-
-    # --- terminal presence ------------------------------------------------------------------
-    def _terminal_sync(self, tx: TapTx, terminal_id: str) -> Terminal:
-        """Revocation is checked on every request (ARCHITECTURE.md §3)."""
-        row = tx.get("terminals", terminal_id)
         if row is None:
             raise OnecardError(code=ErrorCode.TERMINAL_UNKNOWN)
         if not row["enabled"]:
@@ -282,20 +285,21 @@ class TerminalService:
         return tx.deny_version()
 
     # --- card checks ------------------------------------------------------------------------
-    def _usable_card(self, tx: TapTx, uid: str, now: datetime) -> tuple[Card, Holder]:
-        """The registry decides: unknown, lost, frozen, expired (TERM-2 at once), ... refused."""
-        card = tx.card_by_uid(uid)
+    def _usable_card(self, tx: TapTx, uid: str, now: datetime) -> TapCard:
+        """The registry decides: unknown, lost, frozen, expired (TERM-2 at once), ... refused;
+        the in-memory deny set may refuse too (LOSS-2: refused everywhere at once)."""
+        card = tx.tap_card(uid)
         if card is None:
             raise Refused(code=ErrorCode.CARD_UNKNOWN)
-        refusal = tap_refusal(card.state, card.valid_until, now) or self.deny_lookup(uid)
-        if card.state.value in ("printing", "ready"):
-            refusal = ErrorCode.CARD_NOT_ISSUED
+        if card.state in _NOT_ISSUED:
+            refusal: ErrorCode | None = ErrorCode.CARD_NOT_ISSUED
+        else:
+            refusal = tap_refusal(card.state, card.valid_until, now) or self.deny_lookup(uid)
         if refusal is not None:
             raise Refused(code=refusal, rule=TAP_RULES.get(refusal))
-        holder = tx.get_holder(card.holder_id)
-        if holder.status != "active":
+        if card.holder_status != "active":
             raise Refused(code=ErrorCode.CARD_TERMINATED, rule="TERM-6")
-        return card, holder
+        return card
 
     def _merchant(self, t: Terminal, given: str | None) -> str:
         if given is not None and t.merchant_id is not None and given != t.merchant_id:
@@ -307,23 +311,17 @@ class TerminalService:
         return given or t.merchant_id or t.id
 
     def _debit(
-        self,
-        tx: TapTx,
-        spec: TransferSpec,
-        *,
-        now: datetime,
-        t: Terminal,
-        card: Card,
-        holder: Holder,
-    ) -> int:
+        self, tx: TapTx, spec: TransferSpec, *, now: datetime, t: Terminal, card: TapCard
+    ) -> tuple[int, int]:
+        """``(transfer id, purse balance after)``; insufficient funds is a recorded refusal."""
         try:
-            return tx.post(
+            return tx.post_returning(
                 spec,
                 at=now,
                 actor=t.actor.name,
                 card_id=card.id,
                 terminal_id=t.id,
-                holder_id=holder.id,
+                holder_id=card.holder_id,
             )
         except OnecardError as exc:
             if exc.code is ErrorCode.INSUFFICIENT_FUNDS:
@@ -334,14 +332,12 @@ class TerminalService:
     def _purchase(
         self, tx: TapTx, t: Terminal, data: PurchaseRequest, now: datetime
     ) -> PurchaseResponse:
-        card, holder = self._usable_card(tx, data.card, now)
+        card = self._usable_card(tx, data.card, now)
         mid = self._merchant(t, data.merchant_id)
-        tid = self._debit(
-            tx, purchase(holder.id, mid, data.amount_fen), now=now, t=t, card=card, holder=holder
+        tid, balance = self._debit(
+            tx, purchase(card.holder_id, mid, data.amount_fen), now=now, t=t, card=card
         )
-        return PurchaseResponse(
-            balance_after_fen=tx.balance(purse(holder.id)), transfer_id=str(tid)
-        )
+        return PurchaseResponse(balance_after_fen=balance, transfer_id=str(tid))
 
     def _void(self, tx: TapTx, t: Terminal, data: VoidRequest, now: datetime) -> VoidResponse:
         """Reverse this terminal's own LAST sale, named by its request id."""
@@ -387,12 +383,12 @@ class TerminalService:
 
     def _meal(self, tx: TapTx, t: Terminal, data: MealRequest, now: datetime) -> MealResponse:
         """MEAL-1: a subsidised swipe while the month's count lasts, then the purse."""
-        card, holder = self._usable_card(tx, data.card, now)
+        card = self._usable_card(tx, data.card, now)
         mid = self._merchant(t, None)
-        quota = tx.get("meal_quotas", holder.id)
+        quota = tx.get("meal_quotas", card.holder_id)
         month = local(now).strftime("%Y-%m")
         if quota is not None and quota["enabled"] and card.type_group == MEAL_GROUP:
-            usage = tx.get("meal_usage", (holder.id, month))
+            usage = tx.get("meal_usage", (card.holder_id, month))
             used = int(usage["used"]) if usage else 0
             left = int(quota["meals_per_month"]) - used
             if left > 0:
@@ -404,30 +400,25 @@ class TerminalService:
                     terminal_id=t.id,
                 )
                 if usage is None:
-                    tx.put("meal_usage", {"holder_id": holder.id, "month": month, "used": 1})
+                    tx.put("meal_usage", {"holder_id": card.holder_id, "month": month, "used": 1})
                 else:
-                    tx.update("meal_usage", (holder.id, month), {"used": used + 1})
+                    tx.update("meal_usage", (card.holder_id, month), {"used": used + 1})
                 return MealResponse(
                     paid_by=MealPaidBy.SUBSIDY,
                     subsidy_left=left - 1,
-                    balance_after_fen=tx.balance(purse(holder.id)),
+                    balance_after_fen=tx.balance(purse(card.holder_id)),
                     transfer_id=str(tid),
                 )
             subsidy_left: int | None = 0
         else:
             subsidy_left = None
-        tid = self._debit(
-            tx,
-            purchase(holder.id, mid, data.amount_fen, memo="meal"),
-            now=now,
-            t=t,
-            card=card,
-            holder=holder,
+        tid, _ = self._debit(
+            tx, purchase(card.holder_id, mid, data.amount_fen, memo="meal"), now=now, t=t, card=card
         )
         return MealResponse(
             paid_by=MealPaidBy.PURSE,
             subsidy_left=subsidy_left,
-            balance_after_fen=tx.balance(purse(holder.id)),
+            balance_after_fen=tx.balance(purse(card.holder_id)),
             transfer_id=str(tid),
         )
 
@@ -449,33 +440,36 @@ class TerminalService:
     def _water_hold(
         self, tx: TapTx, t: Terminal, data: WaterHoldRequest, now: datetime
     ) -> WaterHoldResponse:
-        card, holder = self._usable_card(tx, data.card, now)
+        card = self._usable_card(tx, data.card, now)
         hold_id = tx.insert(
             "water_holds",
             {
                 "terminal_id": t.id,
                 "card_id": card.id,
-                "holder_id": holder.id,
+                "holder_id": card.holder_id,
                 "amount": data.amount_fen,
                 "state": "held",
                 "created_at": now,
             },
         )
-        account = f"{hold(holder.id)}:w{hold_id}"
+        account = f"{hold(card.holder_id)}:w{hold_id}"
         self._debit(
             tx,
             TransferSpec(
-                TransferKind.FREEZE, purse(holder.id), account, data.amount_fen, memo="water hold"
+                TransferKind.FREEZE,
+                purse(card.holder_id),
+                account,
+                data.amount_fen,
+                memo="water hold",
             ),
             now=now,
             t=t,
             card=card,
-            holder=holder,
         )
         return WaterHoldResponse(
             hold_id=str(hold_id),
             held_fen=data.amount_fen,
-            available_fen=tx.balance(purse(holder.id)),
+            available_fen=tx.balance(purse(card.holder_id)),
         )
 
     def _open_hold(self, tx: TapTx, t: Terminal, hold_id: str) -> Row:
@@ -794,26 +788,22 @@ class TerminalService:
 
     def _topup(self, tx: TapTx, t: Terminal, data: TopupRequest, now: datetime) -> TopupResponse:
         """TOP-1 at a kiosk: the holder's purse (by session or card) from the kiosk's channel."""
+        card_id: int | None = None
         if data.session is not None:
-            holder = self._session_sync(tx, t, data.session, now)
-            card = None
+            holder_id = self._session_sync(tx, t, data.session, now).id
         elif data.card is not None:
-            card, holder = self._usable_card(tx, data.card, now)
+            card = self._usable_card(tx, data.card, now)
+            holder_id, card_id = card.holder_id, card.id
         else:
             raise Refused(
                 "须指定会话或卡片", "give a session or a card", code=ErrorCode.INVALID_INPUT
             )
-        spec = topup(holder.id, data.amount_fen, external(f"kiosk-{t.id}"))
+        spec = topup(holder_id, data.amount_fen, external(f"kiosk-{t.id}"))
         spec = TransferSpec(spec.kind, spec.source, spec.dest, spec.amount, memo=data.payment_ref)
         tid = tx.post(
-            spec,
-            at=now,
-            actor=t.actor.name,
-            card_id=card.id if card else None,
-            terminal_id=t.id,
-            holder_id=holder.id,
+            spec, at=now, actor=t.actor.name, card_id=card_id, terminal_id=t.id, holder_id=holder_id
         )
-        return TopupResponse(balance_after_fen=tx.balance(purse(holder.id)), transfer_id=str(tid))
+        return TopupResponse(balance_after_fen=tx.balance(purse(holder_id)), transfer_id=str(tid))
 
     # --- for the router ---------------------------------------------------------------------
     async def terminals_at_version(self, version: int) -> int:
@@ -823,6 +813,17 @@ class TerminalService:
                 {"e": True, "v": version},
             )
         return int(rows[0]["n"])
+
+
+def _replayed(request_id: str, key: str, fingerprint_stored: str, reply: str) -> Outcome:
+    """The stored reply for a retry, or ``idempotency_conflict`` for other content (§6)."""
+    if fingerprint_stored != key:
+        exc = OnecardError(code=ErrorCode.IDEMPOTENCY_CONFLICT)
+        return Outcome(encode_error(request_id, exc), ok=False, code=exc.code.value)
+    payload = reply.encode()
+    ok = b'"ok":true' in payload
+    code = "approved" if ok else str(json.loads(payload)["error"]["code"])
+    return Outcome(payload, ok=ok, code=code, replayed=True)
 
 
 def _kind(kind: str) -> TransactionKind:
