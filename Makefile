@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check lint typecheck imports pytest setup system clean contract
+.PHONY: demo test check lint typecheck imports pytest setup system pcsc clean contract
 
 ## demo: set everything up and run the scripted counter session on a fresh SQLite registry
 demo: setup
@@ -14,7 +14,11 @@ demo: setup
 ## test: set everything up, then lint, type-check, import contracts and the whole test suite
 test: setup lint typecheck imports pytest
 
-setup: system $(STAMP)
+setup: system $(STAMP) pcsc
+
+# pcscd + the vsmartcard vpcd driver + pyscard (built from source) for the PC/SC reader tests
+pcsc: $(STAMP)
+	@bash deploy/ci/install-pcsc.sh $(VENV)
 
 # Debian packages the tests and the demo need (root on these machines; skipped when present)
 system:
