@@ -51,6 +51,14 @@ class Metrics:
         self.mqtt_reconnects = Counter(
             "onecard_mqtt_reconnects", "Broker reconnections", registry=r
         )
+        self.writer_commits = Gauge(
+            "onecard_tapwriter_commits", "Group commits of the tap writer since start", registry=r
+        )
+        self.writer_jobs = Gauge(
+            "onecard_tapwriter_jobs",
+            "Decisions committed by the tap writer since start",
+            registry=r,
+        )
         self.replays = Counter(
             "onecard_idempotent_replays", "Retries answered from the stored reply", registry=r
         )

@@ -59,7 +59,7 @@ from protocol.wire import (
     response_topic,
     shared_subscription,
 )
-from storage.ports import Registry, TapExecutor
+from storage.ports import Registry, TapExecutor, TapTx
 
 log = logging.getLogger("onecard.gateway")
 
@@ -89,6 +89,7 @@ class Gateway:
         metrics: Metrics | None = None,
         session_factory: SessionFactory | None = None,
     ) -> None:
+        self.executor = executor
         self.session_factory: SessionFactory = session_factory or (
             lambda s, will: MqttSession(s, will=will)
         )
@@ -447,8 +448,9 @@ class Gateway:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._deny_wakeup.wait(), timeout=interval)
             self._deny_wakeup.clear()
-            async with self.registry.read() as tx:
-                rows = await tx.deny_changes_after(self.deny.version)
+            rows = await self.executor.run(
+                functools.partial(_deny_changes_after, version=self.deny.version)
+            )
             changes = self.deny.apply_rows(rows)
             session = self.session
             if changes and session is not None:
@@ -500,10 +502,16 @@ class Gateway:
             self.update_gauges()
 
     def update_gauges(self) -> None:
+        self.metrics.writer_commits.set(getattr(self.executor, "batches", 0))
+        self.metrics.writer_jobs.set(getattr(self.executor, "jobs", 0))
         for kind, (online, lag, lagging) in self.fleet.lag_by_kind(self.deny.version).items():
             self.metrics.terminals_online.labels(kind=kind).set(online)
             self.metrics.terminal_lag.labels(kind=kind).set(lag)
             self.metrics.terminals_lagging.labels(kind=kind).set(lagging)
+
+
+def _deny_changes_after(tx: TapTx, version: int) -> list[dict[str, Any]]:
+    return tx.deny_changes_after(version)
 
 
 def _peek_id(payload: bytes) -> str | None:

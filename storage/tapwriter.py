@@ -319,6 +319,25 @@ class SqliteTapTx:
             )
         )
 
+    def record_reply(
+        self, terminal_id: str, request_id: str, op: str, fingerprint: str, reply: str, at: datetime
+    ) -> None:
+        """The idempotency record: the first reply, replayed for every retry."""
+        self.conn.execute(
+            "INSERT INTO idempotency (terminal_id, request_id, op, fingerprint, reply, at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (terminal_id, request_id, op, fingerprint, reply, _to_db(at)),
+        )
+
+    def deny_changes_after(self, version: int, limit: int = 10_000) -> list[Row]:
+        info = _info("deny_changes")
+        rows = self.conn.execute(
+            f"SELECT {', '.join(info.columns)} FROM deny_changes"  # noqa: S608
+            " WHERE version > ? ORDER BY version LIMIT ?",
+            (version, limit),
+        )
+        return [info.row(r) for r in rows]
+
     def deny_version(self) -> int:
         return int(self.scalar("SELECT max(version) FROM deny_changes") or 0)
 
@@ -431,21 +450,17 @@ class SqliteTapWriter:
             conn.close()
 
     def _run_batch(self, conn: sqlite3.Connection, tx: SqliteTapTx, batch: list[_Job]) -> None:
-        outcomes: list[list[Any]] = []
+        """Run every job in one transaction and commit once (group commit).
+
+        Fast path: no savepoints. A job that raises (rare: a terminal unknown, a bug) rolls the
+        whole transaction back and the batch runs again with a savepoint around each job, so the
+        failing job rolls back alone and the others still commit.
+        """
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            for job in batch:
-                results: list[Any] = []
-                for fn in job.fns:
-                    conn.execute("SAVEPOINT job")
-                    try:
-                        results.append(fn(tx))
-                    except Exception as exc:  # noqa: BLE001 - the job's failure goes to its caller
-                        conn.execute("ROLLBACK TO job")
-                        results.append(exc)
-                    conn.execute("RELEASE job")
-                outcomes.append(results)
-            conn.execute("COMMIT")
+            outcomes = self._attempt(conn, tx, batch, safe=False)
+            if outcomes is None:
+                outcomes = self._attempt(conn, tx, batch, safe=True)
+            assert outcomes is not None
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
@@ -465,3 +480,30 @@ class SqliteTapWriter:
                 job.future.set_exception(results[0])
             else:
                 job.future.set_result(results[0])
+
+    @staticmethod
+    def _attempt(
+        conn: sqlite3.Connection, tx: SqliteTapTx, batch: list[_Job], *, safe: bool
+    ) -> list[list[Any]] | None:
+        outcomes: list[list[Any]] = []
+        conn.execute("BEGIN IMMEDIATE")
+        for job in batch:
+            results: list[Any] = []
+            for fn in job.fns:
+                if not safe:
+                    try:
+                        results.append(fn(tx))
+                    except Exception:  # noqa: BLE001 - retried below with savepoints
+                        conn.execute("ROLLBACK")
+                        return None
+                    continue
+                conn.execute("SAVEPOINT job")
+                try:
+                    results.append(fn(tx))
+                except Exception as exc:  # noqa: BLE001 - the job's failure goes to its caller
+                    conn.execute("ROLLBACK TO job")
+                    results.append(exc)
+                conn.execute("RELEASE job")
+            outcomes.append(results)
+        conn.execute("COMMIT")
+        return outcomes

@@ -222,17 +222,7 @@ class TerminalService:
         else:
             outcome = Outcome(encode_reply(op, request.request_id, data), ok=True, code="approved")
         if op not in ("hello", "heartbeat"):
-            tx.put(
-                "idempotency",
-                {
-                    "terminal_id": terminal_id,
-                    "request_id": request.request_id,
-                    "op": op,
-                    "fingerprint": key,
-                    "reply": outcome.payload.decode(),
-                    "at": now,
-                },
-            )
+            tx.record_reply(terminal_id, request.request_id, op, key, outcome.payload.decode(), now)
         return outcome
 
     async def _replay(self, tx: Tx, terminal_id: str, request_id: str, key: str) -> Outcome | None:
