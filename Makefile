@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check lint typecheck imports pytest setup system pcsc clean contract
+.PHONY: demo test check lint typecheck imports pytest setup system pcsc clean contract bench
 
 ## demo: set everything up and run the scripted counter session on a fresh SQLite registry
 demo: setup
@@ -43,6 +43,10 @@ imports:
 pytest:
 	bash deploy/ci/start-services.sh
 	$(BIN)/pytest -q
+
+## bench: benchmark suite -> docs/benchmarks.md + bench/results/ (BENCH_ARGS=--quick for ~3 min)
+bench: setup
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 ## contract: regenerate the AsyncAPI document from the wire models
 contract:

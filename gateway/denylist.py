@@ -68,6 +68,22 @@ class DenyState:
     def refusal(self, card_uid: str) -> ErrorCode | None:
         return self.codes.get(card_uid)
 
+    def load_rows(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Start-up: the whole log at once, without building wire models (1 M cards: 100 k rows)."""
+        codes = self.codes
+        version = self.version
+        for row in rows:
+            uid = row["uid"]
+            if uid is None:
+                continue
+            kind = EVENT_KINDS.get(str(row["change"]), DenyChangeKind.TERMINATED)
+            if row["denied"]:
+                codes[uid] = KIND_CODES.get(kind, ErrorCode.CARD_LOST)
+            else:
+                codes.pop(uid, None)
+            version = int(row["version"])
+        self.version = version
+
     def apply_rows(self, rows: Iterable[dict[str, Any]]) -> list[DenyChange]:
         changes: list[DenyChange] = []
         for row in rows:
