@@ -5,10 +5,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check lint typecheck imports pytest setup system pcsc clean contract bench
+.PHONY: demo counter-session test check lint typecheck imports pytest setup system pcsc clean contract bench
 
-## demo: set everything up and run the scripted counter session on a fresh SQLite registry
+## demo: set everything up, then broker + gateway on SQLite + a simulated fleet with a live
+## dashboard, until Ctrl-C (DEMO_ARGS="--duration 60" for a timed run)
 demo: setup
+	$(BIN)/onecard demo run $(DEMO_ARGS)
+
+## counter-session: the README's scripted counter session on a fresh SQLite registry
+counter-session: setup
 	bash deploy/demo/counter-session.sh
 
 ## test: set everything up, then lint, type-check, import contracts and the whole test suite

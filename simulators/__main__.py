@@ -18,11 +18,13 @@ import argparse
 import asyncio
 import json
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from simulators.fleet import FleetConfig, load_cards, run_fleet
+from simulators.dashboard import run_dashboard
+from simulators.fleet import FleetConfig, FleetRunner, LiveStats, load_cards
 from simulators.scenarios import SCENARIOS, ScenarioContext
 from simulators.terminals import load_credentials
 
@@ -52,6 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     fleet.add_argument("--loss-per-minute", type=float, default=3.0)
     fleet.add_argument("--json", type=Path, default=None, help="also write the result here")
+    fleet.add_argument("--dashboard", action="store_true", help="live terminal dashboard")
+    fleet.add_argument(
+        "--metrics-url", default=None, help="the gateway's /metrics, for the dashboard"
+    )
     scenario = sub.add_parser("scenario", help="run one scripted scenario")
     scenario.add_argument("name", choices=sorted(SCENARIOS))
     _common(scenario)
@@ -72,7 +78,23 @@ async def _fleet(args: argparse.Namespace) -> int:
         request_timeout_s=args.timeout,
         state_dir=args.state_dir,
     )
-    result = await run_fleet(config)
+    stats = LiveStats()
+    runner = FleetRunner(config, stats)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, runner.stop)
+    stop = asyncio.Event()
+    board = (
+        asyncio.create_task(run_dashboard(stats, args.metrics_url, stop))
+        if args.dashboard
+        else None
+    )
+    try:
+        result = await runner.run()
+    finally:
+        stop.set()
+        if board is not None:
+            await board
     print(result.format())
     if args.json is not None:
         args.json.write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")

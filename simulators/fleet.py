@@ -114,6 +114,7 @@ class LiveStats:
         self.latencies: list[float] = []
         self._window: deque[tuple[float, float | None]] = deque()
         self.terminals: dict[str, Terminal] = {}
+        self.loss_events: deque[LossReport] = deque(maxlen=8)
 
     def record(self, result: TapResult) -> None:
         self.ops[result.op] += 1
@@ -162,6 +163,10 @@ class LossReport:
     denylist_version: int
     terminals_applied: int | None
     latency_ms: float
+    #: Right after the reply, one POS taps the card: where, what it said, how long after.
+    probe_terminal: str | None = None
+    probe_code: str | None = None
+    probe_ms_after_reply: float | None = None
 
 
 @dataclass
@@ -234,6 +239,17 @@ class FleetResult:
             f"{[r.terminals_applied for r in self.loss_reports]}; later taps of lost cards "
             f"declined {self.lost_card_declines}",
         ]
+        probes = [r for r in self.loss_reports if r.probe_code is not None]
+        if probes:
+            refused = [r for r in probes if r.probe_code == "card_lost"]
+            delays = sorted(
+                r.probe_ms_after_reply for r in refused if r.probe_ms_after_reply is not None
+            )
+            median = f"{delays[len(delays) // 2]:.1f} ms" if delays else "—"
+            lines.append(
+                f"right after each loss reply a POS tapped the card: refused {len(refused)}/"
+                f"{len(probes)} (card_lost), median {median} after the reply"
+            )
         if self.violations:
             lines.append(f"INVARIANTS BROKEN ({len(self.violations)}):")
             lines.extend(f"  - {v}" for v in self.violations[:20])
@@ -292,6 +308,10 @@ class FleetRunner:
     # --- traffic --------------------------------------------------------------------------------
     def _elapsed(self) -> float:
         return time.monotonic() - self._start
+
+    def stop(self) -> None:
+        """End the traffic now (Ctrl-C): terminals drain their backlog and the summary prints."""
+        self.config.duration_s = min(self.config.duration_s, self._elapsed())
 
     def _running(self) -> bool:
         return self._elapsed() < self.config.duration_s
@@ -381,17 +401,27 @@ class FleetRunner:
         if not result.approved or not isinstance(result.data, ReportLossResponse):
             log.info("loss report for %s not done: %s", mask_card(card.uid), result.code)
             return
-        self.lost_at[card.uid] = time.monotonic()
+        self.lost_at[card.uid] = replied = time.monotonic()
         self.live.remove(card)
         self.lost.append(card)
-        self.loss_reports.append(
-            LossReport(
-                mask_card(card.uid),
-                result.data.denylist_version,
-                result.data.terminals_applied,
-                round((time.monotonic() - started) * 1000, 1),
-            )
+        report = LossReport(
+            mask_card(card.uid),
+            result.data.denylist_version,
+            result.data.terminals_applied,
+            round((replied - started) * 1000, 1),
         )
+        self.loss_reports.append(report)
+        self.stats.loss_events.append(report)
+        # LOSS-2 shown live: a canteen POS taps the card at once and must refuse it
+        pos = [t for t in self.terminals if isinstance(t, Pos) and t.online]
+        if pos:
+            probe = rng.choice(pos)
+            tap = await probe.sale(card.uid, self._amount(rng))
+            report.probe_terminal = probe.id
+            report.probe_code = "approved" if tap.approved else (tap.code or tap.mode.value)
+            if tap.sent_at is not None:
+                answered = tap.sent_at + tap.latency_s
+                report.probe_ms_after_reply = round((answered - replied) * 1000, 1)
 
     # --- the run --------------------------------------------------------------------------------
     async def run(self) -> FleetResult:

@@ -66,6 +66,8 @@ class ScenarioContext:
     heartbeat_interval_s: float | None = None
     wait_s: float = 15.0
     state_dir: Path | None = None
+    #: What a scenario may need beyond terminals (e.g. ``counter``: the card counter's CLI).
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def first(self, kind: TerminalKind) -> Credentials:
         for creds in self.terminals:

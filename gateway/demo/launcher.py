@@ -213,22 +213,11 @@ def run_demo(
             f"metrics http://127.0.0.1:{ports['http']}/metrics — Ctrl-C 停止 / stops"
         )
         fleet_cmd = [
-            sys.executable,
-            "-m",
-            "simulators",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(ports["mqtt"]),
-            "--terminals",
-            str(paths.terminals),
-            "--cards",
-            str(paths.cards),
-            "fleet",
-            "--seed",
-            str(seed),
-            "--json",
-            str(paths.root / "fleet-result.json"),
+            *(sys.executable, "-m", "simulators", "fleet"),
+            *("--host", "127.0.0.1", "--port", str(ports["mqtt"])),
+            *("--terminals", str(paths.terminals), "--cards", str(paths.cards)),
+            *("--seed", str(seed), "--json", str(paths.root / "fleet-result.json")),
+            *("--loss-per-minute", "6"),
         ]
         if duration is not None:
             fleet_cmd += ["--duration", str(duration)]

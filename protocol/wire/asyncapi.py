@@ -276,9 +276,10 @@ def build_asyncapi() -> dict[str, Any]:
             DENYLIST_DELTA_TOPIC,
             DenyDelta,
             "send",
-            False,
-            "Consecutive deny-list changes from_version+1 .. to_version, in order. Skip changes "
-            "at or below the version held; on a gap re-read the snapshot.",
+            True,
+            "Consecutive deny-list changes from_version+1 .. to_version, in order, retained and "
+            "cumulative since the current snapshot (an empty retained payload: none). Skip "
+            "changes at or below the version held; on a gap re-read the snapshot.",
             delta.model_dump(mode="json"),
         ),
     ]

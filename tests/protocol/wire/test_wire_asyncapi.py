@@ -82,7 +82,7 @@ def test_message_examples_validate_against_the_models() -> None:
 def test_retained_topics_are_marked() -> None:
     doc = build_asyncapi()
     retained = {name for name, op in doc["operations"].items() if op["bindings"]["mqtt"]["retain"]}
-    assert retained == {"terminal_status", "gateway_status", "denylist_snapshot"}
+    assert retained == {"terminal_status", "gateway_status", "denylist_snapshot", "denylist_delta"}
 
 
 def test_entry_point_prints_the_document() -> None:
