@@ -101,10 +101,26 @@ def _key(key: Any) -> tuple[Any, ...]:
 
 
 class SqliteTapTx:
-    """The synchronous operations a tap decision needs, on the writer's connection."""
+    """The synchronous operations a tap decision needs, on the writer's connection.
+
+    Terminal and card rows are cached between batches: the writer itself never changes them,
+    and ``PRAGMA data_version`` (checked once per batch) moves whenever another connection — the
+    counter, a kiosk's loss report, the scheduler — committed anything, which empties the caches.
+    Balances are never cached: the conditional debit reads them in the statement itself.
+    """
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
+        self._data_version: int | None = None
+        self._terminals: dict[str, tuple[str, str | None, bool] | None] = {}
+        self._cards: dict[str, TapCard | None] = {}
+
+    def begin_batch(self) -> None:
+        version = int(self.conn.execute("PRAGMA data_version").fetchone()[0])
+        if version != self._data_version:
+            self._data_version = version
+            self._terminals.clear()
+            self._cards.clear()
 
     # generic rows
     def get(self, table: str, key: Any) -> Row | None:
@@ -175,12 +191,25 @@ class SqliteTapTx:
         return None if found is None else (found[0], found[1])
 
     def terminal(self, terminal_id: str) -> tuple[str, str | None, bool] | None:
+        if terminal_id in self._terminals:
+            return self._terminals[terminal_id]
         found = self.conn.execute(
             "SELECT kind, merchant_id, enabled FROM terminals WHERE id = ?", (terminal_id,)
         ).fetchone()
-        return None if found is None else (found[0], found[1], bool(found[2]))
+        value = None if found is None else (found[0], found[1], bool(found[2]))
+        self._terminals[terminal_id] = value
+        return value
 
     def tap_card(self, uid: str) -> TapCard | None:
+        if uid in self._cards:
+            return self._cards[uid]
+        value = self._tap_card(uid)
+        if len(self._cards) > 200_000:
+            self._cards.clear()
+        self._cards[uid] = value
+        return value
+
+    def _tap_card(self, uid: str) -> TapCard | None:
         found = self.conn.execute(
             "SELECT c.id, c.holder_id, c.state, c.valid_until, c.type_group, h.status"
             " FROM cards c JOIN holders h ON h.id = c.holder_id WHERE c.uid = ?",
@@ -516,6 +545,7 @@ class SqliteTapWriter:
     ) -> list[list[Any]] | None:
         outcomes: list[list[Any]] = []
         conn.execute("BEGIN IMMEDIATE")
+        tx.begin_batch()
         for job in batch:
             results: list[Any] = []
             for fn in job.fns:
