@@ -32,7 +32,7 @@ system:
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev,postgres]"
+	$(BIN)/pip install --quiet -e ".[dev,postgres,fast]"
 	touch $(STAMP)
 
 lint:

@@ -327,4 +327,6 @@ def _method() -> list[str]:
         "are not in the table); *self* = the innermost frame, *inclusive* = anywhere on the "
         "stack (process/loop/thread plumbing left out). The gateway has two busy threads "
         "(event loop, SQLite writer), so shares are of all samples of both.",
+        "- What was changed on the profile's word, with before/after numbers from these "
+        "runs: [performance-decisions.md](performance-decisions.md).",
     ]

@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     )
 
     db: str = "var/onecard.sqlite3"
+    #: "uvloop" when installed (extra ``fast``), else the standard asyncio loop.
+    event_loop: Literal["asyncio", "uvloop"] = "uvloop"
     log_level: str = "INFO"
     scheduler_interval_s: float = 10.0
     max_in_flight: int = 256

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
@@ -1293,8 +1294,16 @@ def serve(opts: Options, config_path: Path | None, migrate: bool) -> None:
                 loop.add_signal_handler(sig, gateway.stop.set)
             await gateway.run()
 
+    runner = asyncio.run
+    if settings.event_loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            logging.getLogger("onecard.gateway").info("uvloop not installed: asyncio loop")
+        else:
+            runner = uvloop.run
     try:
-        asyncio.run(main())
+        runner(main())
     except OnecardError as exc:
         fail(opts, exc)
 
