@@ -177,6 +177,8 @@ class FleetConfig:
     cards: list[CardInfo]
     duration_s: float = 60.0
     seed: int = 1
+    #: The first kiosk loss report at the latest this many seconds into the run.
+    first_loss_after_s: float = 3.0
     #: Peak taps per second per tapping terminal; 0 = closed loop, as fast as replies come.
     rate: float = 2.0
     loss_per_minute: float = 3.0
@@ -316,7 +318,8 @@ class FleetRunner:
     def _running(self) -> bool:
         return self._elapsed() < self.config.duration_s
 
-    async def _think(self, rng: random.Random, scale: float = 1.0) -> None:
+    async def _think(self, rng: random.Random, scale: float = 1.0, until: float = math.inf) -> None:
+        """Pause like a person at a terminal; never past ``until`` (run seconds) or the end."""
         rate = self.config.rate * scale
         if rate <= 0:
             await asyncio.sleep(0)
@@ -324,7 +327,8 @@ class FleetRunner:
         elapsed = self._elapsed()
         fraction = min(1.0, elapsed / max(self.config.duration_s, 1e-3))
         pause = rng.expovariate(rate * rush_shape(fraction))
-        await asyncio.sleep(max(0.0, min(pause, self.config.duration_s - elapsed)))
+        limit = min(self.config.duration_s, until) - elapsed
+        await asyncio.sleep(max(0.0, min(pause, limit)))
 
     def _pick(self, rng: random.Random) -> CardInfo:
         if self.lost and (not self.live or rng.random() < 0.1):
@@ -378,15 +382,18 @@ class FleetRunner:
                 return math.inf
             return self._elapsed() + rng.expovariate(per_kiosk / 60)
 
-        due = next_loss()
+        # the first loss report comes early, so a demo shows LOSS-2 within seconds
+        due = min(next_loss(), cfg.first_loss_after_s) if per_kiosk > 0 else math.inf
         while self._running():
             if self._elapsed() >= due and len(self.lost_at) < budget and len(self.live) > 1:
                 await self._report_loss(kiosk, rng)
                 due = next_loss()
                 continue
-            await self._think(rng, scale=0.25)
+            await self._think(rng, scale=0.25, until=due)
             if not self._running():
                 break
+            if self._elapsed() >= due:
+                continue
             card = rng.choice(self.live)
             if rng.random() < 0.7:
                 ref = f"sim-{kiosk.id[:40]}-{rng.randrange(10**9)}"
