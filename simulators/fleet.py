@@ -275,6 +275,7 @@ class FleetRunner:
         self.lost_card_declines = 0
         self.violations: list[str] = []
         self._start = 0.0
+        self._stopping = asyncio.Event()
         for i, creds in enumerate(config.terminals):
             terminal = make_terminal(
                 creds,
@@ -314,6 +315,7 @@ class FleetRunner:
     def stop(self) -> None:
         """End the traffic now (Ctrl-C): terminals drain their backlog and the summary prints."""
         self.config.duration_s = min(self.config.duration_s, self._elapsed())
+        self._stopping.set()
 
     def _running(self) -> bool:
         return self._elapsed() < self.config.duration_s
@@ -328,7 +330,8 @@ class FleetRunner:
         fraction = min(1.0, elapsed / max(self.config.duration_s, 1e-3))
         pause = rng.expovariate(rate * rush_shape(fraction))
         limit = min(self.config.duration_s, until) - elapsed
-        await asyncio.sleep(max(0.0, min(pause, limit)))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=max(0.0, min(pause, limit)))
 
     def _pick(self, rng: random.Random) -> CardInfo:
         if self.lost and (not self.live or rng.random() < 0.1):

@@ -195,7 +195,11 @@ def run_demo(
     try:
         mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         broker = subprocess.Popen(  # noqa: S603 - our own files
-            [mosquitto, "-c", str(paths.broker / bf.CONF_NAME)], stdin=subprocess.DEVNULL
+            [mosquitto, "-c", str(paths.broker / bf.CONF_NAME)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=(paths.broker / "stderr.log").open("wb"),
+            start_new_session=True,  # stopped by us after the fleet and the gateway
         )
         _wait_port(ports["mqtt"], 10)
         gateway_log = (paths.root / "gateway.log").open("wb")
