@@ -22,6 +22,7 @@ import contextlib
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from datetime import UTC, datetime
@@ -382,6 +383,25 @@ class SqliteTapTx:
         return None if value is None else int(value)
 
 
+BUSY_WAIT_S = 10.0
+BUSY_RETRY_S = 0.0005
+
+
+def _begin(conn: sqlite3.Connection, *, deadline: float) -> None:
+    """``BEGIN IMMEDIATE``, retried every half millisecond while another writer holds the lock."""
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(BUSY_RETRY_S)
+        else:
+            return
+
+
 class _Job:
     """One function, or (``many``) a list of functions answered with one list of outcomes."""
 
@@ -458,7 +478,9 @@ class SqliteTapWriter:
             "PRAGMA journal_mode=WAL",
             "PRAGMA synchronous=FULL",
             "PRAGMA foreign_keys=ON",
-            f"PRAGMA busy_timeout={self.busy_timeout_ms}",
+            # no SQLite busy handler (it backs off up to 100 ms a try): _begin retries every
+            # 0.5 ms while another connection (the counter, a kiosk's loss report) writes
+            "PRAGMA busy_timeout=0",
             # checkpoints run in the checkpointer thread, never in a commit on the tap path
             "PRAGMA wal_autocheckpoint=0",
         ):
@@ -544,7 +566,7 @@ class SqliteTapWriter:
         conn: sqlite3.Connection, tx: SqliteTapTx, batch: list[_Job], *, safe: bool
     ) -> list[list[Any]] | None:
         outcomes: list[list[Any]] = []
-        conn.execute("BEGIN IMMEDIATE")
+        _begin(conn, deadline=time.monotonic() + BUSY_WAIT_S)
         tx.begin_batch()
         for job in batch:
             results: list[Any] = []

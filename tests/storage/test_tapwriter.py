@@ -1,0 +1,116 @@
+"""The batching tap writer: group commit, a failing job rolls back alone, caches follow other
+connections' commits, a busy database is waited for."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from protocol import ledger
+from storage.sql import SqlRegistry
+from storage.tapwriter import InsufficientFunds, SqliteTapTx, SqliteTapWriter
+
+pytestmark = pytest.mark.asyncio
+NOW = datetime(2026, 11, 26, 2, 0, tzinfo=UTC)
+
+
+async def _seed(registry: SqlRegistry) -> int:
+    async with registry.transaction() as tx:
+        holder = await tx.insert(
+            "holders",
+            {
+                "kind": "student",
+                "category": "student",
+                "number": "1",
+                "name": "甲",
+                "created_at": NOW,
+            },
+        )
+        await tx.post(
+            ledger.topup(holder, 1_000, ledger.cash()), at=NOW, actor="t", holder_id=holder
+        )
+        await tx.put(
+            "terminals",
+            {
+                "id": "pos-1",
+                "kind": "pos",
+                "mqtt_password_hash": "x",
+                "created_at": NOW,
+                "updated_at": NOW,
+            },
+        )
+    return holder
+
+
+async def test_many_jobs_one_commit_and_a_failing_job_rolls_back_alone(tmp_path: Path) -> None:
+    registry = await SqlRegistry.open(tmp_path / "r.sqlite3", migrate=True)
+    holder = await _seed(registry)
+    writer = SqliteTapWriter(tmp_path / "r.sqlite3")
+    writer.start()
+    try:
+
+        def buy(amount: int) -> object:
+            def job(tx: SqliteTapTx) -> int:
+                return tx.post_returning(ledger.purchase(holder, "c1", amount), at=NOW, actor="t")[
+                    1
+                ]
+
+            return job
+
+        def broken(tx: SqliteTapTx) -> None:
+            tx.post(ledger.purchase(holder, "c1", 1), at=NOW, actor="t")
+            raise RuntimeError("bug after a write")
+
+        results = await writer.run_many([buy(100), broken, buy(200), buy(5_000)])  # type: ignore[list-item]
+        assert results[0] == 900
+        assert isinstance(results[1], RuntimeError)
+        assert results[2] == 700
+        assert isinstance(results[3], InsufficientFunds)
+        assert writer.batches == 1
+        async with registry.read() as tx:
+            assert await tx.balance(ledger.purse(holder)) == 700  # the broken job's write is gone
+            assert len(await tx.find("transfers", kind="purchase")) == 2
+    finally:
+        await writer.close()
+        await registry.close()
+
+
+async def test_cached_rows_follow_commits_of_other_connections(tmp_path: Path) -> None:
+    registry = await SqlRegistry.open(tmp_path / "r.sqlite3", migrate=True)
+    await _seed(registry)
+    writer = SqliteTapWriter(tmp_path / "r.sqlite3")
+    writer.start()
+    try:
+        assert await writer.run(lambda tx: tx.terminal("pos-1")) == ("pos", None, True)
+        async with registry.transaction() as tx:  # the counter disables the terminal
+            await tx.update("terminals", "pos-1", {"enabled": False})
+        assert await writer.run(lambda tx: tx.terminal("pos-1")) == ("pos", None, False)
+    finally:
+        await writer.close()
+        await registry.close()
+
+
+async def test_waits_for_another_writer_instead_of_failing(tmp_path: Path) -> None:
+    registry = await SqlRegistry.open(tmp_path / "r.sqlite3", migrate=True)
+    holder = await _seed(registry)
+    writer = SqliteTapWriter(tmp_path / "r.sqlite3")
+    writer.start()
+    other = sqlite3.connect(tmp_path / "r.sqlite3", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        job = asyncio.create_task(
+            writer.run(lambda tx: tx.post(ledger.purchase(holder, "c1", 10), at=NOW, actor="t"))
+        )
+        await asyncio.sleep(0.2)
+        assert not job.done()  # blocked by the other writer
+        other.execute("COMMIT")
+        assert await asyncio.wait_for(job, timeout=5) > 0
+    finally:
+        other.close()
+        await writer.close()
+        await registry.close()
