@@ -54,7 +54,7 @@ async def test_many_jobs_one_commit_and_a_failing_job_rolls_back_alone(tmp_path:
     writer.start()
     try:
 
-        def buy(amount: int) -> object:
+        def buy(amount: int) -> Callable[[SqliteTapTx], int]:
             def job(tx: SqliteTapTx) -> int:
                 return tx.post_returning(ledger.purchase(holder, "c1", amount), at=NOW, actor="t")[
                     1
@@ -62,11 +62,13 @@ async def test_many_jobs_one_commit_and_a_failing_job_rolls_back_alone(tmp_path:
 
             return job
 
-        def broken(tx: SqliteTapTx) -> None:
+        def broken(tx: SqliteTapTx) -> int:
             tx.post(ledger.purchase(holder, "c1", 1), at=NOW, actor="t")
             raise RuntimeError("bug after a write")
 
-        results = await writer.run_many([buy(100), broken, buy(200), buy(5_000)])  # type: ignore[list-item]
+        results: list[object] = list(
+            await writer.run_many([buy(100), broken, buy(200), buy(5_000)])
+        )
         assert results[0] == 900
         assert isinstance(results[1], RuntimeError)
         assert results[2] == 700
