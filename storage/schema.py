@@ -121,6 +121,7 @@ cards = Table(
 )
 Index("ix_cards_holder_id", cards.c.holder_id)
 Index("ix_cards_state", cards.c.state)
+Index("ix_cards_valid_until", cards.c.valid_until)
 
 card_events = Table(
     "card_events",

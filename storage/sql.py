@@ -201,6 +201,14 @@ class SqlTx:
     async def cards_of_holder(self, holder_id: int) -> list[Card]:
         return [Card.from_row(r) for r in await self.find("cards", holder_id=holder_id)]
 
+    async def cards_valid_until_before(
+        self, kind: str, states: list[str], before: datetime
+    ) -> list[Card]:
+        """Cards of ``kind`` in ``states`` whose validity ended at or before ``before``."""
+        c = s.cards
+        query = select(c).where(c.c.kind == kind, c.c.state.in_(states), c.c.valid_until <= before)
+        return [Card.from_row(dict(r)) for r in (await self.conn.execute(query)).mappings()]
+
     async def used_serials_between(self, low: str, high: str) -> str | None:
         """Highest card serial already used within [low, high] (serials are fixed width)."""
         query = select(func.max(s.cards.c.serial)).where(

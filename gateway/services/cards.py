@@ -4,7 +4,7 @@ terminate, graduate, scrap (ISS, LOSS, REP, EXC, REF, TERM, SCR)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 from gateway.services.base import Actor, Context
 from gateway.services.common import (
@@ -751,35 +751,34 @@ class CardService:
 
     async def run_due(self, actor: Actor) -> list[Card]:
         """The scheduler's pass: expire temp cards whose validity ended (TERM-2) and terminate
-        those expired more than 3 months ago (TERM-3). Returns the cards changed."""
+        those expired more than 3 months ago (TERM-3). Returns the cards changed.
+
+        Candidates come from an indexed range query in a read transaction; the write
+        transaction (which holds the registry's write lock) opens only when something is due.
+        """
         now = self.ctx.clock.now()
+        temp = CardKind.TEMP.value
+        async with self.ctx.registry.read() as tx:
+            expiring = await tx.cards_valid_until_before(
+                temp, [CardState.ACTIVE.value, CardState.SUSPENDED.value], now
+            )
+            # 3 calendar months are at least 89 days: narrow by date, decide exactly below
+            ending = await tx.cards_valid_until_before(
+                temp, [CardState.EXPIRED.value], now - timedelta(days=89)
+            )
+        ending = [
+            c for c in ending if (due := auto_termination_at(c.facts)) is not None and due <= now
+        ]
+        if not expiring and not ending:
+            return []
         changed: list[Card] = []
         async with self.ctx.registry.transaction() as tx:
-            for row in await tx.find(
-                "cards", kind=CardKind.TEMP.value, state=CardState.ACTIVE.value
-            ):
-                card = Card.from_row(row)
-                if card.valid_until is not None and card.valid_until <= now:
-                    changed.append(
-                        await apply_event(tx, card, CardEvent.EXPIRE, now=now, actor=actor)
-                    )
-            for row in await tx.find(
-                "cards", kind=CardKind.TEMP.value, state=CardState.SUSPENDED.value
-            ):
-                card = Card.from_row(row)
-                if card.valid_until is not None and card.valid_until <= now:
-                    changed.append(
-                        await apply_event(tx, card, CardEvent.EXPIRE, now=now, actor=actor)
-                    )
-            for row in await tx.find(
-                "cards", kind=CardKind.TEMP.value, state=CardState.EXPIRED.value
-            ):
-                card = Card.from_row(row)
-                due = auto_termination_at(card.facts)
-                if due is not None and due <= now:
-                    changed.append(
-                        await apply_event(tx, card, CardEvent.AUTO_TERMINATE, now=now, actor=actor)
-                    )
+            for event, cards in ((CardEvent.EXPIRE, expiring), (CardEvent.AUTO_TERMINATE, ending)):
+                for candidate in cards:
+                    card = await tx.get_card(candidate.id)  # re-read under the write lock
+                    if card.state is not candidate.state:
+                        continue
+                    changed.append(await apply_event(tx, card, event, now=now, actor=actor))
         return changed
 
     # --- refund (REF) ------------------------------------------------------------------------
