@@ -7,15 +7,20 @@ lock upgrade (ARCHITECTURE.md §5). Readers use a second engine with plain defer
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.util.concurrency import await_
 
 BUSY_TIMEOUT_MS = 10_000
+BUSY_RETRY_S = 0.0005
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +46,7 @@ def database_url(target: str | Path) -> str:
 
 def _sqlite_engine(url: str, begin: str) -> AsyncEngine:
     engine = create_async_engine(url)
+    immediate = begin == "BEGIN IMMEDIATE"
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -51,16 +57,37 @@ def _sqlite_engine(url: str, begin: str) -> AsyncEngine:
             "PRAGMA journal_mode=WAL",
             "PRAGMA synchronous=FULL",
             "PRAGMA foreign_keys=ON",
-            f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}",
+            # writers wait in _begin_immediate (short steps); SQLite's own busy handler backs
+            # off up to 100 ms a try and would lose every race against the busy tap writer
+            f"PRAGMA busy_timeout={0 if immediate else BUSY_TIMEOUT_MS}",
         ):
             cursor.execute(pragma)
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql(begin)
+        if immediate:
+            _begin_immediate(conn)
+        else:
+            conn.exec_driver_sql(begin)
 
     return engine
+
+
+def _begin_immediate(conn: Connection) -> None:
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        except OperationalError as exc:
+            text = str(exc.orig)
+            if ("locked" not in text and "busy" not in text) or time.monotonic() >= deadline:
+                raise
+            # we run in SQLAlchemy's greenlet on the event loop: sleep asynchronously, so the
+            # lock holder (maybe another task of this loop) can finish
+            await_(asyncio.sleep(BUSY_RETRY_S))
+        else:
+            return
 
 
 def open_engines(target: str | Path) -> Engines:
