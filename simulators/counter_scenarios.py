@@ -228,7 +228,60 @@ async def temp_card_expiry(ctx: ScenarioContext) -> ScenarioResult:
     return result
 
 
+async def class_graduates(ctx: ScenarioContext) -> ScenarioResult:
+    """TERM-4/5/6: a class graduates: balances are settled at the cash point, the monitor hands
+    back the cards (one is missing and paid for), every student gets a clearance certificate,
+    and every card of the class is refused at the door from then on."""
+    result = ScenarioResult("class_graduates")
+    cli = _cli(ctx)
+    college = str(ctx.extra.get("college", ""))
+    class_name = str(ctx.extra.get("class_name", ""))
+    members = list(ctx.cards)
+    door = ctx.make(ctx.first(TerminalKind.DOOR))
+    assert isinstance(door, DoorReader)
+    async with door:
+        await door.wait_synced(ctx.wait_s)
+        serials: list[str] = []
+        for card in members:
+            code, body = await cli.run("card", "show", card.uid)
+            serials.append(str((body.get("data") or {}).get("serial", "")))
+            code, body = await cli.run("money", "cashout", card.uid)
+            settled = code == 0 or _rule(body) == "REF-2"  # REF-2: nothing to settle
+            result.check(f"balance settled {mask_card(card.uid)}", settled, body.get("error"))
+        missing = members[-1].number
+        code, body = await cli.run(
+            "graduate",
+            "--college",
+            college,
+            "--class",
+            class_name,
+            "--returned",
+            ",".join(serials[:-1]),
+            "--missing-paid",
+            missing,
+        )
+        report = body.get("data") or {}
+        result.check("graduation done (TERM-5)", code == 0, body.get("error"))
+        cleared = report.get("cleared") or []
+        result.check(
+            "a clearance certificate per student",
+            len(cleared) == len(members),
+            report.get("blocked"),
+        )
+        result.check(
+            "one missing card paid for", report.get("missing_paid") == 1, report.get("missing_paid")
+        )
+        refused = [await door.access(card.uid) for card in members]
+        result.check(
+            "every card of the class is refused (TERM-1)",
+            all(r.code == ErrorCode.CARD_TERMINATED for r in refused),
+            [r.code for r in refused],
+        )
+    return result
+
+
 COUNTER_SCENARIOS = {
+    "class_graduates": class_graduates,
     "replacement_after_48h": replacement_after_48h,
     "faulty_exchange_freeze": faulty_exchange_freeze,
     "temp_card_expiry": temp_card_expiry,

@@ -43,7 +43,11 @@ async def test_counter_scenario(sim: SimCampus, name: str) -> None:
         terminals=sim.all_creds(),
         cards=sim.cards(),
         heartbeat_interval_s=1.0,
-        extra={"counter": await _counter(sim)},
+        extra={
+            "counter": await _counter(sim),
+            "college": "计算机学院",
+            "class_name": "计科2026-1班",
+        },
     )
     result = await COUNTER_SCENARIOS[name](ctx)
     assert result.ok, result.format()
