@@ -428,7 +428,7 @@ class SqliteTapWriter:
         self._thread: threading.Thread | None = None
         self._checkpoint_thread: threading.Thread | None = None
         self._stopped = threading.Event()
-        self.checkpoint_interval_s = 1.0
+        self.checkpoint_interval_s = 5.0
         self.batches = 0
         self.jobs = 0
 
@@ -488,7 +488,7 @@ class SqliteTapWriter:
         return conn
 
     def _checkpointer(self) -> None:
-        """Copy the WAL back into the database once a second (PASSIVE: never blocks the writer),
+        """Copy the WAL back into the database every few seconds (PASSIVE: never blocks the writer),
         so a commit on the tap path never pays for a checkpoint."""
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
