@@ -306,7 +306,7 @@ class MealPaidBy(StrEnum):
 
 class MealResponse(WireModel):
     paid_by: MealPaidBy
-    #: Subsidised swipes left today (null when the card has no subsidy).
+    #: Subsidised swipes left this month (MEAL-1 quotas are monthly; null: no subsidy on the card).
     subsidy_left: Count | None = None
     balance_after_fen: Fen
     transfer_id: TransferId
