@@ -27,7 +27,7 @@ from gateway.services.base import Actor
 from gateway.services.cards import CardResult
 from gateway.services.center import CardCenter
 from gateway.services.reports import Table
-from protocol.cards.clock import end_of_validity, fmt_local
+from protocol.cards.clock import end_of_validity, local
 from protocol.cards.fees import parse_yuan, yuan
 from protocol.cards.identity import mask_national_id
 from protocol.cards.lifecycle import STATE_NAMES_ZH
@@ -43,6 +43,11 @@ pass_opts = click.make_pass_decorator(Options)
 def holder_ref(text: str) -> str | int:
     """``#12`` is holder id 12; anything else is a student/staff number."""
     return int(text[1:]) if text.startswith("#") and text[1:].isdigit() else text
+
+
+def last_valid_day(valid_until: datetime) -> date:
+    """The end of validity is the campus midnight after the last valid day (TERM-2)."""
+    return local(valid_until - timedelta(microseconds=1)).date()
 
 
 def card_line(card: Card) -> str:
@@ -488,7 +493,7 @@ def holder_show(opts: Options, ref: str) -> None:
         f"#{h.id} {h.name} {h.number or '—'} {h.kind.value}/{h.category.value} "
         f"身份证 ID {h.national_id}",
         f"  {h.college or h.department or ''} {h.class_name or ''} 状态 {h.status.value} "
-        f"有效期 valid until {fmt_local(h.valid_until) if h.valid_until else '—'}",
+        f"有效期至 valid through {last_valid_day(h.valid_until) if h.valid_until else '—'}",
         f"  余额 balance: {yuan(view.balance)} 元",
         *("  " + card_line(x) for x in view.cards),
     ]
