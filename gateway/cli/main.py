@@ -1224,6 +1224,13 @@ def broker() -> None:
 @click.option("--gateway-user", default="gateway", show_default=True)
 @click.option("--gateway-password-stdin", is_flag=True, help="set the gateway account's password")
 @click.option("--no-persistence", is_flag=True)
+@click.option(
+    "--tls-port", type=int, help="a TLS listener for terminals on the campus network (e.g. 8883)"
+)
+@click.option("--tls-bind", help="address of the TLS listener (default: all)")
+@click.option("--certfile", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--keyfile", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--cafile", type=click.Path(dir_okay=False, path_type=Path))
 @pass_opts
 def broker_render(
     opts: Options,
@@ -1233,6 +1240,11 @@ def broker_render(
     gateway_user: str,
     gateway_password_stdin: bool,
     no_persistence: bool,
+    tls_port: int | None,
+    tls_bind: str | None,
+    certfile: Path | None,
+    keyfile: Path | None,
+    cafile: Path | None,
 ) -> None:
     """Write mosquitto.conf, the password file and the ACL; then `kill -HUP` mosquitto."""
     from gateway.mqtt import broker_files as bf
@@ -1247,6 +1259,17 @@ def broker_render(
         existing[gateway_user] = bf.mosquitto_password_hash(read_secret("gateway password", True))
     if gateway_user not in existing:
         raise click.UsageError("no gateway password yet: pass --gateway-password-stdin once")
+    tls = None
+    if tls_port is not None:
+        if certfile is None or keyfile is None:
+            raise click.UsageError("--tls-port needs --certfile and --keyfile")
+        tls = bf.TlsListener(
+            port=tls_port,
+            certfile=certfile.resolve(),
+            keyfile=keyfile.resolve(),
+            bind=tls_bind,
+            cafile=cafile.resolve() if cafile else None,
+        )
     rows = run_as(opts, lambda c, a: c.terminals.list(a))
     terminals = [_TerminalRow(r["id"], bool(r["enabled"]), r["mqtt_password_hash"]) for r in rows]
     entries = bf.password_entries(terminals, {gateway_user: existing[gateway_user]})
@@ -1258,6 +1281,7 @@ def broker_render(
         bind=bind,
         persistence=not no_persistence,
         persistence_dir=None if no_persistence else Path("/var/lib/mosquitto"),
+        tls=tls,
     )
     emit(
         opts,
