@@ -148,6 +148,12 @@ class Duplicate(OnecardError):
     code = ErrorCode.DUPLICATE
 
 
+class InsufficientFunds(OnecardError):
+    """The purse (or another never-negative account) holds less than the amount."""
+
+    code = ErrorCode.INSUFFICIENT_FUNDS
+
+
 class AccessDenied(OnecardError):
     """Authentication or authorisation refused (ACC, LOSS-1 lockout)."""
 

@@ -20,17 +20,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from protocol.errors import Duplicate, ErrorCode, NotFound, OnecardError
+from protocol.errors import Duplicate, ErrorCode, InsufficientFunds, NotFound, OnecardError
 from protocol.ledger import NON_NEGATIVE_KINDS, TransferSpec, account_kind
 from storage import schema as s
 from storage.engine import Engines, open_engines
 from storage.migrate import require_head, upgrade
 from storage.records import Card, Holder, Receipt, Row, Transfer
-
-
-class InsufficientFunds(OnecardError):
-    code = ErrorCode.INSUFFICIENT_FUNDS
-
 
 IN_CHUNK = 500
 

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Boolean
 
-from protocol.errors import ErrorCode, NotFound, OnecardError
+from protocol.errors import ErrorCode, InsufficientFunds, NotFound, OnecardError
 from protocol.ledger import NON_NEGATIVE_KINDS, TransferSpec, account_kind
 from protocol.types import CardState
 from storage import schema as s
@@ -39,10 +39,6 @@ from storage.records import Card, Holder, Row, TapCard, Transfer
 
 T = TypeVar("T")
 _STOP = object()
-
-
-class InsufficientFunds(OnecardError):
-    code = ErrorCode.INSUFFICIENT_FUNDS
 
 
 def _to_db(value: Any) -> Any:

@@ -10,7 +10,6 @@ from gateway.services.base import Actor, Context
 from gateway.services.common import (
     LIVE_STATES,
     PENDING_STATES,
-    allocate_serial,
     allocate_serials,
     apply_event,
     archive_and_deregister,
@@ -1059,7 +1058,3 @@ class CardService:
                 now, actor.name, "scrap.dispose", "disposal", year, None, {"count": len(rows)}
             )
             return len(rows)
-
-    async def serial_for_requisition(self, kind: CardKind) -> str:
-        async with self.ctx.registry.read() as tx:
-            return await allocate_serial(tx, kind)

@@ -8,9 +8,7 @@ from gateway.services.base import Actor, Context
 from gateway.services.common import require_active_holder
 from protocol.errors import ErrorCode, OnecardError, RuleViolation
 from protocol.ledger import (
-    AccountKind,
     TransferKind,
-    account_kind,
     cash,
     cash_out,
     correction,
@@ -152,7 +150,3 @@ class MoneyService:
         async with self.ctx.registry.read() as tx:
             account = purse(holder.id)
             return await tx.balance(account), await tx.transfers_of(account, limit)
-
-
-def is_purse(account: str) -> bool:
-    return account_kind(account) is AccountKind.PURSE

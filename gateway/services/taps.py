@@ -204,13 +204,7 @@ class TerminalService:
         stored = tx.idempotent(terminal_id, request.request_id)
         if stored is not None:
             return _replayed(request.request_id, key, stored[0], stored[1])
-        found = tx.terminal(terminal_id)
-        if found is None:
-            raise OnecardError(code=ErrorCode.TERMINAL_UNKNOWN)
-        kind, merchant_id, enabled = found
-        if not enabled:
-            raise OnecardError(code=ErrorCode.TERMINAL_DISABLED)
-        terminal = Terminal(terminal_id, kind, merchant_id, enabled)
+        terminal = _checked_terminal(terminal_id, tx.terminal(terminal_id))
         try:
             if op in _UNDO_OPS:
                 with tx.undo_on(Refused):
@@ -232,13 +226,9 @@ class TerminalService:
         return _replayed(request_id, key, str(row["fingerprint"]), str(row["reply"]))
 
     async def _terminal(self, tx: Tx, terminal_id: str) -> Terminal:
-        """Revocation is checked on every request (ARCHITECTURE.md §3)."""
         row = await tx.get("terminals", terminal_id)
-        if row is None:
-            raise OnecardError(code=ErrorCode.TERMINAL_UNKNOWN)
-        if not row["enabled"]:
-            raise OnecardError(code=ErrorCode.TERMINAL_DISABLED)
-        return Terminal(row["id"], row["kind"], row["merchant_id"], bool(row["enabled"]))
+        found = None if row is None else (row["kind"], row["merchant_id"], bool(row["enabled"]))
+        return _checked_terminal(terminal_id, found)
 
     # --- terminal presence ------------------------------------------------------------------
     def _hello(self, tx: TapTx, t: Terminal, data: HelloRequest, now: datetime) -> HelloResponse:
@@ -606,15 +596,10 @@ class TerminalService:
     # --- kiosk --------------------------------------------------------------------------------
     async def _session(self, tx: Tx, t: Terminal, token: str, now: datetime) -> Holder:
         row = await tx.get("holder_sessions", token_hash(token))
-        if row is None or row["expires_at"] <= now or row["terminal_id"] != t.id:
-            raise Refused("请重新登录", "session expired: log in again", code=ErrorCode.AUTH_FAILED)
-        return await tx.get_holder(int(row["holder_id"]))
+        return await tx.get_holder(_session_holder(row, t, now))
 
     def _session_sync(self, tx: TapTx, t: Terminal, token: str, now: datetime) -> Holder:
-        row = tx.get("holder_sessions", token_hash(token))
-        if row is None or row["expires_at"] <= now or row["terminal_id"] != t.id:
-            raise Refused("请重新登录", "session expired: log in again", code=ErrorCode.AUTH_FAILED)
-        return tx.get_holder(int(row["holder_id"]))
+        return tx.get_holder(_session_holder(tx.get("holder_sessions", token_hash(token)), t, now))
 
     async def _login(self, terminal_id: str, request: Request[Any]) -> Outcome:
         """LOSS-1: number + password (default: last 6 of the national ID), with lockout.
@@ -795,14 +780,22 @@ class TerminalService:
         )
         return TopupResponse(balance_after_fen=tx.balance(purse(holder_id)), transfer_id=str(tid))
 
-    # --- for the router ---------------------------------------------------------------------
-    async def terminals_at_version(self, version: int) -> int:
-        async with self.ctx.registry.read() as tx:
-            rows = await tx.rows(
-                "SELECT count(*) AS n FROM terminals WHERE enabled = :e AND denylist_version >= :v",
-                {"e": True, "v": version},
-            )
-        return int(rows[0]["n"])
+
+def _checked_terminal(terminal_id: str, found: tuple[str, str | None, bool] | None) -> Terminal:
+    """Revocation is checked on every request (ARCHITECTURE.md §3)."""
+    if found is None:
+        raise OnecardError(code=ErrorCode.TERMINAL_UNKNOWN)
+    kind, merchant_id, enabled = found
+    if not enabled:
+        raise OnecardError(code=ErrorCode.TERMINAL_DISABLED)
+    return Terminal(terminal_id, kind, merchant_id, enabled)
+
+
+def _session_holder(row: Row | None, t: Terminal, now: datetime) -> int:
+    """The holder of a live kiosk session opened at this terminal (LOSS-1)."""
+    if row is None or row["expires_at"] <= now or row["terminal_id"] != t.id:
+        raise Refused("请重新登录", "session expired: log in again", code=ErrorCode.AUTH_FAILED)
+    return int(row["holder_id"])
 
 
 def _replayed(request_id: str, key: str, fingerprint_stored: str, reply: str) -> Outcome:

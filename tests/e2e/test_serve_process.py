@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -14,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from tests.broker import PrivateBroker, Probe, free_port
+from tests.cli import ONECARD, onecard, operator_site
 
 pytestmark = pytest.mark.broker
 ROOT = Path(__file__).resolve().parents[2]
-ONECARD = str(Path(sys.executable).parent / "onecard")
 
 
 def _get(url: str) -> tuple[int, bytes]:
@@ -28,40 +26,9 @@ def _get(url: str) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-def _cli(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
-    done = subprocess.run(
-        [ONECARD, *args],
-        env=env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
-
-
 def test_serve_reports_health_metrics_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
-    env = {
-        **os.environ,
-        "ONECARD_DB": str(tmp_path / "r.sqlite3"),
-        "ONECARD_SESSION": str(tmp_path / "s.json"),
-    }
-    env.pop("ONECARD_NOW", None)
-    _cli(
-        env,
-        "init",
-        "--admin",
-        "chief",
-        "--name",
-        "王科长",
-        "--password-stdin",
-        stdin="First-pass-1\n",
-    )
-    _cli(env, "login", "chief", "--password-stdin", stdin="First-pass-1\n")
-    _cli(env, "passwd", "--stdin", stdin="First-pass-1\nCounter-2026\n")
-    _cli(
+    env = operator_site(tmp_path)
+    onecard(
         env,
         "terminal",
         "add",

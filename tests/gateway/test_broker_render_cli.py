@@ -3,48 +3,14 @@ terminals only, the listener first, a TLS listener with the same per-listener op
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-ONECARD = str(Path(sys.executable).parent / "onecard")
-
-
-def _cli(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
-    done = subprocess.run(
-        [ONECARD, *args],
-        env=env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
+from tests.cli import onecard, operator_site
 
 
 def test_render_with_a_tls_listener(tmp_path: Path) -> None:
-    env = {
-        **os.environ,
-        "ONECARD_DB": str(tmp_path / "r.sqlite3"),
-        "ONECARD_SESSION": str(tmp_path / "s.json"),
-    }
-    env.pop("ONECARD_NOW", None)
-    _cli(
-        env,
-        "init",
-        "--admin",
-        "chief",
-        "--name",
-        "王科长",
-        "--password-stdin",
-        stdin="First-pass-1\n",
-    )
-    _cli(env, "login", "chief", "--password-stdin", stdin="First-pass-1\n")
-    _cli(env, "passwd", "--stdin", stdin="First-pass-1\nCounter-2026\n")
-    _cli(
+    env = operator_site(tmp_path)
+    onecard(
         env,
         "terminal",
         "add",
@@ -54,7 +20,7 @@ def test_render_with_a_tls_listener(tmp_path: Path) -> None:
         "--password-stdin",
         stdin="door-secret\n",
     )
-    _cli(
+    onecard(
         env,
         "terminal",
         "add",
@@ -64,9 +30,9 @@ def test_render_with_a_tls_listener(tmp_path: Path) -> None:
         "--password-stdin",
         stdin="door-secret\n",
     )
-    _cli(env, "terminal", "disable", "door-002")
+    onecard(env, "terminal", "disable", "door-002")
     out = tmp_path / "broker"
-    _cli(
+    onecard(
         env,
         "broker",
         "render",

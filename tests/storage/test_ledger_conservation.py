@@ -27,7 +27,7 @@ from hypothesis import event as note_event
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
-from protocol.errors import ErrorCode, OnecardError, RuleViolation
+from protocol.errors import ErrorCode, InsufficientFunds, OnecardError, RuleViolation
 from protocol.ledger import (
     NON_NEGATIVE_KINDS,
     TransferKind,
@@ -47,7 +47,7 @@ from protocol.ledger import (
     topup,
 )
 from storage import schema as s
-from storage.sql import InsufficientFunds, SqlRegistry
+from storage.sql import SqlRegistry
 
 T0 = datetime(2026, 11, 23, 2, 5, tzinfo=UTC)
 

@@ -20,10 +20,10 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from protocol.errors import ErrorCode
+from protocol.errors import ErrorCode, InsufficientFunds
 from protocol.ledger import cash, cash_out, purchase, purse, topup
 from storage.migrate import current_revision, head_revision
-from storage.sql import InsufficientFunds, SqlRegistry
+from storage.sql import SqlRegistry
 from tests.storage.test_ledger_conservation import (
     T0,
     Op,

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from protocol import ledger
+from protocol.errors import InsufficientFunds
 from storage.sql import SqlRegistry
-from storage.tapwriter import InsufficientFunds, SqliteTapTx, SqliteTapWriter
+from storage.tapwriter import SqliteTapTx, SqliteTapWriter
 
 pytestmark = pytest.mark.asyncio
 NOW = datetime(2026, 11, 26, 2, 0, tzinfo=UTC)
