@@ -51,6 +51,11 @@ class ErrorCode(StrEnum):
     IDEMPOTENCY_CONFLICT = "idempotency_conflict"
     INTERNAL = "internal"
     UNAVAILABLE = "unavailable"
+    EXPIRED = "expired"
+    # offline settlement (store and forward)
+    OFFLINE_LIMIT = "offline_limit"
+    DENYLIST_STALE = "denylist_stale"
+    CLOCK_SKEW = "clock_skew"
 
 
 #: Default bilingual text for each code: (zh-CN, en).
@@ -93,6 +98,10 @@ MESSAGES: dict[ErrorCode, tuple[str, str]] = {
     ),
     ErrorCode.INTERNAL: ("系统内部错误", "internal error"),
     ErrorCode.UNAVAILABLE: ("服务暂不可用", "service unavailable"),
+    ErrorCode.EXPIRED: ("请求已过期，未执行", "request expired; nothing done"),
+    ErrorCode.OFFLINE_LIMIT: ("超出脱机交易限额", "offline limit exceeded"),
+    ErrorCode.DENYLIST_STALE: ("终端黑名单过期", "terminal's deny list was too old"),
+    ErrorCode.CLOCK_SKEW: ("终端时间异常", "terminal clock out of range"),
 }
 
 
