@@ -460,7 +460,7 @@ class Gateway:
             )
             changes = self.deny.apply_rows(rows)
             session = self.session
-            if changes and session is not None:
+            if (changes or self.deny.needs_snapshot) and session is not None:
                 try:
                     await self._publish_changes(session)
                 except MqttError:
@@ -471,7 +471,9 @@ class Gateway:
     async def _publish_changes(self, session: Session) -> None:
         cfg = self.settings.denylist
         too_old = time.monotonic() - self._snapshot_at > cfg.snapshot_max_age_s
-        if len(self.deny.pending) >= cfg.snapshot_every_changes or too_old:
+        # needs_snapshot: a hole in the log (skipped row, version jump) a delta cannot express
+        full = self.deny.needs_snapshot or len(self.deny.pending) >= cfg.snapshot_every_changes
+        if full or too_old:
             await self._publish_snapshot(session)
             return
         delta = self.deny.cumulative_delta()

@@ -16,6 +16,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from protocol.carduid import CARD_UID_PATTERN
+
 __all__ = [
     "MAX_AMOUNT_FEN",
     "MAX_BALANCE_FEN",
@@ -60,7 +62,7 @@ class TerminalKind(StrEnum):
 RequestId = Annotated[
     str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
 ]
-CardUid = Annotated[str, StringConstraints(pattern=r"^(?:[0-9A-F]{2}){4,16}$")]
+CardUid = Annotated[str, StringConstraints(pattern=CARD_UID_PATTERN)]
 AmountFen = Annotated[int, Field(ge=1, le=MAX_AMOUNT_FEN)]
 Fen = Annotated[int, Field(ge=0, le=MAX_BALANCE_FEN)]
 EpochMs = Annotated[int, Field(ge=0, le=MAX_EPOCH_MS)]
