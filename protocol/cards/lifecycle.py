@@ -170,7 +170,9 @@ def _refuse(facts: CardFacts, event: CardEvent) -> RuleViolation:
         f"“{event}”；可办理：{names}",
         f"a {facts.kind} card in state {facts.state} cannot take '{event}'; allowed: {names}",
         code=ErrorCode.TRANSITION_NOT_ALLOWED,
-        rule="LIFECYCLE",
+        # the transition table refuses, not one published rule: no rule id (a made-up one such
+        # as "LIFECYCLE" is no RuleId and made the kiosk's reply `internal`, issue 8 item 9)
+        rule=None,
     )
 
 

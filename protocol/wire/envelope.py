@@ -18,7 +18,14 @@ from __future__ import annotations
 
 from typing import Annotated, Generic, Self, TypeVar
 
-from pydantic import BaseModel, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 from protocol.errors import ErrorCode, OnecardError, bilingual
 from protocol.wire.fields import RequestId, RuleId, WireModel
@@ -72,7 +79,11 @@ class Reply(WireModel, Generic[DataT]):
 def error_body(
     error: OnecardError | ErrorCode, *, detail: str | None = None, rule: str | None = None
 ) -> ErrorBody:
-    """The ``error`` object for an exception or a bare code; ``detail`` (English) is appended."""
+    """The ``error`` object for an exception or a bare code; ``detail`` (English) is appended.
+
+    Never builds an invalid reply: a rule that is not a contract ``RuleId`` (``LOSS-3``) is left
+    out rather than turning a refusal into ``internal``.
+    """
     if isinstance(error, OnecardError):
         code = error.code
         message = f"{error.message_zh} / {error.message_en}"
@@ -84,4 +95,16 @@ def error_body(
         message = f"{message}: {detail}"
     if len(message) > 500:
         message = message[:499] + "…"
-    return ErrorBody(code=code, message=message, rule=rule)
+    return ErrorBody(code=code, message=message, rule=_rule_or_none(rule))
+
+
+_RULE_ID: TypeAdapter[str] = TypeAdapter(RuleId)
+
+
+def _rule_or_none(rule: str | None) -> str | None:
+    if rule is None:
+        return None
+    try:
+        return _RULE_ID.validate_python(rule)
+    except ValidationError:
+        return None
