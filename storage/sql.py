@@ -20,6 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from protocol.carduid import canonical_card_uid
 from protocol.errors import Duplicate, ErrorCode, InsufficientFunds, NotFound, OnecardError
 from protocol.ledger import NON_NEGATIVE_KINDS, TransferSpec, account_kind
 from storage import schema as s
@@ -186,7 +187,9 @@ class SqlTx:
     async def card_by_serial(self, serial: str) -> Card:
         rows = await self.find("cards", serial=serial)
         if not rows:
-            rows = await self.find("cards", uid=serial)
+            # the clerk may read or type the chip's UID instead, in any case, with separators
+            uid = canonical_card_uid(serial)
+            rows = await self.find("cards", uid=uid) if uid is not None else []
         if not rows:
             raise NotFound(
                 f"无此卡号 {serial[-4:]:*>8}", "no such card number", code=ErrorCode.CARD_UNKNOWN
@@ -242,6 +245,11 @@ class SqlTx:
         return [dict(r) for r in (await self.conn.execute(query)).mappings()]
 
     async def card_by_uid(self, uid: str) -> Card | None:
+        """The card with this UID (any case, separators allowed); ``None`` if none or invalid."""
+        canonical = canonical_card_uid(uid)
+        if canonical is None:
+            return None
+        uid = canonical
         row = (
             (await self.conn.execute(select(s.cards).where(s.cards.c.uid == uid)))
             .mappings()

@@ -61,6 +61,7 @@ from protocol.cardfile.layout import (
     encode_type_group,
     mask,
 )
+from protocol.carduid import canonical_card_uid, card_uid_from_bytes
 from protocol.errors import ErrorCode, OnecardError
 
 log = logging.getLogger("onecard.gateway.readers.pcsc")
@@ -212,6 +213,12 @@ class CardSnapshot:
     atr: bytes
     record: CampusRecord
 
+    @property
+    def card_uid(self) -> str:
+        """The UID in the registry's one canonical form (upper-case hex, no separators); a UID
+        shorter than 4 or longer than 16 bytes is refused (``InvalidInput``)."""
+        return card_uid_from_bytes(self.uid)
+
     def __repr__(self) -> str:
         return (
             f"CardSnapshot(reader={self.reader!r}, uid={mask(self.uid.hex().upper())!r}, "
@@ -239,6 +246,11 @@ class CardInserted:
     atr: bytes
     record: CampusRecord | None
     error: ReaderError | CardFileError | None = None
+
+    @property
+    def card_uid(self) -> str | None:
+        """The UID in canonical form, or ``None`` (no UID, or not a valid card UID)."""
+        return canonical_card_uid(self.uid.hex()) if self.uid is not None else None
 
     def __repr__(self) -> str:
         uid = mask(self.uid.hex().upper()) if self.uid is not None else None

@@ -26,7 +26,8 @@ from protocol.cards.fees import FeeItem
 from protocol.cards.identity import validate_national_id
 from protocol.cards.lifecycle import CardEvent, ExchangeReason, auto_termination_at
 from protocol.cards.policy import require_complete, require_refund_eligible, require_settled
-from protocol.errors import ErrorCode, InvalidInput, OnecardError, RuleViolation
+from protocol.carduid import canonical_card_uid, normalise_card_uid
+from protocol.errors import Duplicate, ErrorCode, InvalidInput, OnecardError, RuleViolation
 from protocol.ledger import (
     TransferKind,
     TransferSpec,
@@ -396,7 +397,7 @@ class CardService:
                     CardEvent.PRINTED,
                     now=now,
                     actor=actor,
-                    extra={"uid": uid} if uid else None,
+                    extra={"uid": await _free_uid(tx, uid, card)} if uid else None,
                 )
             return await apply_event(
                 tx, card, CardEvent.REPRINT, now=now, actor=actor, detail="check failed"
@@ -443,7 +444,7 @@ class CardService:
             note = ""
             if temp is not None and temp.kind is CardKind.TEMP and temp.id != card.id:
                 if returned_temp_serial is not None:
-                    if returned_temp_serial != temp.serial:
+                    if not _names_card(returned_temp_serial, temp):
                         raise RuleViolation(
                             "交回的临时卡不是该持卡人的卡",
                             "the temp card handed in is not this holder's",
@@ -1058,3 +1059,20 @@ class CardService:
                 now, actor.name, "scrap.dispose", "disposal", year, None, {"count": len(rows)}
             )
             return len(rows)
+
+
+def _names_card(typed: str, card: Card) -> bool:
+    """Whether what the clerk typed (serial, or UID in any case/with separators) is ``card``."""
+    value = typed.strip()
+    return value == card.serial or (card.uid is not None and canonical_card_uid(value) == card.uid)
+
+
+async def _free_uid(tx: Tx, uid: str, card: Card) -> str:
+    """The canonical form of a UID read at the print check, refused if another card has it."""
+    canonical = normalise_card_uid(uid)
+    other = await tx.card_by_uid(canonical)
+    if other is not None and other.id != card.id:
+        raise Duplicate(
+            "该卡片物理号(UID)已登记在另一张卡上", "this card UID is already registered"
+        )
+    return canonical

@@ -16,7 +16,8 @@ from protocol.cards.lifecycle import (
     tap_refusal,
     transition,
 )
-from protocol.errors import ErrorCode, OnecardError, RuleViolation
+from protocol.carduid import normalise_card_uid
+from protocol.errors import Duplicate, ErrorCode, OnecardError, RuleViolation
 from protocol.ledger import fee
 from protocol.types import CardKind, CardState, HolderStatus
 from storage.ports import Tx
@@ -176,8 +177,13 @@ async def new_card(
     ready_on: Any = None,
     type_group: int = 0,
 ) -> Card:
+    given = card_uid_input(uid)
+    if given is not None and await tx.card_by_uid(given) is not None:
+        raise Duplicate(
+            "该卡片物理号(UID)已登记在另一张卡上", "this card UID is already registered"
+        )
     serial = await allocate_serial(tx, kind)
-    uid = uid or default_uid(serial)
+    uid = given or default_uid(serial)
     card_id = await tx.insert(
         "cards",
         {
@@ -219,6 +225,16 @@ async def new_card(
         {"kind": kind.value, "state": state.value, "rule": rule},
     )
     return await tx.get_card(card_id)
+
+
+def card_uid_input(uid: str | None) -> str | None:
+    """A UID typed at the counter, given on the command line or read by the counter's reader,
+    in its one canonical form (``None``: not given); bad input is refused with a bilingual
+    :class:`~protocol.errors.InvalidInput` (issue 8, item 10: a lower-case UID once stopped the
+    gateway)."""
+    if uid is None or not uid.strip():
+        return None
+    return normalise_card_uid(uid)
 
 
 def default_uid(serial: str) -> str:
