@@ -8,6 +8,9 @@ lock upgrade (ARCHITECTURE.md §5). Readers use a second engine with plain defer
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +24,11 @@ from sqlalchemy.util.concurrency import await_
 
 BUSY_TIMEOUT_MS = 10_000
 BUSY_RETRY_S = 0.0005
+#: The registry holds national IDs and names in clear: owner only (SQLite gives its -wal and -shm
+#: files the database file's mode).
+REGISTRY_FILE_MODE = 0o600
+
+log = logging.getLogger("onecard.storage")
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,12 +98,48 @@ def _begin_immediate(conn: Connection) -> None:
             return
 
 
+def secure_registry_file(path: Path) -> int | None:
+    """Create the SQLite registry file with mode 0600 if it does not exist yet (SQLite would
+    create it 0644 under the usual umask, national IDs readable by every local user). For an
+    existing file, return its mode when group or others may access it or its ``-wal``/``-shm``
+    (and log a warning), else ``None``. The mode is not changed behind the operator's back: a
+    deployment may share the file with a backup group on purpose."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, REGISTRY_FILE_MODE)
+    except FileExistsError:
+        pass
+    except OSError:
+        return None  # no such directory, not writable: SQLite reports it when it opens the file
+    else:
+        os.close(fd)
+        return None
+    exposed = None
+    for candidate in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            mode = stat.S_IMODE(candidate.stat().st_mode)
+        except OSError:
+            continue
+        if mode & 0o077:
+            exposed = mode if exposed is None else exposed
+            log.warning(
+                "注册库文件对其他用户可读 (mode %04o)，含身份证号等个人信息，请执行 chmod 600 /"
+                " registry file %s is accessible to other users (mode %04o) and holds personal"
+                " data: chmod 600 it and its -wal/-shm files",
+                mode,
+                candidate,
+                mode,
+            )
+    return exposed
+
+
 def open_engines(target: str | Path) -> Engines:
     url = database_url(target)
     if url.startswith("sqlite"):
         if ":memory:" in url or url.endswith(":///"):
             msg = "onecard keeps its registry in a file: give a path, not :memory:"
             raise ValueError(msg)
+        if url.startswith("sqlite+aiosqlite:///") and "?" not in url:
+            secure_registry_file(Path(url.removeprefix("sqlite+aiosqlite:///")))
         return Engines(
             writer=_sqlite_engine(url, "BEGIN IMMEDIATE"), reader=_sqlite_engine(url, "BEGIN")
         )
