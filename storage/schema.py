@@ -150,6 +150,7 @@ deny_changes = Table(
     Column("denied", Boolean, nullable=False),  # whether the card is denied after this change
     _ts("at"),
 )
+Index("ix_deny_changes_card_id", deny_changes.c.card_id)  # offline settlement (migration 0004)
 
 accounts = Table(
     "accounts",
@@ -400,11 +401,18 @@ offline_sales = Table(
     Column("seq", BigInteger, primary_key=True),
     Column("card_uid", String(32), nullable=False),
     Column("amount", BigInteger, nullable=False),
-    _ts("sold_at"),
+    _ts("sold_at", nullable=True),  # None when at_ms is no representable time (migration 0004)
     _ts("uploaded_at"),
     Column("result", String(32), nullable=False),  # accepted, or the error code
     Column("transfer_id", BigInteger, ForeignKey("transfers.id"), nullable=True),
+    # settlement (terminal contract §8.3, gateway/services/offline.py; migration 0004)
+    Column("at_ms", BigInteger, nullable=True),  # the sale time as the terminal sent it
+    Column("merchant_id", String(32), nullable=True),  # as the sale named it (not a foreign key)
+    Column("denylist_version", BigInteger, nullable=True),  # the list the terminal held
+    Column("bearer", String(16), nullable=True),  # holder, merchant, card_center
+    Column("detail", Text, nullable=True),  # why (bilingual); set for refused and disputed sales
 )
+Index("ix_offline_sales_card", offline_sales.c.terminal_id, offline_sales.c.card_uid)
 
 water_holds = Table(
     "water_holds",

@@ -37,11 +37,13 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from gateway.services.base import Actor, Context
+from gateway.services.offline import BEARER_NAMES
 from protocol.cards.clock import CAMPUS_TZ, fmt_local, local, require_aware
 from protocol.cards.fees import yuan
 from protocol.cards.identity import mask_national_id
-from protocol.errors import InvalidInput
+from protocol.errors import ErrorCode, InvalidInput, bilingual
 from protocol.types import CardKind, HolderCategory, HolderKind, Permission
+from protocol.wire import mask_card
 from storage.ports import Tx
 from storage.records import Row
 
@@ -613,6 +615,58 @@ class ReportService:
             [*body, total],
         )
 
+    async def offline_disputes(self, actor: Actor, since: datetime, until: datetime) -> Table:
+        """Offline sales uploaded in the period that were refused or are disputed (terminal
+        contract §8.3, :mod:`gateway.services.offline`): terminal, masked card, amount, sale
+        time, merchant named, deny-list version held, result, who bears it and why."""
+        actor.require(Permission.REPORTS)
+        start, end = _period(since, until)
+        async with self.ctx.registry.read() as tx:
+            rows = await tx.rows(
+                "SELECT terminal_id, seq, card_uid, amount, sold_at, at_ms, uploaded_at,"
+                " merchant_id, denylist_version, result, bearer, detail FROM offline_sales"
+                " WHERE uploaded_at >= :start AND uploaded_at < :end"
+                " AND (result <> 'accepted' OR detail IS NOT NULL)"
+                " ORDER BY uploaded_at, terminal_id, seq",
+                {"start": _time_param(tx, start), "end": _time_param(tx, end)},
+            )
+        body: list[list[object]] = [
+            [
+                r["terminal_id"],
+                int(r["seq"]),
+                mask_card(str(r["card_uid"])),
+                yuan(int(r["amount"])),
+                _when(r["sold_at"]) or (f"at_ms={r['at_ms']}" if r["at_ms"] is not None else None),
+                _when(r["uploaded_at"]),
+                r["merchant_id"],
+                None if r["denylist_version"] is None else int(r["denylist_version"]),
+                _offline_result(str(r["result"])),
+                _label(BEARER_NAMES, r["bearer"]) if r["bearer"] else None,
+                r["detail"],
+            ]
+            for r in rows
+        ]
+        amount = sum(int(r["amount"]) for r in rows)
+        total: list[object] = [TOTAL, len(body), None, yuan(amount), *[None] * 7]
+        return Table(
+            "脱机交易拒付及争议清单",
+            "refused and disputed offline sales",
+            [
+                "终端 / terminal",
+                "序号 / seq",
+                "卡片 / card",
+                "金额（元） / amount (yuan)",
+                "消费时间 / sold at",
+                "上传时间 / uploaded at",
+                "商户 / merchant",
+                "黑名单版本 / deny-list version",
+                "结果 / result",
+                "承担方 / borne by",
+                "说明 / detail",
+            ],
+            [*body, total],
+        )
+
     # --- INV ----------------------------------------------------------------------------------
     async def stock(self, actor: Actor) -> Table:
         """INV-1 / INV-2: per card kind: bought, requisitioned by the counter, left with the
@@ -785,6 +839,16 @@ class ReportService:
                 for r in rows
             ],
         )
+
+
+def _offline_result(result: str) -> str:
+    """``卡片已挂失 / card reported lost (card_lost)``; an accepted row here is disputed."""
+    if result == "accepted":
+        return "已扣款，有争议 / debited, disputed (accepted)"
+    try:
+        return f"{bilingual(ErrorCode(result))} ({result})"
+    except ValueError:
+        return result
 
 
 def campus_today(now: datetime) -> date:

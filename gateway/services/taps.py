@@ -13,7 +13,7 @@ import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from gateway.services.base import Actor, Context
@@ -21,11 +21,24 @@ from gateway.services.cards import CardService
 from gateway.services.common import apply_event, live_card
 from gateway.services.holders import HolderService, check_holder_password, uses_default_password
 from gateway.services.meal import MEAL_GROUP
+from gateway.services.offline import (
+    Bearer,
+    SettlementRules,
+    Verdict,
+    amount_verdict,
+    card_state_verdict,
+    clock_verdict,
+    daily_verdict,
+    day_total,
+    deny_entry,
+    merchant_verdict,
+    sale_time,
+)
 from gateway.services.passwords import hash_password, new_token, token_hash
 from protocol.cards.clock import local
 from protocol.cards.identity import mask_name
 from protocol.cards.lifecycle import TAP_RULES, CardEvent, tap_refusal
-from protocol.errors import ErrorCode, OnecardError, RuleViolation
+from protocol.errors import ErrorCode, InsufficientFunds, OnecardError, RuleViolation
 from protocol.ledger import (
     TransferKind,
     TransferSpec,
@@ -57,6 +70,7 @@ from protocol.wire import (
     MealRequest,
     MealResponse,
     OfflineRejection,
+    OfflineSale,
     OfflineUploadRequest,
     OfflineUploadResponse,
     PurchaseRequest,
@@ -117,10 +131,6 @@ def _ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
 
 
-def _from_ms(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, UTC)
-
-
 class Refused(OnecardError):
     """A tap refusal (card state, funds) that is a normal, recorded decision."""
 
@@ -135,6 +145,7 @@ class TerminalService:
         config: TerminalConfig,
         executor: TapExecutor,
         deny_lookup: Callable[[str], ErrorCode | None] = lambda _uid: None,
+        settlement: SettlementRules | None = None,
     ) -> None:
         self.ctx = ctx
         self.executor = executor
@@ -142,6 +153,9 @@ class TerminalService:
         #: read a moment before the change (the registry is checked too, in the same job).
         self.deny_lookup = deny_lookup
         self.config = config
+        #: How uploaded offline sales settle (contract §8.3): the limits of ``config`` plus the
+        #: gateway's clock window.
+        self.settlement = settlement or SettlementRules.from_config(config)
         self.cards = CardService(ctx)
         self.holders = HolderService(ctx)
         self._handlers: dict[str, Handler] = {
@@ -536,41 +550,18 @@ class TerminalService:
     def _offline_upload(
         self, tx: TapTx, t: Terminal, data: OfflineUploadRequest, now: datetime
     ) -> OfflineUploadResponse:
-        """Exactly once per (terminal, seq); the purse is debited even if the card was reported
-        lost since (the terminal approved it with the deny list it held); gaps are reported."""
+        """Exactly once per (terminal, seq); each sale settled by the rules of contract §8.3
+        (:mod:`gateway.services.offline`): an accepted sale debits the purse, any other is
+        recorded with its reason and who bears it and moves no money; gaps are reported."""
         accepted: list[int] = []
         duplicates: list[int] = []
         rejected: list[OfflineRejection] = []
-        mid = self._merchant(t, None)
+        current = tx.deny_version()
         for sale in data.sales:
             if tx.get("offline_sales", (t.id, sale.seq)) is not None:
                 duplicates.append(sale.seq)
                 continue
-            result, transfer_id = "accepted", None
-            card = tx.card_by_uid(sale.card)
-            if card is None:
-                result = ErrorCode.CARD_UNKNOWN.value
-            else:
-                spec = purchase(
-                    card.holder_id,
-                    sale.merchant_id or mid,
-                    sale.amount_fen,
-                    memo=f"offline #{sale.seq}",
-                )
-                try:
-                    transfer_id = tx.post(
-                        spec,
-                        at=now,
-                        actor=t.actor.name,
-                        card_id=card.id,
-                        terminal_id=t.id,
-                        request_id=f"offline:{sale.seq}",
-                        holder_id=card.holder_id,
-                    )
-                except OnecardError as exc:
-                    if exc.code is not ErrorCode.INSUFFICIENT_FUNDS:
-                        raise
-                    result = exc.code.value
+            verdict, transfer_id = self._settle_offline(tx, t, sale, now, current)
             tx.put(
                 "offline_sales",
                 {
@@ -578,20 +569,82 @@ class TerminalService:
                     "seq": sale.seq,
                     "card_uid": sale.card,
                     "amount": sale.amount_fen,
-                    "sold_at": _from_ms(sale.at_ms),
+                    "sold_at": sale_time(sale.at_ms),
                     "uploaded_at": now,
-                    "result": result,
+                    "result": verdict.result,
                     "transfer_id": transfer_id,
+                    "at_ms": sale.at_ms,
+                    "merchant_id": sale.merchant_id,
+                    "denylist_version": sale.denylist_version,
+                    "bearer": verdict.bearer.value,
+                    "detail": verdict.detail,
                 },
             )
-            if result == "accepted":
+            if verdict.code is None:
                 accepted.append(sale.seq)
             else:
-                rejected.append(OfflineRejection(seq=sale.seq, code=ErrorCode(result)))
+                rejected.append(OfflineRejection(seq=sale.seq, code=verdict.code))
         seqs = [int(r["seq"]) for r in tx.find("offline_sales", terminal_id=t.id, order_by="seq")]
         return OfflineUploadResponse(
             accepted=accepted, duplicates=duplicates, rejected=rejected, gaps=_gaps(seqs)
         )
+
+    def _settle_offline(
+        self, tx: TapTx, t: Terminal, sale: OfflineSale, now: datetime, current: int
+    ) -> tuple[Verdict, int | None]:
+        """One offline sale: the checks of :mod:`gateway.services.offline` in order, then the
+        debit; ``(verdict, transfer id)``. Never raises for what a terminal sends."""
+        rules = self.settlement
+        refusal = merchant_verdict(sale.merchant_id, t.merchant_id) or clock_verdict(
+            sale.at_ms, now, rules
+        )
+        sold_at = sale_time(sale.at_ms)
+        if refusal is not None or sold_at is None:
+            return refusal or Verdict(ErrorCode.CLOCK_SKEW, Bearer.MERCHANT), None
+        card = tx.card_by_uid(sale.card)
+        if card is None:
+            return Verdict(ErrorCode.CARD_UNKNOWN, Bearer.MERCHANT), None
+        if card.state in _NOT_ISSUED:
+            return Verdict(ErrorCode.CARD_NOT_ISSUED, Bearer.MERCHANT), None
+        refusal = amount_verdict(sale.amount_fen, rules)
+        if refusal is not None:
+            return refusal, None
+        history = [
+            deny_entry(r) for r in tx.find("deny_changes", card_id=card.id, order_by="version")
+        ]
+        held = sale.denylist_version
+        if held is not None and held > current:
+            held = None  # a version that does not exist yet proves nothing
+        outdated = tx.get("deny_changes", held + 1) if held is not None else None
+        verdict = card_state_verdict(
+            history, sold_at, held, outdated["at"] if outdated else None, rules
+        )
+        if verdict.code is not None:
+            return verdict, None
+        same_card = tx.find("offline_sales", terminal_id=t.id, card_uid=sale.card)
+        refusal = daily_verdict(sale.amount_fen, day_total(same_card, sold_at), rules)
+        if refusal is not None:
+            return refusal, None
+        spec = purchase(
+            card.holder_id,
+            self._merchant(t, sale.merchant_id),
+            sale.amount_fen,
+            memo=f"offline #{sale.seq}",
+        )
+        try:
+            transfer_id = tx.post(
+                spec,
+                at=now,
+                actor=t.actor.name,
+                card_id=card.id,
+                terminal_id=t.id,
+                request_id=f"offline:{sale.seq}",
+                holder_id=card.holder_id,
+            )
+        except InsufficientFunds as exc:
+            detail = f"{exc.message_zh} / {exc.message_en}"
+            return Verdict(exc.code, Bearer.CARD_CENTER, detail), None
+        return verdict, transfer_id
 
     # --- kiosk --------------------------------------------------------------------------------
     async def _session(self, tx: Tx, t: Terminal, token: str, now: datetime) -> Holder:

@@ -312,14 +312,23 @@ class MealResponse(WireModel):
     transfer_id: TransferId
 
 
+#: An offline sale's time as the terminal's clock gave it. Deliberately wider than ``EpochMs``:
+#: a stored sale cannot be corrected by its terminal, so a bad time must not make the whole batch
+#: ``malformed`` for ever; the gateway refuses it per sale (``clock_skew`` / ``too_late``, §8.3).
+SaleTimeMs = Annotated[int, Field(ge=0, le=2**53 - 1)]
+
+
 class OfflineSale(WireModel):
     """One sale a POS approved while offline; ``seq`` is unique per terminal, from 1, no gaps."""
 
     seq: Seq
     card: CardUid
     amount_fen: AmountFen
-    at_ms: EpochMs
+    at_ms: SaleTimeMs
     merchant_id: MerchantId | None = None
+    #: The deny-list version the terminal held when it approved the sale (§8.3). Optional so
+    #: older terminals still parse, but a sale without it is settled as if the list were stale.
+    denylist_version: Version | None = None
 
 
 class OfflineUploadRequest(WireModel):

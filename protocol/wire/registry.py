@@ -247,13 +247,20 @@ _SPECS = (
         kinds=frozenset({_K.POS}),
         example_request={
             "sales": [
-                {"seq": 17, "card": _CARD, "amount_fen": 800, "at_ms": 1757380000000},
+                {
+                    "seq": 17,
+                    "card": _CARD,
+                    "amount_fen": 800,
+                    "at_ms": 1757380000000,
+                    "denylist_version": 1043,
+                },
                 {
                     "seq": 18,
                     "card": "04C0FFEE1234AB",
                     "amount_fen": 1200,
                     "at_ms": 1757380060000,
                     "merchant_id": "canteen-2",
+                    "denylist_version": 1043,
                 },
             ]
         },

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -12,6 +13,10 @@ from protocol.wire import DenyDelta, DenySnapshot
 from tests.e2e.campus import Campus
 
 pytestmark = [pytest.mark.broker, pytest.mark.asyncio]
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
 
 
 async def test_kiosk_loss_report_is_declined_at_pos_and_door(campus: Campus) -> None:
@@ -155,10 +160,11 @@ async def test_void_meal_water_and_offline_upload(campus: Campus) -> None:
         )
         assert settled["data"]["charged_fen"] == 120
         assert settled["data"]["released_fen"] == 180
+        sold = _ms(campus.clock.now()) - 60_000
         batch = [
-            {"seq": 1, "card": s.uid, "amount_fen": 100, "at_ms": 1_700_000_000_000},
-            {"seq": 2, "card": s.uid, "amount_fen": 100, "at_ms": 1_700_000_001_000},
-            {"seq": 5, "card": s.uid, "amount_fen": 100, "at_ms": 1_700_000_002_000},
+            {"seq": 1, "card": s.uid, "amount_fen": 100, "at_ms": sold},
+            {"seq": 2, "card": s.uid, "amount_fen": 100, "at_ms": sold + 1000},
+            {"seq": 5, "card": s.uid, "amount_fen": 100, "at_ms": sold + 2000},
         ]
         up = await pos.request("offline_upload", {"sales": batch})
         assert up["data"]["accepted"] == [1, 2, 5]
@@ -166,6 +172,76 @@ async def test_void_meal_water_and_offline_upload(campus: Campus) -> None:
         again = await pos.request("offline_upload", {"sales": batch[:2]})
         assert again["data"]["duplicates"] == [1, 2]
     assert await campus.balance(s) == 10_000 - 600 - 120 - 300
+
+
+async def test_offline_upload_settles_each_sale_by_the_rules(campus: Campus) -> None:
+    """Issue 8, item 3, through the broker: a POS of canteen1 uploads sales for another merchant,
+    a nonexistent one, over the per-sale limit, dated after year 9999, and for a card lost before
+    the sale with the loss on its list; each is rejected and recorded, moves no money, and the
+    good sales of the same batch are accepted (contract §8.3)."""
+    good, lost = campus.students[2], campus.students[3]
+    await campus.center.cards.report_loss(campus.admin, lost.serial, presented_id=lost.number)
+    async with campus.registry.read() as tx:
+        version = int((await tx.rows("SELECT max(version) AS v FROM deny_changes"))[0]["v"])
+    sold = _ms(campus.clock.now()) + 1000  # after the loss report
+
+    def sale(seq: int, card: str, amount: int = 500, **extra: object) -> dict[str, object]:
+        return {
+            "seq": seq,
+            "card": card,
+            "amount_fen": amount,
+            "at_ms": sold + seq,
+            "denylist_version": version,
+            **extra,
+        }
+
+    batch = [
+        sale(1, good.uid),
+        sale(2, good.uid, merchant_id="canteen2"),
+        sale(3, good.uid, merchant_id="ghost"),
+        sale(4, good.uid, amount=40_000),
+        sale(5, lost.uid, amount=2000),
+        {**sale(6, good.uid), "at_ms": 253_402_300_800_000},
+        sale(7, good.uid, amount=700, merchant_id="canteen1"),
+    ]
+    async with campus.terminal("pos-002") as pos:
+        up = await pos.request("offline_upload", {"sales": batch})
+        assert up["ok"], up
+        assert up["data"]["accepted"] == [1, 7]
+        assert up["data"]["rejected"] == [
+            {"seq": 2, "code": "permission_denied"},
+            {"seq": 3, "code": "permission_denied"},
+            {"seq": 4, "code": "offline_limit"},
+            {"seq": 5, "code": "card_lost"},
+            {"seq": 6, "code": "clock_skew"},
+        ]
+        again = await pos.request("offline_upload", {"sales": batch})
+        assert again["data"]["duplicates"] == [1, 2, 3, 4, 5, 6, 7]
+    assert await campus.balance(good) == 10_000 - 500 - 700
+    assert await campus.balance(lost) == 10_000
+    async with campus.registry.read() as tx:
+        assert await tx.balance("merchant:canteen2") == 0
+        ghost = await tx.rows("SELECT id FROM accounts WHERE id = 'merchant:ghost'")
+        recorded = await tx.find("offline_sales", terminal_id="pos-002", order_by="seq")
+        total = await tx.rows("SELECT sum(balance) AS s FROM accounts")
+    assert ghost == []
+    assert [r["bearer"] for r in recorded] == [
+        "holder",
+        "merchant",
+        "merchant",
+        "merchant",
+        "merchant",
+        "merchant",
+        "holder",
+    ]
+    assert int(total[0]["s"]) == 0
+    table = await campus.center.reports.offline_disputes(
+        campus.admin,
+        campus.clock.now() - timedelta(hours=1),
+        campus.clock.now() + timedelta(hours=1),
+    )
+    assert table.column("序号 / seq")[:-1] == [2, 3, 4, 5, 6]
+    assert lost.uid not in str(table.rows)  # cards are masked
 
 
 async def test_mosquitto_rr_balance_and_purchase(campus: Campus) -> None:
