@@ -24,7 +24,11 @@ from pathlib import Path
 import pytest
 from paho.mqtt.reasoncodes import ReasonCode
 
-from gateway.mqtt.broker_files import mosquitto_password_hash, verify_mosquitto_password
+from gateway.mqtt.broker_files import (
+    DEFAULT_ITERATIONS,
+    mosquitto_password_hash,
+    verify_mosquitto_password,
+)
 from tests.broker import PrivateBroker, Probe
 
 pytestmark = pytest.mark.broker
@@ -354,13 +358,14 @@ def test_password_hash_matches_mosquitto_passwd(tmp_path: Path) -> None:
 
 
 def test_password_hash_logs_in_to_real_broker(tmp_path: Path) -> None:
-    """A password file written only from our hashes (random salt, default 101 iterations)."""
+    """A password file written only from our hashes (random salt, default 10,000 iterations:
+    Mosquitto reads the count from each hash)."""
     with (
         PrivateBroker(tmp_path / "mqtt", users={"gateway": "g", "water-b12-03": "热水-42"}) as b,
         Probe(b, "water-b12-03", "热水-42") as good,
         Probe(b, "water-b12-03", "热水-43") as bad,
     ):
-        assert "$7$101$" in (b.directory / "passwd").read_text()
+        assert f"$7${DEFAULT_ITERATIONS}$" in (b.directory / "passwd").read_text()
         assert not good.connect().is_failure
         assert int(bad.connect().value) == NOT_AUTHORIZED
 
