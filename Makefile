@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo counter-session test check lint typecheck imports pytest setup system pcsc clean contract bench
+.PHONY: demo counter-session test check lint typecheck imports pytest setup system pcsc clean contract bench chaos
 
 ## demo: set everything up, then broker + gateway on SQLite + a simulated fleet with a live
 ## dashboard, until Ctrl-C (DEMO_ARGS="--duration 60" for a timed run)
@@ -52,6 +52,11 @@ pytest:
 ## bench: benchmark suite -> docs/benchmarks.md + bench/results/ (BENCH_ARGS=--quick for ~3 min)
 bench: setup
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+## chaos: the chaos suite of issue 8 at full size (about 15 min, root): kills, partition, full disk,
+## slow counter, flooding and offline terminals -> results table + docs/reliability.md
+chaos: setup
+	$(BIN)/python -m tests.chaos $(CHAOS_ARGS)
 
 ## contract: regenerate the AsyncAPI document from the wire models
 contract:

@@ -1,0 +1,36 @@
+"""The chaos suite, small: each scenario of ``make chaos`` at the ``short`` size (a few seconds
+of fault), with the same invariants. ``python -m tests.chaos`` runs them at full size."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from tests.chaos.__main__ import details
+from tests.chaos.faults import Netns, fault_tools_missing
+from tests.chaos.scenarios import SCENARIOS, SHORT, run_scenario
+
+pytestmark = [
+    pytest.mark.broker,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        bool(fault_tools_missing()),
+        reason=f"chaos needs {', '.join(fault_tools_missing())} (deploy/ci/install-system.sh)",
+    ),
+]
+
+
+@pytest.mark.parametrize("key", list(SCENARIOS))
+def test_scenario_keeps_the_invariants(key: str, tmp_path: Path) -> None:
+    result = asyncio.run(run_scenario(key, tmp_path, SHORT))
+    assert result.checks, details(result)
+    assert result.ok, details(result)
+
+
+def test_no_namespace_or_mount_left_behind() -> None:
+    """Runs after the scenarios (file order): every fault was torn down."""
+    assert Netns.leftovers() == []
+    mounts = Path("/proc/mounts").read_text()
+    assert "registry-fs" not in mounts
