@@ -46,7 +46,9 @@ async def open_gateway(
 ) -> AsyncIterator[Gateway]:
     """Registry, batching tap writer and gateway, closed in reverse order."""
     registry = await SqlRegistry.open(settings.db, migrate=migrate)
-    writer = SqliteTapWriter(sqlite_path(settings.db))
+    writer = SqliteTapWriter(
+        sqlite_path(settings.db), lock_wait_s=settings.requests.lock_wait_ms / 1000
+    )
     try:
         writer.start()
         ctx = Context(registry=registry, clock=clock or SystemClock())

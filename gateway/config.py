@@ -47,6 +47,24 @@ class OfflineConfig(BaseModel):
     offline_max_amount_fen: int = 2000
     offline_max_daily_fen: int = 5000
     offline_max_count: int = 500
+    #: Settlement of uploaded offline sales (terminal contract §8.3): a sale dated more than this
+    #: after the gateway's clock is refused ``clock_skew``.
+    settle_clock_tolerance_s: int = Field(default=300, ge=0, le=86_400)
+    #: A sale older than this when uploaded is refused ``too_late`` (recorded, never settled).
+    settle_max_age_s: int = Field(default=7 * 86_400, ge=3_600, le=366 * 86_400)
+
+
+class RequestConfig(BaseModel):
+    #: A request is decided only until ``sent_ms`` + this (and within its MQTT Message Expiry);
+    #: later it is answered ``expired`` and moves no money (terminal contract §6).
+    ttl_ms: int = Field(default=5000, ge=500, le=600_000)
+    #: A ``sent_ms`` further ahead of the gateway's clock than this is ``clock_skew``.
+    clock_tolerance_ms: int = Field(default=2000, ge=0, le=60_000)
+    #: How long a batch waits for the registry's write lock before answering ``unavailable``.
+    lock_wait_ms: int = Field(default=2000, ge=10, le=60_000)
+    #: A decision the writer has not finished after this is answered ``unavailable`` (the
+    #: terminal retries with the same request id and gets the decision once it is durable).
+    writer_timeout_ms: int = Field(default=4000, ge=100, le=120_000)
 
 
 class Settings(BaseSettings):
@@ -65,6 +83,7 @@ class Settings(BaseSettings):
     http: HttpConfig = HttpConfig()
     denylist: DenyListConfig = DenyListConfig()
     offline: OfflineConfig = OfflineConfig()
+    requests: RequestConfig = RequestConfig()
 
     @classmethod
     def settings_customise_sources(

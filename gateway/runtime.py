@@ -14,6 +14,7 @@ import gc
 import json
 import logging
 import random
+import re
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -34,12 +35,14 @@ from gateway.mqtt.client import (
 )
 from gateway.services.base import SYSTEM, Context
 from gateway.services.cards import CardService
+from gateway.services.offline import SettlementRules
 from gateway.services.taps import Outcome, TerminalService
 from protocol.errors import ErrorCode, OnecardError
 from protocol.wire import (
     DENYLIST_DELTA_TOPIC,
     DENYLIST_SNAPSHOT_TOPIC,
     GATEWAY_STATUS_TOPIC,
+    OPERATIONS,
     REQUEST_FILTER,
     TERMINAL_STATUS_FILTER,
     GatewayStatus,
@@ -66,6 +69,13 @@ log = logging.getLogger("onecard.gateway")
 
 #: Kiosk self-service ops that do not run on the batching writer (scrypt, lifecycle events).
 ASYNC_OPS = frozenset({"login", "report_loss", "change_password"})
+#: What a Response Topic may hold after ``onecard/v1/t/{id}/resp/``: no wildcard (Mosquitto
+#: disconnects a client that publishes to ``+`` or ``#``), no NUL, bounded length (item 2).
+_REPLY_SUFFIX = re.compile(r"[A-Za-z0-9_.:-]{1,64}(?:/[A-Za-z0-9_.:-]{1,64}){0,3}")
+#: How long the deny-list watcher waits for the writer before trying again.
+_DENY_READ_TIMEOUT_S = 5.0
+#: A batch older than this in the router makes ``/readyz`` answer 503 (a wedged gateway).
+_STALL_S = 10.0
 
 
 @dataclass(slots=True)
@@ -75,6 +85,7 @@ class _Pending:
     reply_to: str
     correlation: bytes | None
     received: float
+    deadline: float | None = None
     kind: str | None = None
     request: Request[Any] | None = None
     outcome: Outcome | None = None
@@ -105,9 +116,18 @@ class Gateway:
             offline_max_amount_fen=off.offline_max_amount_fen,
             offline_max_daily_fen=off.offline_max_daily_fen,
             offline_max_count=off.offline_max_count,
+            request_ttl_ms=settings.requests.ttl_ms,
+            clock_tolerance_ms=settings.requests.clock_tolerance_ms,
         )
         self.deny = DenyState()
-        self.service = TerminalService(ctx, self.terminal_config, executor, self.deny.refusal)
+        settlement = SettlementRules.from_config(
+            self.terminal_config,
+            clock_tolerance_s=off.settle_clock_tolerance_s,
+            max_sale_age_s=off.settle_max_age_s,
+        )
+        self.service = TerminalService(
+            ctx, self.terminal_config, executor, self.deny.refusal, settlement=settlement
+        )
         self.cards = CardService(ctx)
         self.fleet = Fleet()
         self.kinds: dict[str, str] = {}
@@ -119,7 +139,7 @@ class Gateway:
         self._published = asyncio.Condition()
         self._published_version = -1
         self._snapshot_at = 0.0
-        self._in_flight: set[asyncio.Task[None]] = set()
+        self._in_flight: dict[asyncio.Task[None], float] = {}
         self._in_flight_items = 0
         self._capacity = asyncio.Event()
         self._pending: list[tuple[Inbound, float]] = []
@@ -139,7 +159,7 @@ class Gateway:
             self.settings.http.host,
             self.settings.http.port,
             self.metrics.render,
-            lambda: self.ready,
+            self.is_ready,
         )
         port = await self.http.start()
         log.info("ops endpoint on %s:%d", self.settings.http.host, port)
@@ -151,6 +171,19 @@ class Gateway:
                 tg.create_task(self._gauges(), name="gauges")
         finally:
             await self.http.close()
+
+    def is_ready(self) -> bool:
+        """``/readyz``: connected to the broker, the registry writer alive, and no batch stuck
+        in the router (a wedged gateway must not look healthy to its supervisor)."""
+        if not self.ready:
+            return False
+        if not getattr(self.executor, "alive", True):
+            return False
+        now = time.monotonic()
+        busy_since = getattr(self.executor, "busy_since", None)
+        if busy_since is not None and now - busy_since > _STALL_S:
+            return False
+        return not any(now - started > _STALL_S for started in self._in_flight.values())
 
     async def _load(self) -> None:
         self.deny.load_rows(
@@ -196,11 +229,15 @@ class Gateway:
                     self.session = session
                     self.metrics.mqtt_connected.set(1)
                     backoff = 0.2
-                    await self._on_connect(session)
-                    await self._consume(session)
-                    await self._drain()
-                    await session.publish(GATEWAY_STATUS_TOPIC, offline, retain=True)
-                    self.ready = False
+                    try:
+                        await self._on_connect(session)
+                        await self._consume(session)
+                        await self._drain()
+                    finally:
+                        # also when another task crashed and the TaskGroup cancels us: the
+                        # retained status must not keep saying `online` (item 12)
+                        self.ready = False
+                        await self._say_offline(session, offline)
                     return
             except MqttError as exc:
                 self.ready = False
@@ -214,6 +251,13 @@ class Gateway:
             finally:
                 self.session = None
                 self.metrics.mqtt_connected.set(0)
+
+    async def _say_offline(self, session: Session, offline: bytes) -> None:
+        task = asyncio.ensure_future(session.publish(GATEWAY_STATUS_TOPIC, offline, retain=True))
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout=2.0)
+        except (MqttError, TimeoutError, asyncio.CancelledError):
+            log.warning("could not publish the offline gateway status")
 
     async def _on_connect(self, session: Session) -> None:
         group = self.settings.mqtt.shared_group
@@ -259,11 +303,11 @@ class Gateway:
             return
         self._in_flight_items += len(items)
         task = asyncio.create_task(self._guarded(self._route(session, items)))
-        self._in_flight.add(task)
+        self._in_flight[task] = time.monotonic()
         task.add_done_callback(functools.partial(self._done, count=len(items)))
 
     def _done(self, task: asyncio.Task[None], count: int) -> None:
-        self._in_flight.discard(task)
+        self._in_flight.pop(task, None)
         self._in_flight_items -= count
         self._capacity.set()
 
@@ -293,7 +337,13 @@ class Gateway:
         replies: list[tuple[_Pending, Outcome]] = []
         others: list[Awaitable[None]] = []
         for message, received in items:
-            pending = await self._prepare(message, received)
+            # one error boundary per message, not per batch (item 6)
+            try:
+                pending = await self._prepare(message, received)
+            except Exception:  # a message that breaks the parser is answered or dropped alone
+                log.exception("preparing a request failed")
+                self.metrics.dropped.labels(reason="unparseable").inc()
+                continue
             if pending is None:
                 continue
             if pending.outcome is not None:
@@ -305,14 +355,32 @@ class Gateway:
             else:
                 taps.append(pending)
         if taps:
-            batch = [(p.tid, p.op, p.request) for p in taps if p.request is not None]
-            results = await self.service.handle_many(batch)
+            results = await self._decide_all(taps)
             for pending, result in zip(taps, results, strict=True):
                 replies.append((pending, self._outcome(pending, result)))
         if replies:
             await self._publish_all(session, replies)
         if others:
             await asyncio.gather(*others)
+
+    async def _decide_all(self, taps: list[_Pending]) -> list[Outcome | BaseException]:
+        """The writer's decisions, or ``unavailable`` for every tap of the batch when the writer
+        cannot decide in time (write lock held by the counter, disk full, writer stopped)."""
+        batch = [(p.tid, p.op, p.request, p.deadline) for p in taps if p.request is not None]
+        timeout = self.settings.requests.writer_timeout_ms / 1000
+        try:
+            return await asyncio.wait_for(self.service.handle_many(batch), timeout=timeout)
+        except TimeoutError:
+            log.warning("registry writer did not decide %d requests in %.1fs", len(batch), timeout)
+            self.metrics.dropped.labels(reason="writer_timeout").inc(len(batch))
+            failure: BaseException = OnecardError(
+                "系统繁忙，请重试", "registry busy: retry", code=ErrorCode.UNAVAILABLE
+            )
+        except OnecardError as exc:
+            failure = exc
+        except Exception as exc:  # noqa: BLE001 - answered `internal` per request by _outcome
+            failure = exc
+        return [failure] * len(batch)
 
     async def _prepare(self, message: Inbound, received: float) -> _Pending | None:
         try:
@@ -326,12 +394,15 @@ class Gateway:
         if topic.kind is not TopicKind.REQUEST or topic.op is None or topic.terminal_id is None:
             self.metrics.dropped.labels(reason="unexpected_topic").inc()
             return None
+        if message.retain:
+            # a retained request would be answered again after every restart (item 13)
+            self.metrics.dropped.labels(reason="retained_request").inc()
+            return None
         tid, op = topic.terminal_id, topic.op
-        reply_to = message.response_topic
-        # the broker ACL lets the gateway write only under .../resp/ (deploy/mosquitto)
-        if not reply_to or not reply_to.startswith(f"onecard/v1/t/{tid}/resp/"):
-            reply_to = response_topic(tid, op)
+        reply_to = _reply_topic(tid, op, message.response_topic)
         pending = _Pending(tid, op, reply_to, message.correlation_data, received)
+        if message.expiry_s is not None:
+            pending.deadline = time.monotonic() + message.expiry_s
         kind_name = self.kinds.get(tid)
         if kind_name is None:
             await self._refresh_kinds()
@@ -352,9 +423,8 @@ class Gateway:
         assert request is not None
         if isinstance(result, Outcome):
             if result.ok and isinstance(request.data, HelloRequest | HeartbeatRequest):
-                self.fleet.seen(
-                    pending.tid, pending.kind or "", request.data.denylist_version, online=True
-                )
+                held = min(request.data.denylist_version, self.deny.version)
+                self.fleet.seen(pending.tid, pending.kind or "", held, online=True)
                 self._fleet_changed.set()
             return result
         if isinstance(result, OnecardError):
@@ -369,7 +439,17 @@ class Gateway:
         """A kiosk self-service request (login, loss report, password change)."""
         assert pending.request is not None
         try:
-            outcome = await self.service.handle(pending.tid, pending.op, pending.request)
+            outcome = await asyncio.wait_for(
+                self.service.handle(pending.tid, pending.op, pending.request, pending.deadline),
+                timeout=self.settings.requests.writer_timeout_ms / 1000 * 2,
+            )
+        except TimeoutError:
+            outcome = self._outcome(
+                pending,
+                OnecardError(
+                    "系统繁忙，请重试", "registry busy: retry", code=ErrorCode.UNAVAILABLE
+                ),
+            )
         except Exception as exc:  # noqa: BLE001 - turned into a reply by _outcome
             outcome = self._outcome(pending, exc)
         if outcome.denylist_version is not None:
@@ -377,17 +457,28 @@ class Gateway:
         await self._publish_all(session, [(pending, outcome)])
 
     async def _publish_all(self, session: Session, replies: list[tuple[_Pending, Outcome]]) -> None:
-        await asyncio.gather(
+        """Publish every reply; one failed publish loses only its own reply (counted)."""
+        sent = await asyncio.gather(
             *(
                 session.publish(p.reply_to, o.payload, correlation_data=p.correlation)
                 for p, o in replies
-            )
+            ),
+            return_exceptions=True,
         )
         now = time.perf_counter()
-        for pending, outcome in replies:
+        for (pending, outcome), result in zip(replies, sent, strict=True):
+            if isinstance(result, BaseException):
+                if isinstance(result, asyncio.CancelledError):
+                    raise result
+                if not isinstance(result, MqttError):
+                    log.error("publishing a reply failed", exc_info=result)
+                self.metrics.dropped.labels(reason="publish_failed").inc()
+                continue
             self._count(pending.op, outcome, now - pending.received)
 
     def _count(self, op: str, outcome: Outcome, seconds: float) -> None:
+        # label values are bounded: an op name comes from a terminal's topic (item 8)
+        op = op if op in OPERATIONS else "unknown"
         key = (op, outcome.code)
         counter = self._decision_children.get(key)
         if counter is None:
@@ -455,9 +546,16 @@ class Gateway:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._deny_wakeup.wait(), timeout=interval)
             self._deny_wakeup.clear()
-            rows = await self.executor.run(
+            read = self.executor.run(
                 functools.partial(_deny_changes_after, version=self.deny.version)
             )
+            try:
+                rows = await asyncio.wait_for(read, timeout=_DENY_READ_TIMEOUT_S)
+            except (TimeoutError, OnecardError) as exc:
+                # the writer is busy or stopped: try again later; never end the gateway on it
+                log.warning("reading the deny-list log failed (%s); retrying", exc)
+                self.metrics.dropped.labels(reason="denylist_read_failed").inc()
+                continue
             changes = self.deny.apply_rows(rows)
             session = self.session
             if (changes or self.deny.needs_snapshot) and session is not None:
@@ -501,7 +599,11 @@ class Gateway:
     # --- time rules and gauges --------------------------------------------------------------------
     async def _scheduler(self) -> None:
         while not await self._sleep_or_stop(self.settings.scheduler_interval_s):
-            changed = await self.cards.run_due(SYSTEM)
+            try:
+                changed = await self.cards.run_due(SYSTEM)
+            except OnecardError as exc:  # the registry is busy: the next round applies them
+                log.warning("scheduler round failed (%s); retrying next round", exc)
+                continue
             if changed:
                 log.info("scheduler applied %d due card changes", len(changed))
                 self._deny_wakeup.set()
@@ -536,3 +638,12 @@ def _peek_id(payload: bytes) -> str | None:
 def _request_id(payload: bytes) -> str:
     value: Any = json.loads(payload).get("request_id")
     return str(value)
+
+
+def _reply_topic(tid: str, op: str, given: str | None) -> str:
+    """The terminal's Response Topic if it is a safe one under its own ``resp/`` (the broker ACL
+    lets the gateway write only there), else the default response topic of ``op``."""
+    prefix = f"onecard/v1/t/{tid}/resp/"
+    if given and given.startswith(prefix) and _REPLY_SUFFIX.fullmatch(given[len(prefix) :]):
+        return given
+    return response_topic(tid, op)

@@ -379,7 +379,10 @@ class SqliteTapTx:
         return None if value is None else int(value)
 
 
-BUSY_WAIT_S = 10.0
+#: How long a batch waits for another writer (the counter, a kiosk's loss report) to release
+#: the registry's write lock before every job of the batch is answered ``unavailable``: a slow
+#: counter transaction costs terminals a fast, retryable refusal, not a stall (issue 8, item 11).
+LOCK_WAIT_S = 2.0
 BUSY_RETRY_S = 0.0005
 
 
@@ -415,11 +418,21 @@ class SqliteTapWriter:
     """One writer thread, group commit. ``await writer.run(job)`` -> the job's result, durable."""
 
     def __init__(
-        self, path: str | Path, *, max_batch: int = 256, busy_timeout_ms: int = 10_000
+        self,
+        path: str | Path,
+        *,
+        max_batch: int = 256,
+        busy_timeout_ms: int = 10_000,
+        lock_wait_s: float = LOCK_WAIT_S,
     ) -> None:
         self.path = str(path)
         self.max_batch = max_batch
         self.busy_timeout_ms = busy_timeout_ms
+        self.lock_wait_s = lock_wait_s
+        #: Set if the writer thread ended on an unexpected error (the gateway is then not ready).
+        self.failure: BaseException | None = None
+        #: ``time.monotonic()`` when the batch now running started, or None when idle.
+        self.busy_since: float | None = None
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._checkpoint_thread: threading.Thread | None = None
@@ -451,19 +464,30 @@ class SqliteTapWriter:
             await asyncio.to_thread(self._checkpoint_thread.join, 30)
         self._thread = self._checkpoint_thread = None
 
-    async def run(self, fn: Callable[[SqliteTapTx], T]) -> T:
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and self.failure is None
+
+    def _check_alive(self) -> None:
         if self._thread is None:
             msg = "tap writer not started"
             raise RuntimeError(msg)
+        if not self.alive:
+            raise OnecardError(
+                "数据库写入线程已停止",
+                f"registry writer stopped: {self.failure!r}",
+                code=ErrorCode.UNAVAILABLE,
+            )
+
+    async def run(self, fn: Callable[[SqliteTapTx], T]) -> T:
+        self._check_alive()
         future: Future[T] = Future()
         self._queue.put(_Job([fn], future, many=False))
         return await asyncio.wrap_future(future)
 
     async def run_many(self, fns: Sequence[Callable[[SqliteTapTx], T]]) -> list[T | BaseException]:
         """Several jobs, one wake-up: each result, or the exception its job raised, in order."""
-        if self._thread is None:
-            msg = "tap writer not started"
-            raise RuntimeError(msg)
+        self._check_alive()
         future: Future[list[T | BaseException]] = Future()
         self._queue.put(_Job(list(fns), future, many=True))
         return await asyncio.wrap_future(future)
@@ -504,26 +528,57 @@ class SqliteTapWriter:
         ready.set_result(None)
         tx = SqliteTapTx(conn)
         try:
-            while True:
-                first = self._queue.get()
-                if first is _STOP:
-                    return
-                batch = [first]
-                stop = False
-                while len(batch) < self.max_batch:
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is _STOP:
-                        stop = True
-                        break
-                    batch.append(item)
-                self._run_batch(conn, tx, batch)
-                if stop:
-                    return
+            self._loop(conn, tx)
+        except BaseException as exc:  # noqa: BLE001 - recorded: /readyz and every caller see it
+            self.failure = exc
+            self._fail_queued(exc)
         finally:
             conn.close()
+
+    def _fail_queued(self, exc: BaseException) -> None:
+        failure = OnecardError(
+            "数据库写入线程已停止", f"registry writer stopped: {exc!r}", code=ErrorCode.UNAVAILABLE
+        )
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is not _STOP and item.future.set_running_or_notify_cancel():
+                item.future.set_exception(failure)
+
+    def _loop(self, conn: sqlite3.Connection, tx: SqliteTapTx) -> None:
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < self.max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stop = True
+                    break
+                batch.append(item)
+            # a job whose caller gave up (cancelled) is not run at all; the others can no
+            # longer be cancelled, so setting their results below cannot raise
+            batch = [job for job in batch if job.future.set_running_or_notify_cancel()]
+            if batch:
+                self.busy_since = time.monotonic()
+                try:
+                    self._run_batch(conn, tx, batch)
+                except BaseException as exc:
+                    for job in batch:
+                        if not job.future.done():
+                            job.future.set_exception(exc)
+                    raise
+                finally:
+                    self.busy_since = None
+            if stop:
+                return
 
     def _run_batch(self, conn: sqlite3.Connection, tx: SqliteTapTx, batch: list[_Job]) -> None:
         """Run every job in one transaction and commit once (group commit).
@@ -533,9 +588,9 @@ class SqliteTapWriter:
         failing job rolls back alone and the others still commit.
         """
         try:
-            outcomes = self._attempt(conn, tx, batch, safe=False)
+            outcomes = self._attempt(conn, tx, batch, safe=False, lock_wait_s=self.lock_wait_s)
             if outcomes is None:
-                outcomes = self._attempt(conn, tx, batch, safe=True)
+                outcomes = self._attempt(conn, tx, batch, safe=True, lock_wait_s=self.lock_wait_s)
             assert outcomes is not None
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
@@ -544,8 +599,7 @@ class SqliteTapWriter:
                 "数据库暂不可用", f"registry unavailable: {exc}", code=ErrorCode.UNAVAILABLE
             )
             for job in batch:
-                if not job.future.done():
-                    job.future.set_exception(failure)
+                job.future.set_exception(failure)
             return
         self.batches += 1
         for job, results in zip(batch, outcomes, strict=True):
@@ -559,10 +613,15 @@ class SqliteTapWriter:
 
     @staticmethod
     def _attempt(
-        conn: sqlite3.Connection, tx: SqliteTapTx, batch: list[_Job], *, safe: bool
+        conn: sqlite3.Connection,
+        tx: SqliteTapTx,
+        batch: list[_Job],
+        *,
+        safe: bool,
+        lock_wait_s: float,
     ) -> list[list[Any]] | None:
         outcomes: list[list[Any]] = []
-        _begin(conn, deadline=time.monotonic() + BUSY_WAIT_S)
+        _begin(conn, deadline=time.monotonic() + lock_wait_s)
         tx.begin_batch()
         for job in batch:
             results: list[Any] = []

@@ -311,6 +311,16 @@ def _check_conf_value(name: str, value: str) -> str:
     return value
 
 
+#: Broker-wide packet ceiling: room for a deny-list snapshot of ~1 M cards (1.7 bytes a card).
+MAX_PACKET_SIZE = 8 * 1024 * 1024
+
+
+def _check_packet_size(size: int) -> int:
+    if not 20_000 <= size <= 268_435_455:
+        raise InvalidInput("报文上限无效", f"invalid max_packet_size {size}")
+    return size
+
+
 def _check_port(port: int) -> int:
     if not 1 <= port <= 65535:
         raise InvalidInput("端口无效", f"invalid port {port}")
@@ -333,6 +343,7 @@ def render_mosquitto_conf(
     max_inflight_messages: int = 1000,
     max_queued_messages: int = 10000,
     username_as_clientid: bool = True,
+    max_packet_size: int = MAX_PACKET_SIZE,
 ) -> str:
     """``mosquitto.conf`` with ``listener PORT BIND`` as its first option line.
 
@@ -370,6 +381,11 @@ def render_mosquitto_conf(
         "# Receive-maximum announced to MQTT v5 clients; 20 (the default) stalls busy gateways.",
         f"max_inflight_messages {max_inflight_messages}",
         f"max_queued_messages {max_queued_messages}",
+        "# No client may send a packet bigger than this: the broker disconnects it after reading",
+        "# the fixed header, before the body (the default is 256 MiB). It leaves room for the",
+        "# gateway's deny-list snapshot; requests are at most 16 KiB and the gateway announces a",
+        "# 32 KiB Maximum Packet Size, so bigger messages are never delivered to it.",
+        f"max_packet_size {_check_packet_size(max_packet_size)}",
         "",
     ]
     if persistence:

@@ -16,8 +16,17 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-#: The errors a broken or refused connection raises; the runtime reconnects on these.
-MqttError = aiomqtt.MqttError
+
+class MqttError(Exception):
+    """The seam's own error: a broken or refused connection, or a publish that could not be
+    sent. The runtime reconnects on it; both adapters raise only this (ARCHITECTURE.md §10)."""
+
+
+#: Largest MQTT packet the gateway accepts from the broker (MQTT v5 Maximum Packet Size,
+#: announced in CONNECT): a request is at most 16 KiB of payload plus topic and properties. The
+#: broker drops a bigger message for the gateway instead of sending it, so one terminal's huge
+#: publish never reaches the gateway's parser (issue 8, item 1).
+MAX_INBOUND_PACKET = 32 * 1024
 
 NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 
@@ -32,6 +41,10 @@ class MqttSettings:
     keepalive: int = 30
     session_expiry_s: int = 3600  # keep our subscriptions and queued requests while we restart
     max_inflight: int = 1000
+    max_packet: int = MAX_INBOUND_PACKET
+    #: Messages received but not yet taken by the runtime; past it the gateway stops
+    #: acknowledging, so the broker's flow control (our receive maximum) holds the rest.
+    max_queued: int = 2000
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +54,8 @@ class Inbound:
     retain: bool
     response_topic: str | None = None
     correlation_data: bytes | None = None
+    #: MQTT v5 Message Expiry Interval left when the broker delivered it (seconds), if any.
+    expiry_s: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +97,7 @@ class MqttSession:
     ) -> None:
         connect_props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         connect_props.SessionExpiryInterval = settings.session_expiry_s
+        connect_props.MaximumPacketSize = settings.max_packet
         self._client = aiomqtt.Client(
             settings.host,
             settings.port,
@@ -101,7 +117,10 @@ class MqttSession:
         )
 
     async def __aenter__(self) -> Self:
-        await self._client.__aenter__()
+        try:
+            await self._client.__aenter__()
+        except aiomqtt.MqttError as exc:
+            raise MqttError(str(exc)) from exc
         return self
 
     async def __aexit__(
@@ -110,25 +129,33 @@ class MqttSession:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self._client.__aexit__(exc_type, exc, tb)
+        try:
+            await self._client.__aexit__(exc_type, exc, tb)
+        except aiomqtt.MqttError as error:
+            raise MqttError(str(error)) from error
 
     async def subscribe(self, filters: Sequence[str], qos: int = 1) -> None:
-        for topic_filter in filters:
-            await self._client.subscribe(topic_filter, qos=qos)
+        try:
+            for topic_filter in filters:
+                await self._client.subscribe(topic_filter, qos=qos)
+        except aiomqtt.MqttError as exc:
+            raise MqttError(str(exc)) from exc
 
     async def messages(self) -> AsyncIterator[Inbound]:
-        async for message in self._client.messages:
-            payload = message.payload if isinstance(message.payload, bytes | bytearray) else b""
-            props = message.properties
-            response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
-            correlation = getattr(props, "CorrelationData", None) if props is not None else None
-            yield Inbound(
-                topic=message.topic.value,
-                payload=bytes(payload),
-                retain=message.retain,
-                response_topic=response_topic,
-                correlation_data=correlation,
-            )
+        try:
+            async for message in self._client.messages:
+                payload = message.payload if isinstance(message.payload, bytes | bytearray) else b""
+                props = message.properties
+                yield Inbound(
+                    topic=message.topic.value,
+                    payload=bytes(payload),
+                    retain=message.retain,
+                    response_topic=getattr(props, "ResponseTopic", None) if props else None,
+                    correlation_data=getattr(props, "CorrelationData", None) if props else None,
+                    expiry_s=getattr(props, "MessageExpiryInterval", None) if props else None,
+                )
+        except aiomqtt.MqttError as exc:
+            raise MqttError(str(exc)) from exc
 
     async def publish(
         self,
@@ -143,4 +170,9 @@ class MqttSession:
         if correlation_data is not None:
             properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             properties.CorrelationData = correlation_data
-        await self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+        try:
+            await self._client.publish(
+                topic, payload, qos=qos, retain=retain, properties=properties
+            )
+        except aiomqtt.MqttError as exc:
+            raise MqttError(str(exc)) from exc

@@ -1,6 +1,15 @@
 """The gmqtt adapter: the same :class:`MqttSession` shape as :mod:`gateway.mqtt.client`, on
 gmqtt (asyncio transports, which set TCP_NODELAY themselves). Chosen by ``mqtt.client = "gmqtt"``;
 the benchmarks (docs/benchmarks.md) record why. The only module that imports gmqtt.
+
+Flow control, both ways (issue 8, item 7 and the unbounded queues of item 12):
+
+- inbound: a request is acknowledged (PUBACK) only once it is in the bounded hand-over queue;
+  while the runtime is behind, acknowledgements wait, and the broker stops sending once our
+  receive maximum of unacknowledged messages is reached. Nothing is buffered without bound.
+- outbound: gmqtt raises ``OverflowError`` when more QoS 1 publishes are unacknowledged than the
+  broker's receive maximum; :meth:`GmqttSession.publish` waits for a PUBACK to free a packet id
+  instead, so a burst of replies is delayed, never lost.
 """
 
 from __future__ import annotations
@@ -17,6 +26,25 @@ from gmqtt.mqtt.constants import MQTTv50  # type: ignore[import-untyped]
 from gateway.mqtt.client import Inbound, LastWill, MqttError, MqttSettings
 
 _LOST = object()
+#: How long a publish waits for the broker to acknowledge earlier ones before giving up.
+PUBLISH_WAIT_S = 10.0
+
+
+def _watch_pubacks(client: Any, freed: asyncio.Event) -> None:
+    """Set ``freed`` whenever a PUBACK frees one of our packet ids."""
+    handler = client._package_handler
+    original = handler._handle_puback_packet
+
+    def on_puback(cmd: int, packet: bytes) -> None:
+        original(cmd, packet)
+        freed.set()
+
+    handler._handle_puback_packet = on_puback
+
+
+def _inflight_full(client: Any) -> bool:
+    generator = client._package_handler.id_generator
+    return bool(len(generator._used_ids) >= generator._max - 1)
 
 
 class GmqttSession:
@@ -30,37 +58,54 @@ class GmqttSession:
         self._client = gmqtt.Client(
             settings.client_id,
             clean_session=clean_start,
+            optimistic_acknowledgement=False,
             will_message=will_message,
             session_expiry_interval=settings.session_expiry_s,
             receive_maximum=settings.max_inflight,
+            maximum_packet_size=settings.max_packet,
         )
+        self._freed = asyncio.Event()
+        _watch_pubacks(self._client, self._freed)
         self._client.set_config({"reconnect_retries": 0, "reconnect_delay": 0})
         if settings.username is not None:
             self._client.set_auth_credentials(settings.username, settings.password)
-        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=settings.max_queued)
         self._client.on_message = self._on_message
         self._client.on_disconnect = self._on_disconnect
         self._closing = False
+        self._lost = asyncio.Event()
 
-    def _on_message(
+    async def _on_message(
         self, _client: Any, topic: str, payload: bytes, _qos: int, properties: dict[str, Any]
     ) -> int:
+        """Queue the message; gmqtt sends the PUBACK when this returns (not before)."""
         response = properties.get("response_topic")
         correlation = properties.get("correlation_data")
-        self._queue.put_nowait(
-            Inbound(
-                topic=topic,
-                payload=bytes(payload),
-                retain=bool(properties.get("retain")),
-                response_topic=response[0] if response else None,
-                correlation_data=correlation[0] if correlation else None,
-            )
+        expiry = properties.get("message_expiry_interval")
+        item = Inbound(
+            topic=topic,
+            payload=bytes(payload),
+            retain=bool(properties.get("retain")),
+            response_topic=response[0] if response else None,
+            correlation_data=correlation[0] if correlation else None,
+            expiry_s=int(expiry[0]) if expiry else None,
         )
+        if self._queue.full():
+            put = asyncio.ensure_future(self._queue.put(item))
+            lost = asyncio.ensure_future(self._lost.wait())
+            await asyncio.wait({put, lost}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (put, lost):
+                task.cancel()
+        else:
+            self._queue.put_nowait(item)
         return 0
 
     def _on_disconnect(self, *_args: Any, **_kw: Any) -> None:
+        self._lost.set()
+        self._freed.set()
         if not self._closing:
-            self._queue.put_nowait(_LOST)
+            with contextlib.suppress(asyncio.QueueFull):
+                self._queue.put_nowait(_LOST)
 
     async def __aenter__(self) -> Self:
         try:
@@ -90,8 +135,13 @@ class GmqttSession:
 
     async def messages(self) -> AsyncIterator[Inbound]:
         while True:
+            if self._lost.is_set() and self._queue.empty():
+                raise MqttError("connection to the broker lost")
             item = await self._queue.get()
             if item is _LOST:
+                if not self._queue.empty():  # what arrived before the loss is still served
+                    self._queue.put_nowait(_LOST)
+                    continue
                 raise MqttError("connection to the broker lost")
             yield item
 
@@ -104,9 +154,22 @@ class GmqttSession:
         retain: bool = False,
         correlation_data: bytes | None = None,
     ) -> None:
-        if not self._client.is_connected:
+        client = self._client
+        if qos > 0 and client.is_connected and _inflight_full(client):
+            deadline = asyncio.get_running_loop().time() + PUBLISH_WAIT_S
+            while client.is_connected and _inflight_full(client):
+                self._freed.clear()
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    raise MqttError("broker did not acknowledge earlier publishes")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._freed.wait(), timeout=remaining)
+        if not client.is_connected:
             raise MqttError("not connected")
         kwargs: dict[str, Any] = {}
         if correlation_data is not None:
             kwargs["correlation_data"] = correlation_data
-        self._client.publish(topic, payload, qos=qos, retain=retain, **kwargs)
+        try:
+            client.publish(topic, payload, qos=qos, retain=retain, **kwargs)
+        except OverflowError as exc:  # a race with the check above: treat as not sent
+            raise MqttError(str(exc)) from exc

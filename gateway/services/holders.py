@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -191,29 +192,35 @@ class HolderService:
             code=ErrorCode.AUTH_FAILED,
             rule="LOSS-1",
         )
-        async with self.ctx.registry.transaction() as tx:
+        # the password checks (scrypt, tens of milliseconds) run in a thread, outside any
+        # transaction: never on the event loop, never holding the write lock (issue 8, item 12)
+        async with self.ctx.registry.read() as tx:
             candidates = [
                 h
                 for h in await tx.holders_by_number(number)
                 if h.status == "active" and (h.password_hash or h.national_id)
             ]
-            if not candidates:
-                raise wrong
-            for holder in candidates:
-                if holder.locked_until is not None and holder.locked_until > now:
-                    continue
-                if check_holder_password(holder, password):
+        if not candidates:
+            raise wrong
+        open_ = [h for h in candidates if h.locked_until is None or h.locked_until <= now]
+        matches = await asyncio.to_thread(
+            lambda: [check_holder_password(h, password) for h in open_]
+        )
+        locked_any = len(open_) < len(candidates)
+        async with self.ctx.registry.transaction() as tx:
+            for holder, match in zip(open_, matches, strict=True):
+                if match:
                     if holder.failed_logins:
                         await tx.update(
                             "holders", holder.id, {"failed_logins": 0, "locked_until": None}
                         )
                     return Actor(name=f"holder:{holder.id}", channel=channel, holder_id=holder.id)
-            locked_any = False
-            for holder in candidates:
-                if holder.locked_until is not None and holder.locked_until > now:
+            for holder in open_:
+                fresh = await tx.get_holder(holder.id)  # counted under the write lock
+                if fresh.locked_until is not None and fresh.locked_until > now:
                     locked_any = True
                     continue
-                failed = holder.failed_logins + 1
+                failed = fresh.failed_logins + 1
                 locked = now + LOCKOUT if failed >= MAX_FAILED_LOGINS else None
                 await tx.update(
                     "holders",

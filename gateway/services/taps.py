@@ -9,8 +9,10 @@ returns.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -100,6 +102,8 @@ from storage.records import Holder, Row, TapCard
 
 KIOSK_SESSION_TTL = timedelta(minutes=5)
 _NOT_ISSUED = frozenset({CardState.PRINTING, CardState.READY})
+#: Presence ops: not idempotency-recorded, never expired (they move nothing).
+_PRESENCE_OPS = frozenset({"hello", "heartbeat"})
 #: Ops whose handler may write before it refuses: their writes are undone on refusal.
 _UNDO_OPS = frozenset({"water_hold"})
 
@@ -174,7 +178,9 @@ class TerminalService:
         }
 
     # --- the one entry point ---------------------------------------------------------------
-    async def handle(self, terminal_id: str, op: str, request: Request[Any]) -> Outcome:
+    async def handle(
+        self, terminal_id: str, op: str, request: Request[Any], deadline: float | None = None
+    ) -> Outcome:
         """Decide ``request`` durably and idempotently; returns the reply to publish.
 
         Taps run as jobs of the batching writer (one transaction per batch, committed before
@@ -190,14 +196,15 @@ class TerminalService:
         now = self.ctx.clock.now()
         key = fingerprint(op, request)
         return await self.executor.run(
-            lambda tx: self._decide(tx, terminal_id, op, request, key, now)
+            lambda tx: self._decide(tx, terminal_id, op, request, key, now, deadline)
         )
 
     async def handle_many(
-        self, requests: list[tuple[str, str, Request[Any]]]
+        self, requests: list[tuple[str, str, Request[Any], float | None]]
     ) -> list[Outcome | BaseException]:
         """Many taps, one writer wake-up: each decided in its own savepoint, all committed
-        together before this returns (group commit)."""
+        together before this returns (group commit). The last item of each request is its
+        deadline on ``time.monotonic()`` (from MQTT v5 Message Expiry), if it has one."""
         now = self.ctx.clock.now()
         jobs = [
             functools.partial(
@@ -207,18 +214,34 @@ class TerminalService:
                 request=request,
                 key=fingerprint(op, request),
                 now=now,
+                deadline=deadline,
             )
-            for tid, op, request in requests
+            for tid, op, request, deadline in requests
         ]
         return await self.executor.run_many(jobs)
 
     def _decide(
-        self, tx: TapTx, terminal_id: str, op: str, request: Request[Any], key: str, now: datetime
+        self,
+        tx: TapTx,
+        terminal_id: str,
+        op: str,
+        request: Request[Any],
+        key: str,
+        now: datetime,
+        deadline: float | None = None,
     ) -> Outcome:
         stored = tx.idempotent(terminal_id, request.request_id)
-        if stored is not None:
+        if stored is not None:  # a retry gets the first decision, however late it comes
             return _replayed(request.request_id, key, stored[0], stored[1])
         terminal = _checked_terminal(terminal_id, tx.terminal(terminal_id))
+        late = None if op in _PRESENCE_OPS else self._late(request, deadline)
+        if late is not None:
+            # decided once and for all: a later retry of this id replays the same refusal
+            outcome = Outcome(
+                encode_error(request.request_id, late), ok=False, code=late.code.value
+            )
+            tx.record_reply(terminal_id, request.request_id, op, key, outcome.payload.decode(), now)
+            return outcome
         try:
             if op in _UNDO_OPS:
                 with tx.undo_on(Refused):
@@ -229,9 +252,33 @@ class TerminalService:
             outcome = Outcome(encode_error(request.request_id, exc), ok=False, code=exc.code.value)
         else:
             outcome = Outcome(encode_reply(op, request.request_id, data), ok=True, code="approved")
-        if op not in ("hello", "heartbeat"):
+        if op not in _PRESENCE_OPS:
             tx.record_reply(terminal_id, request.request_id, op, key, outcome.payload.decode(), now)
         return outcome
+
+    def _late(self, request: Request[Any], deadline: float | None) -> OnecardError | None:
+        """``expired`` past the request's deadline (MQTT Message Expiry or ``sent_ms`` +
+        ``request_ttl_ms``), ``clock_skew`` for a ``sent_ms`` ahead of the gateway's clock."""
+        if deadline is not None and time.monotonic() > deadline:
+            return OnecardError(code=ErrorCode.EXPIRED)
+        if request.sent_ms is None:
+            return None
+        now_ms = _ms(self.ctx.clock.now())
+        if request.sent_ms > now_ms + self.config.clock_tolerance_ms:
+            return OnecardError(
+                "请求时间晚于网关时间，请先同步时钟",
+                f"sent_ms is {request.sent_ms - now_ms} ms ahead of the gateway's clock"
+                f" (tolerance {self.config.clock_tolerance_ms} ms): synchronise with hello",
+                code=ErrorCode.CLOCK_SKEW,
+            )
+        if now_ms > request.sent_ms + self.config.request_ttl_ms:
+            return OnecardError(
+                "请求已过期，未执行",
+                f"request sent {now_ms - request.sent_ms} ms ago, past request_ttl_ms"
+                f" {self.config.request_ttl_ms}: nothing done",
+                code=ErrorCode.EXPIRED,
+            )
+        return None
 
     async def _replay(self, tx: Tx, terminal_id: str, request_id: str, key: str) -> Outcome | None:
         row = await tx.get("idempotency", (terminal_id, request_id))
@@ -252,28 +299,26 @@ class TerminalService:
                 f"terminal registered as {t.kind}, not {data.kind}",
                 code=ErrorCode.PERMISSION_DENIED,
             )
+        current = self._deny_version(tx)
         tx.update(
             "terminals",
             t.id,
             {
                 "firmware": data.firmware,
-                "denylist_version": data.denylist_version,
+                # a terminal cannot claim a version that does not exist yet (issue 8, item 13)
+                "denylist_version": min(data.denylist_version, current),
                 "last_seen_at": now,
             },
         )
-        return HelloResponse(
-            server_time_ms=_ms(now),
-            denylist_version=self._deny_version(tx),
-            config=self.config,
-        )
+        return HelloResponse(server_time_ms=_ms(now), denylist_version=current, config=self.config)
 
     def _heartbeat(
         self, tx: TapTx, t: Terminal, data: HeartbeatRequest, now: datetime
     ) -> HeartbeatResponse:
-        tx.update(
-            "terminals", t.id, {"denylist_version": data.denylist_version, "last_seen_at": now}
-        )
-        return HeartbeatResponse(server_time_ms=_ms(now), denylist_version=self._deny_version(tx))
+        current = self._deny_version(tx)
+        held = min(data.denylist_version, current)
+        tx.update("terminals", t.id, {"denylist_version": held, "last_seen_at": now})
+        return HeartbeatResponse(server_time_ms=_ms(now), denylist_version=current)
 
     def _deny_version(self, tx: TapTx) -> int:
         return tx.deny_version()
@@ -780,15 +825,14 @@ class TerminalService:
                 holder = await self._session(tx, t, data.session, now)
             except Refused as exc:
                 return Outcome(encode_error(request.request_id, exc), ok=False, code=exc.code.value)
-        if check_holder_password(holder, data.old_password):
-            new_hash = hash_password(data.new_password)
+        new_hash = await asyncio.to_thread(_rehash, holder, data.old_password, data.new_password)
+        if new_hash is not None:
             outcome = Outcome(
                 encode_reply(op, request.request_id, ChangePasswordResponse()),
                 ok=True,
                 code="approved",
             )
         else:
-            new_hash = None
             wrong = Refused(
                 "原密码错误", "wrong current password", code=ErrorCode.AUTH_FAILED, rule="LOSS-1"
             )
@@ -832,6 +876,11 @@ class TerminalService:
             spec, at=now, actor=t.actor.name, card_id=card_id, terminal_id=t.id, holder_id=holder_id
         )
         return TopupResponse(balance_after_fen=tx.balance(purse(holder_id)), transfer_id=str(tid))
+
+
+def _rehash(holder: Holder, old: str, new: str) -> str | None:
+    """The new password's hash if ``old`` is right (scrypt: run in a thread)."""
+    return hash_password(new) if check_holder_password(holder, old) else None
 
 
 def _checked_terminal(terminal_id: str, found: tuple[str, str | None, bool] | None) -> Terminal:

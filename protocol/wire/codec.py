@@ -87,6 +87,8 @@ def decode_request(op: str, payload: bytes, *, kind: TerminalKind | None = None)
         request: Request[Any] = spec.request_envelope.model_validate_json(payload)
     except ValidationError as exc:
         raise _validation_error(exc, payload) from None
+    except (RecursionError, ValueError) as exc:  # nesting deeper than the parser allows
+        raise MalformedMessage(_MALFORMED_ZH, f"malformed message: {type(exc).__name__}") from None
     if spec.refusal is not None:
         r = spec.refusal
         raise OperationRefused(
@@ -99,7 +101,7 @@ def _peek_request_id(payload: bytes) -> str | None:
     """Best effort, error path only: the request id of a payload that failed validation."""
     try:
         doc = json.loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):  # json.loads on "[" * 16_000 raises RecursionError
         return None
     if isinstance(doc, dict):
         rid = doc.get("request_id")

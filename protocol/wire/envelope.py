@@ -28,7 +28,7 @@ from pydantic import (
 )
 
 from protocol.errors import ErrorCode, OnecardError, bilingual
-from protocol.wire.fields import RequestId, RuleId, WireModel
+from protocol.wire.fields import EpochMs, RequestId, RuleId, WireModel
 
 __all__ = [
     "WIRE_VERSION",
@@ -47,6 +47,9 @@ EnvelopeVersion = Annotated[int, Field(ge=WIRE_VERSION, le=WIRE_VERSION)]
 class Request(WireModel, Generic[DataT]):
     v: EnvelopeVersion
     request_id: RequestId
+    #: When the terminal sent the request (its clock, synchronised from ``server_time_ms``):
+    #: the gateway decides it only until ``sent_ms + request_ttl_ms``, then answers ``expired``.
+    sent_ms: EpochMs | None = None
     data: DataT
 
 

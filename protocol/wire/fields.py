@@ -22,6 +22,7 @@ __all__ = [
     "MAX_AMOUNT_FEN",
     "MAX_BALANCE_FEN",
     "MAX_EPOCH_MS",
+    "MAX_TIME_MS",
     "AmountFen",
     "CardUid",
     "EpochMs",
@@ -42,8 +43,12 @@ __all__ = [
 MAX_AMOUNT_FEN = 1_000_000
 #: Largest balance the contract can carry: 10 000 000 yuan.
 MAX_BALANCE_FEN = 1_000_000_000
-#: Largest timestamp (and version): 2**53 - 1, exact in every JSON parser.
+#: Largest version number: 2**53 - 1, exact in every JSON parser.
 MAX_EPOCH_MS = 2**53 - 1
+#: Largest timestamp: 2100-01-01T00:00:00Z. Every ``*_ms`` time is also checked against the
+#: gateway's clock where it matters (request deadlines, offline sales): a year-9999 time is
+#: refused at the door instead of overflowing date arithmetic later.
+MAX_TIME_MS = 4_102_444_800_000
 
 
 class WireModel(BaseModel):
@@ -65,7 +70,7 @@ RequestId = Annotated[
 CardUid = Annotated[str, StringConstraints(pattern=CARD_UID_PATTERN)]
 AmountFen = Annotated[int, Field(ge=1, le=MAX_AMOUNT_FEN)]
 Fen = Annotated[int, Field(ge=0, le=MAX_BALANCE_FEN)]
-EpochMs = Annotated[int, Field(ge=0, le=MAX_EPOCH_MS)]
+EpochMs = Annotated[int, Field(ge=0, le=MAX_TIME_MS)]
 Version = Annotated[int, Field(ge=0, le=MAX_EPOCH_MS)]
 SessionToken = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{16,128}$")]
 TransferId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]

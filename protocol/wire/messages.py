@@ -104,6 +104,13 @@ class TerminalConfig(WireModel):
     offline_max_daily_fen: Fen
     #: Most offline sales stored before the terminal refuses further taps.
     offline_max_count: Count
+    #: A request is decided only until ``sent_ms + request_ttl_ms`` (gateway clock); later it is
+    #: answered ``expired`` and moves no money. Set MQTT v5 Message Expiry to the same (seconds).
+    request_ttl_ms: Count = 5000
+    #: Largest tolerated difference between the terminal's and the gateway's clock: a ``sent_ms``
+    #: further ahead is ``clock_skew``. A terminal may sell a tap offline only after
+    #: ``sent_ms + request_ttl_ms + clock_tolerance_ms`` without a reply (§8.3).
+    clock_tolerance_ms: Count = 2000
 
 
 class HelloRequest(WireModel):

@@ -89,6 +89,8 @@ _SPECS = (
                 "offline_max_amount_fen": 3000,
                 "offline_max_daily_fen": 10000,
                 "offline_max_count": 500,
+                "request_ttl_ms": 5000,
+                "clock_tolerance_ms": 2000,
             },
         },
         errors=(ErrorCode.TERMINAL_UNKNOWN, ErrorCode.TERMINAL_DISABLED),

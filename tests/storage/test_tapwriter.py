@@ -117,3 +117,68 @@ async def test_waits_for_another_writer_instead_of_failing(tmp_path: Path) -> No
         other.close()
         await writer.close()
         await registry.close()
+
+
+async def test_a_caller_that_gives_up_does_not_kill_the_writer(tmp_path: Path) -> None:
+    """Issue 8 item 12: a cancelled awaiter used to make ``set_result`` raise InvalidStateError
+    after COMMIT, ending the writer thread, and every later tap hung. Now a job whose caller
+    already gave up is not run; one that runs finishes and the writer keeps serving."""
+    registry = await SqlRegistry.open(tmp_path / "r.sqlite3", migrate=True)
+    holder = await _seed(registry)
+    writer = SqliteTapWriter(tmp_path / "r.sqlite3")
+    writer.start()
+    try:
+        started = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def slow(tx: SqliteTapTx) -> int:
+            loop.call_soon_threadsafe(started.set)
+            import time as _time
+
+            _time.sleep(0.3)
+            return tx.balance(ledger.purse(holder))
+
+        def never(tx: SqliteTapTx) -> int:
+            raise AssertionError("a cancelled job must not run")
+
+        running = asyncio.ensure_future(writer.run(slow))
+        await started.wait()
+        queued = asyncio.ensure_future(writer.run(never))
+        await asyncio.sleep(0)
+        running.cancel()
+        queued.cancel()
+        await asyncio.sleep(0.5)
+        assert writer.alive
+        assert await writer.run(lambda tx: tx.balance(ledger.purse(holder))) == 1_000
+    finally:
+        await writer.close()
+        await registry.close()
+
+
+async def test_a_held_write_lock_answers_unavailable_after_the_bounded_wait(
+    tmp_path: Path,
+) -> None:
+    """Issue 8 item 11: another connection holding the write lock costs the batch a fast
+    ``unavailable`` after ``lock_wait_s``, not a stall."""
+    from protocol.errors import ErrorCode, OnecardError
+
+    registry = await SqlRegistry.open(tmp_path / "r.sqlite3", migrate=True)
+    holder = await _seed(registry)
+    writer = SqliteTapWriter(tmp_path / "r.sqlite3", lock_wait_s=0.3)
+    writer.start()
+    other = sqlite3.connect(tmp_path / "r.sqlite3", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(OnecardError) as caught:
+            await writer.run(lambda tx: tx.balance(ledger.purse(holder)))
+        assert caught.value.code is ErrorCode.UNAVAILABLE
+        assert loop.time() - started < 2.0
+        other.execute("ROLLBACK")
+        assert await writer.run(lambda tx: tx.balance(ledger.purse(holder))) == 1_000
+        assert writer.alive
+    finally:
+        other.close()
+        await writer.close()
+        await registry.close()
