@@ -668,6 +668,7 @@ class Pos(Terminal):
                     amount_fen=amount,
                     at_ms=now_ms,
                     merchant_id=merchant_id,
+                    denylist_version=self.deny.version,  # the list this sale was checked against
                 )
                 self.next_seq += 1
                 self.backlog.append(sale)

@@ -1075,6 +1075,17 @@ def report_settlement(opts: Options, day: str, out: Path | None) -> None:
     _show(opts, run_as(opts, lambda c, a: c.reports.daily_settlement(a, parse_day(day))), out)
 
 
+@report.command("offline")
+@click.option("--since")
+@click.option("--until")
+@OUT
+@pass_opts
+def report_offline(opts: Options, since: str | None, until: str | None, out: Path | None) -> None:
+    """Refused and disputed offline sales, by upload date (terminal contract §8.3)."""
+    start, end = _period(since, until)
+    _show(opts, run_as(opts, lambda c, a: c.reports.offline_disputes(a, start, end)), out)
+
+
 @report.command("stock")
 @OUT
 @pass_opts

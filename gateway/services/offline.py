@@ -86,15 +86,16 @@ class SettlementRules:
         cls,
         config: TerminalConfig,
         *,
-        clock_tolerance: timedelta = CLOCK_TOLERANCE,
-        max_sale_age: timedelta = MAX_SALE_AGE,
+        clock_tolerance_s: float = CLOCK_TOLERANCE.total_seconds(),
+        max_sale_age_s: float = MAX_SALE_AGE.total_seconds(),
     ) -> SettlementRules:
+        """The rules for terminals given ``config`` (``hello``), with the gateway's window."""
         return cls(
             max_amount_fen=config.offline_max_amount_fen,
             max_daily_fen=config.offline_max_daily_fen,
             max_list_age=timedelta(seconds=config.offline_max_age_s),
-            clock_tolerance=clock_tolerance,
-            max_sale_age=max_sale_age,
+            clock_tolerance=timedelta(seconds=clock_tolerance_s),
+            max_sale_age=timedelta(seconds=max_sale_age_s),
         )
 
 

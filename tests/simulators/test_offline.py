@@ -90,5 +90,10 @@ async def test_offline_limits_come_from_hello_and_lost_cards_are_refused(sim: Si
         await sim.start()
         await until(lambda: pos.online and not pos.backlog)
         assert pos.uploaded == {1}
+        held = pos.deny.version
     assert await sim.campus.balance(fine) == 10_000 - 2000
     assert await sim.campus.balance(lost) == 10_000
+    async with sim.campus.registry.read() as tx:
+        (row,) = await tx.find("offline_sales", terminal_id="pos-002")
+    # the sale names the deny list it was checked against (§8.3): it held the loss already
+    assert (row["denylist_version"], row["result"], row["bearer"]) == (held, "accepted", "holder")
