@@ -17,7 +17,9 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from gateway.config import load_settings
 from gateway.mqtt.broker_files import mosquitto_password_hash
+from gateway.runtime import Gateway
 from gateway.services.base import Context
 from gateway.services.offline import SettlementRules
 from gateway.services.taps import TerminalService
@@ -340,3 +342,18 @@ async def test_duplicates_stay_exactly_once_for_accepted_and_rejected_sales(pos:
     assert await offline_transfers(pos.c) == 1
     assert len(await find(pos.c, "offline_sales", terminal_id="pos-001")) == 2
     assert await pos.purse() == 10_000 - 500
+
+
+async def test_the_gateway_passes_the_configured_clock_window(counter: Counter) -> None:
+    settings = load_settings(
+        None,
+        db=str(counter.path),
+        offline={"settle_max_age_s": 3600, "settle_clock_tolerance_s": 60},
+    )
+    writer = SqliteTapWriter(counter.path)  # never started: only the wiring is checked
+    gateway = Gateway(
+        settings, Context(registry=counter.registry, clock=counter.clock), executor=writer
+    )
+    rules = gateway.service.settlement
+    assert (rules.max_sale_age, rules.clock_tolerance) == (timedelta(hours=1), timedelta(minutes=1))
+    assert rules.max_list_age == timedelta(seconds=settings.denylist.max_offline_age_s)
