@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo counter-session test check lint typecheck imports pytest setup system pcsc clean contract bench chaos
+.PHONY: demo counter-session test check lint typecheck imports pytest setup system pcsc clean contract bench chaos fuzz
 
 ## demo: set everything up, then broker + gateway on SQLite + a simulated fleet with a live
 ## dashboard, until Ctrl-C (DEMO_ARGS="--duration 60" for a timed run)
@@ -57,6 +57,11 @@ bench: setup
 ## slow counter, flooding and offline terminals -> results table + docs/reliability.md
 chaos: setup
 	$(BIN)/python -m tests.chaos $(CHAOS_ARGS)
+
+## fuzz: the AsyncAPI-schema fuzzer at rate through a private broker and `onecard serve`, with a
+## well-behaved POS tapping (default 120 s at 400 msg/s; FUZZ_ARGS="--duration 600 --seed 7")
+fuzz: setup
+	$(BIN)/python -m tests.fuzz $(FUZZ_ARGS)
 
 ## contract: regenerate the AsyncAPI document from the wire models
 contract:
