@@ -274,12 +274,14 @@ class Gateway:
         awaited inside the read loop: FIELD-NOTES)."""
         reader = asyncio.create_task(self._read(session), name="mqtt-read")
         stopper = asyncio.create_task(self.stop.wait(), name="stop-wait")
-        done, _ = await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        for task in (reader, stopper):
-            if task not in done:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        try:
+            done, _ = await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:  # also when we are cancelled: no task left behind
+            for task in (reader, stopper):
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, MqttError):
+                        await task
         if reader in done:
             reader.result()  # re-raise a connection error for the reconnect loop
 

@@ -79,6 +79,10 @@ class LinkSettings:
     backoff_min_s: float = 0.2
     backoff_max_s: float = 10.0
     connect_timeout_s: float = 10.0
+    #: MQTT v5 Message Expiry Interval of every request (contract §6.1): a request that waits
+    #: longer (at the broker, behind a busy registry) is dropped or answered ``expired``, never
+    #: executed after the terminal gave up on it. ``ceil(request_ttl_ms / 1000)`` of ``hello``.
+    request_expiry_s: int = 5
 
 
 class Link:
@@ -280,6 +284,7 @@ class Link:
         payload = encode_request(op, request_id, data)
         props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         props.CorrelationData = request_id.encode()
+        props.MessageExpiryInterval = self.settings.request_expiry_s
         future: asyncio.Future[Reply[Any]] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = (op, future)
         try:

@@ -571,9 +571,15 @@ class SqliteTapWriter:
                 try:
                     self._run_batch(conn, tx, batch)
                 except BaseException as exc:
+                    self.failure = exc  # before the callers hear of it: /readyz agrees at once
+                    stopped = OnecardError(
+                        "数据库写入线程已停止",
+                        f"registry writer stopped: {exc!r}",
+                        code=ErrorCode.UNAVAILABLE,
+                    )
                     for job in batch:
                         if not job.future.done():
-                            job.future.set_exception(exc)
+                            job.future.set_exception(stopped)
                     raise
                 finally:
                     self.busy_since = None

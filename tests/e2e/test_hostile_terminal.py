@@ -20,6 +20,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from protocol.errors import ErrorCode, OnecardError
 from protocol.wire import GATEWAY_STATUS_TOPIC
 from tests.e2e.campus import Campus, TerminalClient
 
@@ -289,3 +290,33 @@ async def test_a_crashed_task_leaves_the_status_offline(campus: Campus) -> None:
     async with campus.terminal("door-001", extra=(GATEWAY_STATUS_TOPIC,)) as door:
         status = json.loads(await door.next_other("gateway/status"))
     assert status["state"] == "offline"
+
+
+class _WriterBug(BaseException):
+    """Something no job handler catches: it ends the writer thread."""
+
+
+async def test_a_dead_writer_is_seen_by_readyz_and_taps_get_unavailable(campus: Campus) -> None:
+    """Item 12: the writer thread ending used to leave every later tap hanging and ``/readyz``
+    at 200. Now callers get ``unavailable`` at once and the gateway reports not ready."""
+    assert campus.writer is not None and campus.gateway.http is not None
+
+    def bug(_tx: object) -> None:
+        raise _WriterBug
+
+    with pytest.raises(OnecardError) as caught:
+        await campus.writer.run(bug)
+    assert caught.value.code is ErrorCode.UNAVAILABLE
+    assert not campus.writer.alive
+    reader, writer = await asyncio.open_connection("127.0.0.1", campus.gateway.http.port)
+    writer.write(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    await writer.drain()
+    status = (await reader.read()).split(b"\r\n", 1)[0]
+    writer.close()
+    await writer.wait_closed()
+    assert b" 503 " in status
+    async with campus.terminal("pos-001") as pos:
+        started = time.monotonic()
+        reply = await pos.request("purchase", {"card": campus.students[0].uid, "amount_fen": 1})
+        assert reply["error"]["code"] == "unavailable"
+        assert time.monotonic() - started < 1.0
