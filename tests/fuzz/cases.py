@@ -622,7 +622,9 @@ def _cases(
         reply_op = None
         label = f"bad_op:{bad[:12]!r}:{label}"
     else:
-        victim = draw(st.sampled_from([*info.others, "ghost-01", "gateway"]))
+        victim = draw(
+            st.sampled_from([*(o for o in info.others if o != tid), "ghost-01", "gateway"])
+        )
         where = draw(st.sampled_from(["req", "resp", "status"]))
         topic = f"{ROOT}/t/{victim}/{where}" + (f"/{op}" if where != "status" else "")
         extra = draw(st.sampled_from([None, f"{ROOT}/gateway/status", f"{ROOT}/blacklist/delta"]))

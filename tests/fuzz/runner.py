@@ -142,6 +142,8 @@ class Report:
     corpus: int = 0
     seed: int = 0
     retained_answered: int = 0
+    reply_ms: list[float] = field(default_factory=list)
+    rss_kib: tuple[int, int] = (0, 0)
 
     def fail(self, kind: str, detail: str, case: Case | None = None) -> None:
         self.failures.append(Failure(kind, detail, case))
@@ -174,8 +176,15 @@ class Report:
                 f"p99 {_pct(lat, 99):.1f} ms, max {lat[-1]:.1f} ms, "
                 f"{len(self.good.get('failures', []))} failures"
             )
+        if self.reply_ms:
+            ms = sorted(self.reply_ms)
+            lines.append(
+                f"fuzz replies: p50 {_pct(ms, 50):.1f} ms, p99 {_pct(ms, 99):.1f} ms, "
+                f"max {ms[-1]:.1f} ms (publish to reply)"
+            )
         lines.append(
             f"/metrics lines before/after: {self.metrics_lines[0]}/{self.metrics_lines[1]}; "
+            f"gateway RSS before/after: {self.rss_kib[0] // 1024}/{self.rss_kib[1] // 1024} MiB; "
             f"gateway log lines: {self.log_lines}"
         )
         if self.retained_answered:
@@ -469,6 +478,7 @@ async def _run(
     say: Callable[[str], None],
 ) -> None:
     metrics_before = site.http_get("/metrics")[1].decode(errors="replace")
+    rss_before = site.rss_kib()
     report.metrics_lines = (len(metrics_before.splitlines()), 0)
     inbox: list[Received] = []
     clients = {tid: FuzzClient(site, tid, inbox, report) for tid in FUZZERS}
@@ -544,6 +554,7 @@ async def _run(
     metrics_after = site.http_get("/metrics")[1].decode(errors="replace")
     report.metrics_lines = (report.metrics_lines[0], len(metrics_after.splitlines()))
     (site.directory / "metrics.txt").write_text(metrics_after)
+    report.rss_kib = (rss_before, site.rss_kib())
     ready = site.http_get("/readyz")[0]
     alive = site.proc is not None and site.proc.poll() is None
     for client in clients.values():
@@ -732,6 +743,7 @@ def _code(payload: bytes) -> str:
 
 def _check_one(s: Sent, reply: Received, report: Report) -> None:
     case = s.case
+    report.reply_ms.append((reply.at - s.at) * 1000)
     code = _code(reply.payload)
     report.codes[code] += 1
     kind, detail, rid = _reply_problem(case, reply.payload)

@@ -127,6 +127,19 @@ class Site:
         except OSError:
             return 0, b""
 
+    def rss_kib(self) -> int:
+        """Resident set size of the gateway process (0 when unknown)."""
+        if self.proc is None:
+            return 0
+        try:
+            status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        except OSError:
+            return 0
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
     def log_text(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")
