@@ -287,5 +287,52 @@ def check_status(
     return Check("f", "gateway status truthful", not problems, detail), lags
 
 
+def check_offline_settlement(
+    site: Site, terminals: list[Pos], after_loss: list[tuple[str, int]]
+) -> Check:
+    """(g), issue 8 item 3 and contract §8.3: every offline sale a POS stored is recorded once
+    with its outcome; a refused sale moved no money; a sale dated after its card was reported
+    lost (which the offline terminal could not know) is refused, or accepted only as a
+    *disputed* sale with its reason recorded — never debited silently, never dropped."""
+    columns = {str(r[1]) for r in _rows(site.db, "PRAGMA table_info(offline_sales)")}
+    detail_col = "detail" if "detail" in columns else "NULL"
+    rows = {
+        (str(r[0]), int(str(r[1]))): (str(r[2]), r[3], r[4])
+        for r in _rows(
+            site.db,
+            f"SELECT terminal_id, seq, result, transfer_id, {detail_col} FROM offline_sales",
+        )
+    }
+    problems: list[str] = []
+    for pos in terminals:
+        for seq in sorted(pos.stored):
+            row = rows.get((pos.id, seq))
+            if row is None:
+                problems.append(f"{pos.id}#{seq} not recorded")
+            elif row[0] != "accepted" and row[1] is not None:
+                problems.append(f"{pos.id}#{seq} refused ({row[0]}) but debited")
+    outcomes: list[str] = []
+    for pid, seq in after_loss:
+        row = rows.get((pid, seq))
+        if row is None:
+            continue  # reported above
+        if row[0] == "accepted":
+            if not row[2]:
+                problems.append(f"{pid}#{seq} (after the loss) debited without a recorded dispute")
+            outcomes.append("accepted as disputed" if row[2] else "accepted silently")
+        else:
+            outcomes.append(f"refused {row[0]}")
+    if not after_loss:
+        problems.append("the terminal made no sale after the loss (scenario broken)")
+    stored = sum(len(p.stored) for p in terminals)
+    detail = f"{stored} sales recorded once each; sale after the loss: {', '.join(outcomes) or '-'}"
+    return Check(
+        "g",
+        "offline sales settled by the rules (none silent, none dropped)",
+        not problems,
+        detail if not problems else f"{'; '.join(problems[:3])}; {detail}",
+    )
+
+
 def pos_of(site: Site, ids: set[str]) -> list[Pos]:
     return [p for p in site.pos if p.id in ids]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import itertools
 import time
 from collections import Counter
@@ -17,12 +18,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from simulators.terminals import Mode, Pos, TapResult
 from tests.chaos.faults import Flooder, FullDisk, LockHolder, Netns
 from tests.chaos.invariants import (
     Check,
     check_deny_converged,
+    check_offline_settlement,
     check_status,
     money_checks,
 )
@@ -81,7 +84,7 @@ FULL = Size(
     started=60,  # 36 POS selling, 24 doors/water/kiosks holding deny lists
     warmup_s=10.0,
     fault_s=20.0,
-    after_s=15.0,
+    after_s=30.0,
     cycles=3,
     think_s=0.05,
     keepalive_s=5,
@@ -233,6 +236,11 @@ class Run:
         if self.load.crashes:
             result.notes.append(f"load errors: {self.load.crashes[:3]}")
         unsettled = await self.site.settle(self.size.settle_s)
+        if not unsettled:
+            result.figures["all terminals settled"] = (
+                f"{time.monotonic() - self.fault_end:.1f} s after the fault ended "
+                "(in-doubt requests answered, offline sales uploaded)"
+            )
         result.checks += await money_checks(self.site, unsettled, exclude)
         deny, took = await check_deny_converged(self.site, self.lost)
         result.checks.append(deny)
@@ -262,8 +270,14 @@ class Run:
         f["online answers/s before"] = f"{before:.0f}"
         f["online answers/s during fault"] = f"{during:.0f}"
         f["outage seen by terminals"] = _ms(timeline.outage(self.fault_start, self.end))
+        first = next((t for t, r in timeline.window(self.fault_end, self.end) if online(r)), None)
+        f["first online answer after fault end"] = (
+            "none within the run" if first is None else _ms(first - self.fault_end)
+        )
         rec = timeline.recovery(self.fault_end, before, self.end)
-        f["recovery after fault end"] = "not within the run" if rec is None else _ms(rec)
+        f["recovery to half the rate before"] = (
+            f"not within {self.end - self.fault_end:.0f} s" if rec is None else _ms(rec)
+        )
         lat = timeline.latencies(self.fault_start, self.fault_end)
         if lat:
             f["latency p50/p99 during fault"] = f"{_ms(_pct(lat, 50))} / {_ms(_pct(lat, 99))}"
@@ -395,7 +409,7 @@ async def partition(root: Path, size: Size) -> ScenarioResult:
 
 async def full_disk(root: Path, size: Size) -> ScenarioResult:
     result = ScenarioResult("4", "full disk under the registry (tmpfs filled up)", size.name)
-    disk = FullDisk(root / "registry-fs", size_mib=64)
+    disk = FullDisk(root / "registry-fs", size_mib=256)
     with disk:
 
         async def body(site: Site) -> None:
@@ -497,7 +511,9 @@ async def flooding_terminal(root: Path, size: Size) -> ScenarioResult:
         flooder = Flooder(site.broker, spare.id, spare.password, big_mib=size.flood_big_mib)
         await run.start()
         flooder.start()
-        await asyncio.sleep(size.fault_s * 2)
+        await asyncio.sleep(size.fault_s)
+        await run.lose_a_card()  # the deny list must still reach everyone through the flood
+        await asyncio.sleep(size.fault_s)
         await flooder.stop()
         run.fault_end = time.monotonic()
         took = run.fault_end - run.fault_start
@@ -596,22 +612,7 @@ async def hour_offline(root: Path, size: Size) -> ScenarioResult:
             f"{accepted} / {sum(rejected.values())} ({_codes(rejected)})"
         )
         await run.finish(result, status_bound_s=_bound(size))
-        debited = [
-            f"{pid}#{seq}"
-            for pid, seq in after_loss
-            if any(p.id == pid and seq in p.uploaded for p in offline)
-        ]
-        result.checks.append(
-            Check(
-                "g",
-                "offline sale dated after the card's loss not debited",
-                not debited and bool(after_loss),
-                f"{len(after_loss)} such sales: "
-                + (f"DEBITED {', '.join(debited)}" if debited else "none debited")
-                if after_loss
-                else "the terminal did not make the sale (scenario broken)",
-            )
-        )
+        result.checks.append(check_offline_settlement(site, offline, after_loss))
 
     await _with_site(root, size, body)
     return result
@@ -628,9 +629,28 @@ SCENARIOS: dict[str, Callable[[Path, Size], Awaitable[ScenarioResult]]] = {
 }
 
 
+def _quiet_closed_sockets(counter: list[int]) -> Callable[[Any, dict[str, Any]], None]:
+    """A loop exception handler that counts, instead of printing, the ``EBADF`` callbacks
+    paho/aiomqtt leave behind when the broker vanishes under a terminal (``add_writer`` on a
+    socket already closed); everything else goes to the default handler."""
+
+    def handler(loop: Any, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and exc.errno == errno.EBADF:
+            counter[0] += 1
+            return
+        loop.default_exception_handler(context)
+
+    return handler
+
+
 async def run_scenario(key: str, root: Path, size: Size) -> ScenarioResult:
     """Run one scenario; a crash of the harness itself becomes a failed result, not a hang."""
     started = time.monotonic()
+    loop = asyncio.get_running_loop()
+    closed = [0]
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(_quiet_closed_sockets(closed))
     try:
         result = await SCENARIOS[key](root / key, size)
     except Exception as exc:
@@ -638,7 +658,14 @@ async def run_scenario(key: str, root: Path, size: Size) -> ScenarioResult:
         result.checks.append(
             Check("-", "scenario ran to the end", False, f"{type(exc).__name__}: {exc}"[:500])
         )
+    finally:
+        loop.set_exception_handler(previous)
     result.wall_s = time.monotonic() - started
+    if closed[0]:
+        result.notes.append(
+            f"{closed[0]} terminal-side callbacks on sockets the broker's death had closed "
+            "(paho/aiomqtt EBADF, counted, harmless)"
+        )
     with contextlib.suppress(Exception):
         result.figures.setdefault("wall time", f"{result.wall_s:.0f} s")
     return result
