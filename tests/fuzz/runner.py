@@ -714,12 +714,17 @@ def check_replies(sent: list[Sent], inbox: list[Received], spy: Spy, report: Rep
             report.fail("unexpected_reply", f"reply to no sent message on {r.topic}")
     for tid in set(owed_untagged) | set(untagged):
         got, owed_count = len(untagged.get(tid, [])), owed_untagged[tid]
+        by_rid: dict[str | None, Case] = {}
+        for case in untagged_cases.get(tid, []):
+            for rid in readable_request_ids(case.payload)[0]:
+                by_rid.setdefault(rid, case)
         for r in untagged.get(tid, []):
-            kind, detail, _rid = _reply_problem(Case(tid, "", b"", "untagged"), r.payload)
+            kind, detail, rid = _reply_problem(Case(tid, "", b"", "untagged"), r.payload)
             code = _code(r.payload)
             report.codes[code] += 1
             if kind in ("internal", "bad_code"):
-                report.fail(kind, f"(no correlation data) {detail}")
+                # the case is the first one sent without Correlation Data with that request id
+                report.fail(kind, f"(no correlation data) {detail}", by_rid.get(rid))
         if not owed_count <= got <= owed_count + maybe_untagged[tid]:
             example = min(untagged_cases.get(tid, []), key=lambda c: len(c.payload), default=None)
             report.fail(
