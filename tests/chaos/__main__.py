@@ -99,7 +99,9 @@ def markdown(results: list[ScenarioResult], size: Size, command: str, started: d
     lines = [
         "# Reliability: the chaos suite (issue 8)",
         "",
-        f"Produced by `{command}` on {started:%Y-%m-%d %H:%M} UTC, commit `{git or '?'}` plus "
+        f"Produced by `{command}`"
+        + (" (what `make chaos` runs)" if command == "python -m tests.chaos" else "")
+        + f" on {started:%Y-%m-%d %H:%M} UTC, commit `{git or '?'}` plus "
         "the working tree, on this project's 2-core Debian 12 machine "
         f"({platform.python_version()}, `{platform.machine()}`). Every figure below comes from "
         "that one run; re-run the command to refresh them (it rewrites this file).",
@@ -234,8 +236,6 @@ def main(argv: list[str] | None = None) -> int:
     write_doc = args.doc if args.doc is not None else (size is FULL and not args.scenarios)
     if write_doc:
         command = "python -m tests.chaos" + (f" {shlex.join(sys.argv[1:])}" if sys.argv[1:] else "")
-        if command == "python -m tests.chaos":
-            command = "make chaos"
         DOC.write_text(markdown(results, size, command, started))
         print(f"wrote {DOC.relative_to(ROOT)}")
     return 0 if all(r.ok for r in results) else 1
