@@ -17,6 +17,7 @@ import asyncio
 import logging
 import platform
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -141,7 +142,8 @@ def markdown(results: list[ScenarioResult], size: Size, command: str, started: d
         "run, then freed; **5** another process holds SQLite's write lock (`BEGIN IMMEDIATE`, "
         "as a slow counter transaction would); **6** one provisioned terminal publishes on its "
         "own `req/` topic as fast as the broker takes it (32 QoS 1 publishes in flight: valid "
-        "requests, garbage, one in 20 a payload of ¼–1× the size limit shown); **7** POS "
+        "requests, garbage, one in 20 a payload of ¼–1× the size shown, one in 2,000 a 9 MiB "
+        "payload above the broker's `max_packet_size` of 8 MiB); **7** POS "
         "terminals whose clock reads an hour ago go offline, sell through the hour (a card is "
         "reported lost at the counter 3 minutes in and sold to 5 minutes in), then reconnect "
         "and upload. A card is reported lost at the counter during every fault, so (e) checks "
@@ -195,6 +197,12 @@ async def main_async(keys: list[str], size: Size, work: Path) -> list[ScenarioRe
     return results
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    """SIGTERM as Ctrl-C: the scenarios' context managers stop processes, delete the network
+    namespace and unmount the tmpfs on the way out."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.chaos", description=__doc__)
     parser.add_argument("scenarios", nargs="*", help=f"some of: {', '.join(SCENARIOS)}")
@@ -214,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"make chaos needs: {', '.join(missing)}", file=sys.stderr)
         return 2
+    signal.signal(signal.SIGTERM, _interrupted)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     size = FULL if args.size == "full" else SHORT
     keys = list(args.scenarios) or list(SCENARIOS)

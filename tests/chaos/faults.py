@@ -251,7 +251,9 @@ class LockHolder:
 class Flooder:
     """One terminal (its real credentials) publishing on its own ``req/`` topic as fast as the
     broker takes it: valid purchases, garbage and big payloads (up to ``big_mib`` MiB), with
-    ``in_flight`` QoS 1 publishes outstanding. Reconnects when the broker drops it.
+    ``in_flight`` QoS 1 publishes outstanding; one in ``over_every`` is ``over_mib`` MiB, above
+    the broker's ``max_packet_size`` (8 MiB as rendered), so the broker should disconnect it.
+    Reconnects when the broker drops it.
 
     Safety valve for the machine: while the broker's resident memory is above ``rss_cap_mib``
     (it queues for the gateway what the gateway has not taken), big payloads pause."""
@@ -264,6 +266,8 @@ class Flooder:
         *,
         big_mib: float = 4.0,
         big_every: int = 20,
+        over_mib: float = 9.0,
+        over_every: int = 2000,
         in_flight: int = 32,
         rss_cap_mib: float = 2048.0,
     ) -> None:
@@ -272,6 +276,9 @@ class Flooder:
         self.password = password
         self.big_bytes = int(big_mib * (1 << 20))
         self.big_every = big_every
+        self.over_bytes = int(over_mib * (1 << 20))
+        self.over_every = over_every
+        self.over_sent = 0
         self.in_flight = in_flight
         self.rss_cap_mib = rss_cap_mib
         self.sent = 0
@@ -298,6 +305,9 @@ class Flooder:
                     await self._task
 
     def _payload(self, n: int) -> bytes:
+        if self.over_every and n % self.over_every == 0 and self._rss() < self.rss_cap_mib:
+            self.over_sent += 1  # above the broker's max_packet_size: it must drop us
+            return b'{"v":1,"request_id":"flood-%d","data":{"card":"' % n + b"B" * self.over_bytes
         kind = n % self.big_every
         if kind == 0 and self._rss() < self.rss_cap_mib:
             size = self._rng.randint(self.big_bytes // 4, self.big_bytes)
@@ -348,12 +358,13 @@ class Flooder:
                                 body,
                                 qos=1,
                                 properties=props,
+                                timeout=1,
                             )
                             self.sent += 1
                             self.sent_bytes += len(body)
-                            if len(body) > 1 << 20:
+                            if 1 << 20 < len(body) < self.over_bytes:
                                 self.big_sent += 1
-                        except aiomqtt.MqttError:
+                        except (aiomqtt.MqttError, TimeoutError):
                             lost.set()  # the broker dropped us: reconnect
                         finally:
                             slots.release()
