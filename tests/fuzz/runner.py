@@ -142,6 +142,7 @@ class Report:
     corpus: int = 0
     seed: int = 0
     retained_answered: int = 0
+    broker_notes: list[str] = field(default_factory=list)
     reply_ms: list[float] = field(default_factory=list)
     rss_kib: tuple[int, int] = (0, 0)
 
@@ -187,6 +188,7 @@ class Report:
             f"gateway RSS before/after: {self.rss_kib[0] // 1024}/{self.rss_kib[1] // 1024} MiB; "
             f"gateway log lines: {self.log_lines}"
         )
+        lines += [f"broker log: {note}" for note in self.broker_notes]
         if self.retained_answered:
             lines.append(f"retained requests answered (delivered live): {self.retained_answered}")
         if self.fuzz_disconnects:
@@ -800,6 +802,13 @@ def check_gateway(
     if match and float(match.group(1)) > 0:
         report.fail("gateway_reconnected", f"onecard_mqtt_reconnects_total {match.group(1)}")
     broker_log = site.broker.log_text()
+    too_large = broker_log.count("Dropping too large outgoing PUBLISH for gateway")
+    if too_large:
+        report.broker_notes.append(
+            f"{too_large} requests dropped as bigger than the gateway's Maximum Packet Size"
+        )
+    if "Outgoing messages are being dropped for client gateway" in broker_log:
+        report.broker_notes.append("the broker's queue for the gateway overflowed (dropping)")
     connects = len(re.findall(r"New client connected .* u'gateway'", broker_log))
     if connects != 1:
         lost = [line for line in broker_log.splitlines() if "onecard-gateway" in line][:6]

@@ -1,0 +1,98 @@
+"""Defects the fuzzer found, each reduced to its smallest reproduction (issue 8).
+
+A test here that still fails on purpose is marked ``xfail(strict=True)`` with the defect: it stays
+green while the defect is there and turns red (XPASS) the day it is fixed, so the marker is
+removed then and the test guards the fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiomqtt
+import pytest
+import pytest_asyncio
+
+from tests.fuzz.runner import NODELAY
+from tests.fuzz.site import GOOD, Site, build_site
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.asyncio]
+
+#: The receive maximum the gateway announces (gateway/mqtt/client.py ``max_inflight``).
+GATEWAY_RECEIVE_MAXIMUM = 1000
+
+
+@pytest_asyncio.fixture
+async def site(tmp_path: Path) -> AsyncIterator[Site]:
+    s = await build_site(tmp_path / "site", students=2)
+    try:
+        await asyncio.to_thread(s.start_gateway)
+        yield s
+    finally:
+        await asyncio.to_thread(s.close)
+
+
+def _client(site: Site, tid: str) -> aiomqtt.Client:
+    return aiomqtt.Client(
+        site.broker.host,
+        site.broker.port,
+        username=tid,
+        password=site.passwords[tid],
+        identifier=tid,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        socket_options=NODELAY,
+    )
+
+
+async def _tap(site: Site) -> dict[str, object] | None:
+    """One purchase from the well-behaved POS; its reply, or None after 5 s."""
+    async with _client(site, GOOD) as good:
+        await good.subscribe(f"onecard/v1/t/{GOOD}/resp/+", qos=1)
+        body = {"v": 1, "request_id": "g-1", "data": {"card": site.good_card.uid, "amount_fen": 1}}
+        await good.publish(f"onecard/v1/t/{GOOD}/req/purchase", json.dumps(body), qos=1)
+        try:
+            async with asyncio.timeout(5):
+                async for message in good.messages:
+                    reply: dict[str, object] = json.loads(bytes(message.payload))
+                    return reply
+        except TimeoutError:
+            return None
+    return None
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason=(
+        "found by `make fuzz` (seed 7, 600/s): Mosquitto 2.0.11 keeps an in-flight slot for each "
+        "QoS 1 message it drops as bigger than the gateway's 32 KiB Maximum Packet Size; after "
+        "1,000 (the gateway's receive maximum) it delivers nothing more to the gateway, every "
+        "terminal goes unanswered and /readyz still says 200"
+    ),
+)
+async def test_a_thousand_oversized_requests_do_not_starve_every_terminal(site: Site) -> None:
+    """One terminal publishes requests of 40 KiB (accepted by the broker's 8 MiB limit, over the
+    gateway's 32 KiB): they get no reply (contract §2), and must cost no one else anything."""
+    big = b'{"v":1,"request_id":"big","data":{},"pad":"' + b"x" * 40_000 + b'"}'
+    async with _client(site, "pos-fz1") as hostile:
+        for _ in range(GATEWAY_RECEIVE_MAXIMUM + 10):
+            await hostile.publish("onecard/v1/t/pos-fz1/req/purchase", big, qos=1)
+    reply = await _tap(site)
+    assert reply is not None, "the well-behaved POS got no reply within 5 s"
+    assert reply["ok"] is True
+
+
+async def test_just_under_the_receive_maximum_of_oversized_requests_is_survived(
+    site: Site,
+) -> None:
+    """The same with fewer oversized requests than the receive maximum: the gateway serves."""
+    big = b'{"v":1,"request_id":"big","data":{},"pad":"' + b"x" * 40_000 + b'"}'
+    async with _client(site, "pos-fz1") as hostile:
+        for _ in range(GATEWAY_RECEIVE_MAXIMUM - 50):
+            await hostile.publish("onecard/v1/t/pos-fz1/req/purchase", big, qos=1)
+    reply = await _tap(site)
+    assert reply is not None, "the well-behaved POS got no reply within 5 s"
+    assert reply["ok"] is True
