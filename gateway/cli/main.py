@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from gateway.cli.ledger import ledger
 from gateway.cli.runtime import (
     DEFAULT_DB,
     EXIT_REFUSED,
@@ -1399,6 +1400,9 @@ def scheduler_run_due(opts: Options) -> None:
         changed,
         f"处理 changed {len(changed)} 张 cards" + "".join(f"\n  {card_line(x)}" for x in changed),
     )
+
+
+cli.add_command(ledger)
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from gateway.services.base import Context
 from gateway.services.cards import CardService
 from gateway.services.counter import MerchantService, ReceiptService, StockService
 from gateway.services.holders import HolderService
+from gateway.services.ledger import LedgerService
 from gateway.services.meal import MealService
 from gateway.services.money import MoneyService
 from gateway.services.operators import OperatorService
@@ -28,6 +29,7 @@ class CardCenter:
     meal: MealService
     reports: ReportService
     terminals: TerminalRegistryService
+    ledger: LedgerService
 
     @classmethod
     def build(cls, ctx: Context) -> CardCenter:
@@ -43,4 +45,5 @@ class CardCenter:
             meal=MealService(ctx),
             reports=ReportService(ctx),
             terminals=TerminalRegistryService(ctx),
+            ledger=LedgerService(ctx),
         )
