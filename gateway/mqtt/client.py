@@ -113,6 +113,10 @@ class MqttSession:
             properties=connect_props,
             socket_options=NODELAY,
             max_inflight_messages=settings.max_inflight,
+            # bounded: past it aiomqtt logs and drops (paho has already acknowledged; the
+            # terminal's retry of the same request id gets it decided). gmqtt, the default,
+            # applies back-pressure instead (gateway/mqtt/client_gmqtt.py).
+            max_queued_incoming_messages=settings.max_queued,
             timeout=10,
         )
 
