@@ -28,6 +28,9 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.services.base import Actor, Context, SystemClock
+from gateway.services.center import CardCenter
+from protocol.types import Permission
 from simulators.terminals import Mode, Pos
 from storage.sql import SqlRegistry
 from tests.chaos.site import Site, StatusWatcher
@@ -202,16 +205,30 @@ def unsettled_check(site: Site, unsettled: list[str]) -> Check:
 
 
 async def check_conservation_of(db: Path) -> Check:
-    """(d), with the ledger test's own checker."""
+    """(d), twice: the ledger test's own checker and ``onecard ledger verify``'s service."""
     registry = await SqlRegistry.open(db)
     try:
-        await check_conservation(registry)
-    except AssertionError as exc:
-        return Check("d", "conservation", False, f"FAILED: {exc}"[:300])
+        try:
+            await check_conservation(registry)
+        except AssertionError as exc:
+            return Check("d", "conservation", False, f"FAILED: {exc}"[:300])
+        center = CardCenter.build(Context(registry=registry, clock=SystemClock()))
+        actor = Actor(name="chaos-verify", permissions=frozenset(Permission))
+        report = await center.ledger.verify(actor)
     finally:
         await registry.close()
-    accounts = _rows(db, "SELECT count(*), sum(balance) FROM accounts")[0]
-    return Check("d", "conservation", True, f"{accounts[0]} accounts, Σ balances = {accounts[1]}")
+    if not report.ok:
+        found = "; ".join(f"{f.check} {f.subject}: {f.message_en}" for f in report.findings[:3])
+        return Check(
+            "d", "conservation", False, f"ledger verify: {report.problems} problems: {found}"
+        )
+    return Check(
+        "d",
+        "conservation",
+        True,
+        f"{report.accounts} accounts, {report.transfers} transfers, "
+        f"Σ balances = {report.total_balance} (test checker and ledger verify)",
+    )
 
 
 async def money_checks(
