@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from gateway.config import Settings
 from gateway.metrics import Metrics
@@ -14,6 +15,11 @@ from protocol.errors import ErrorCode, OnecardError
 from storage.engine import database_url
 from storage.sql import SqlRegistry
 from storage.tapwriter import SqliteTapWriter
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
+    from gateway.web.app import WebServices
 
 
 def sqlite_path(db: str) -> str:
@@ -62,3 +68,30 @@ async def open_gateway(
     finally:
         await writer.close()
         await registry.close()
+
+
+@asynccontextmanager
+async def open_web_services(
+    settings: Settings, *, clock: Clock | None = None, migrate: bool = False
+) -> AsyncIterator[WebServices]:
+    """The services the web process calls, over its own connection to the same registry."""
+    from gateway.services.portal import PortalService
+    from gateway.web.app import WebServices
+
+    registry = await SqlRegistry.open(settings.db, migrate=migrate)
+    try:
+        ctx = Context(registry=registry, clock=clock or SystemClock())
+        yield WebServices(portal=PortalService(ctx))
+    finally:
+        await registry.close()
+
+
+def web_app(settings: Settings, *, clock: Clock | None = None) -> Starlette:
+    """``onecard web``: the cardholder platform, composed over ``settings``."""
+    from gateway.web.app import create_app
+
+    return create_app(
+        settings.web,
+        lambda: open_web_services(settings, clock=clock),
+        deny_poll_ms=settings.denylist.poll_interval_ms,
+    )

@@ -67,6 +67,27 @@ class RequestConfig(BaseModel):
     writer_timeout_ms: int = Field(default=4000, ge=100, le=120_000)
 
 
+class WebConfig(BaseModel):
+    """``onecard web``: the cardholder self-service platform (issue 9)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    #: Secure cookies (HTTPS only); switch off only for http://localhost in tests and the demo.
+    cookie_secure: bool = True
+    #: A session unused this long is over (the holder logs in again).
+    idle_timeout_s: int = Field(default=900, ge=30, le=86_400)
+    #: Login attempts that fail from one client address within the window before it waits.
+    max_failures_per_address: int = Field(default=20, ge=1, le=10_000)
+    address_window_s: int = Field(default=600, ge=1, le=86_400)
+    #: The gateways' /metrics URLs: a web loss report waits (up to ``confirm_timeout_ms``) until
+    #: each reports the new deny-list version before telling the holder the card is refused.
+    gateway_metrics_urls: list[str] = Field(default_factory=list)
+    confirm_timeout_ms: int = Field(default=2000, ge=0, le=30_000)
+    #: Uvicorn trusts X-Forwarded-For only from these addresses (a reverse proxy in front).
+    forwarded_allow_ips: str = "127.0.0.1"
+    proxy_headers: bool = False
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="ONECARD_", env_nested_delimiter="__", extra="forbid"
@@ -84,6 +105,7 @@ class Settings(BaseSettings):
     denylist: DenyListConfig = DenyListConfig()
     offline: OfflineConfig = OfflineConfig()
     requests: RequestConfig = RequestConfig()
+    web: WebConfig = WebConfig()
 
     @classmethod
     def settings_customise_sources(

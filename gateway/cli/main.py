@@ -1349,6 +1349,37 @@ def serve(opts: Options, config_path: Path | None, migrate: bool) -> None:
         fail(opts, exc)
 
 
+@cli.command()
+@click.option(
+    "--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@pass_opts
+def web(opts: Options, config_path: Path | None) -> None:
+    """Run the cardholder web platform (uvicorn; the [web] section of the config)."""
+    import uvicorn
+
+    from gateway.bootstrap import web_app
+    from gateway.config import load_settings
+    from gateway.logs import setup_logging
+
+    overrides = {} if "ONECARD_DB" not in os.environ and config_path else {"db": opts.db}
+    settings = load_settings(config_path, **overrides)
+    setup_logging(settings.log_level)
+    w = settings.web
+    scheme = "https" if w.cookie_secure else "http"
+    click.echo(f"持卡人自助服务 cardholder portal: {scheme}://{w.host}:{w.port}/")
+    uvicorn.run(
+        web_app(settings),
+        host=w.host,
+        port=w.port,
+        proxy_headers=w.proxy_headers,
+        forwarded_allow_ips=w.forwarded_allow_ips,
+        server_header=False,
+        log_config=None,
+        access_log=False,
+    )
+
+
 @cli.group()
 def demo() -> None:
     """The demo: broker + gateway on SQLite + simulated fleet (make demo)."""

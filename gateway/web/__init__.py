@@ -1,0 +1,1 @@
+"""The cardholder self-service platform (``onecard web``): see :mod:`gateway.web.app`."""

@@ -1,0 +1,180 @@
+"""The web app in-process (Starlette's test client, real services and SQLite): security and
+behaviour that need no browser. The real browser runs in test_browser.py."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from openpyxl import load_workbook
+from starlette.testclient import TestClient
+
+from gateway.bootstrap import web_app
+from gateway.config import load_settings
+from tests.web.site import PURCHASES_PER_STUDENT, Person, seed
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[tuple[TestClient, list[Person]]]:
+    db = tmp_path / "web.sqlite3"
+    people = asyncio.run(seed(db))
+    settings = load_settings(
+        None, db=str(db), web={"cookie_secure": False, "confirm_timeout_ms": 0}
+    )
+    with TestClient(web_app(settings), base_url="http://localhost") as client:
+        yield client, people
+
+
+def _csrf(html: str) -> str:
+    m = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert m, html
+    return m.group(1)
+
+
+def _token(html: str) -> str:
+    m = re.search(r'name="form_token" value="([^"]+)"', html)
+    assert m, html
+    return m.group(1)
+
+
+def login(client: TestClient, who: Person, password: str | None = None) -> str:
+    page = client.get("/login")
+    resp = client.post(
+        "/login",
+        data={"csrf": _csrf(page.text), "number": who.number, "password": password or who.password},
+        follow_redirects=False,
+    )
+    assert resp.status_code == 303, resp.text
+    return str(resp.headers["location"])
+
+
+def change_password(client: TestClient, who: Person, new: str = "campus-card-9") -> None:
+    form = client.get("/password")
+    resp = client.post(
+        "/password",
+        data={
+            "csrf": _csrf(form.text),
+            "form_token": _token(form.text),
+            "old": who.password,
+            "new": new,
+            "repeat": new,
+        },
+        follow_redirects=False,
+    )
+    assert resp.headers["location"] == "/cards", resp.text
+
+
+def test_headers_cookie_and_no_script(site: tuple[TestClient, list[Person]]) -> None:
+    client, _people = site
+    page = client.get("/login")
+    csp = page.headers["content-security-policy"]
+    assert "script-src 'none'" in csp and "frame-ancestors 'none'" in csp
+    assert page.headers["x-frame-options"] == "DENY"
+    assert page.headers["cache-control"] == "no-store"
+    cookie = page.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
+    assert "<script" not in page.text and "style=" not in page.text
+
+
+def test_login_default_password_goes_to_password_but_loss_first(
+    site: tuple[TestClient, list[Person]],
+) -> None:
+    client, (alice, *_) = site
+    assert login(client, alice) == "/password"
+    assert client.get("/history", follow_redirects=False).headers["location"] == "/password"
+    cards = client.get("/cards")  # LOSS-1: a lost card never waits on a password change
+    assert cards.status_code == 200 and "¥200.00" not in cards.text  # purchases were made
+    assert alice.national_id not in cards.text
+    assert re.search(r"5115\*+\d{3}[\dX]", cards.text)
+
+
+def test_csrf_required_and_session_rotates(site: tuple[TestClient, list[Person]]) -> None:
+    client, (alice, *_) = site
+    client.get("/login")
+    before = client.cookies.get("onecard_session")
+    bad = client.post("/login", data={"csrf": "forged", "number": alice.number, "password": "x"})
+    assert bad.status_code == 403 and "页面已过期" in bad.text
+    login(client, alice)
+    assert client.cookies.get("onecard_session") != before
+
+
+def test_double_submitted_loss_report_does_one_thing(
+    site: tuple[TestClient, list[Person]],
+) -> None:
+    client, (alice, *_) = site
+    login(client, alice)
+    confirm = client.get(f"/cards/{alice.card_id}/loss")
+    data = {"csrf": _csrf(confirm.text), "form_token": _token(confirm.text)}
+    first = client.post(f"/cards/{alice.card_id}/loss", data=data, follow_redirects=False)
+    second = client.post(f"/cards/{alice.card_id}/loss", data=data, follow_redirects=False)
+    assert first.status_code == second.status_code == 303
+    done = client.get("/loss/done")
+    assert "可补卡时间" in done.text and "¥30.00" in done.text and "智能卡中心" in done.text
+    cards = client.get("/cards")
+    assert "挂失" in cards.text and '/loss"' not in cards.text
+
+
+def test_holder_sees_only_own_cards(site: tuple[TestClient, list[Person]]) -> None:
+    client, (alice, bob, *_) = site
+    login(client, alice)
+    resp = client.get(f"/cards/{bob.card_id}/loss")
+    assert resp.status_code == 404 and "没有这张卡" in resp.text
+
+
+def test_bad_input_gets_a_clear_page(site: tuple[TestClient, list[Person]]) -> None:
+    client, (alice, *_) = site
+    login(client, alice)
+    change_password(client, alice)
+    for url in (
+        "/history?start=2026-13-40",
+        "/history?kind=steal",
+        "/history?page=-1",
+        "/history?x=1",
+        "/nowhere",
+        "/cards/99999999/loss",
+    ):
+        resp = client.get(url, follow_redirects=True)
+        assert 400 <= resp.status_code < 500, url
+        assert "Traceback" not in resp.text
+        assert "无法完成" in resp.text, url
+
+
+def test_password_rules_then_history_and_exports(site: tuple[TestClient, list[Person]]) -> None:
+    client, (alice, *_) = site
+    login(client, alice)
+    for new, says in (
+        ("short", "长度"),
+        (alice.password, "初始密码"),
+        (alice.national_id[2:12], "身份证"),
+        (f"x{alice.number}", "学号"),
+    ):
+        form = client.get("/password")
+        resp = client.post(
+            "/password",
+            data={
+                "csrf": _csrf(form.text),
+                "form_token": _token(form.text),
+                "old": alice.password,
+                "new": new,
+                "repeat": new,
+            },
+        )
+        assert resp.status_code == 400 and says in resp.text, (new, resp.text)
+    change_password(client, alice)
+    hist = client.get("/history")
+    assert "第一食堂" in hist.text and "下一页" in hist.text
+    only = client.get("/history", params={"place": "超市", "kind": "purchase"})
+    assert "教育超市" in only.text and "第一食堂" not in only.text.split("<tbody>")[1]
+    exported = client.get("/history.csv", params={"place": "食堂"})
+    assert exported.headers["content-disposition"].startswith("attachment")
+    rows = list(csv.reader(io.StringIO(exported.content.decode("utf-8-sig"))))
+    assert len(rows) == 1 + (PURCHASES_PER_STUDENT + 1) // 2
+    assert all(r[3] == "第一食堂" for r in rows[1:])
+    book = load_workbook(io.BytesIO(client.get("/history.xlsx").content))
+    sheet = book.active
+    assert sheet is not None and sheet.max_row == 1 + PURCHASES_PER_STUDENT + 1  # + top-up
