@@ -15,30 +15,114 @@ The 15-digit first-generation IDs are **rejected**, not converted: they stopped 
 guess the century and compute a check character for a number nobody can show at the counter (LOSS-3,
 ISS-7 identity checks compare against the card the holder presents). Ask for the current ID instead.
 
+Other identity documents (ISS-8/ISS-11: foreign teachers, exchange students and visitors from Hong
+Kong, Macau or Taiwan do not hold a GB 11643 ID). A holder's document is a type
+(:class:`IdDocType`) and a number; :func:`validate_id_doc` checks each type by its own format,
+strict where a typo can be caught, permissive where real documents vary:
+
+* ``resident_id`` 居民身份证 — GB 11643-1999 as above (also the 港澳台居民居住证, which uses the
+  same 18-character format with region codes 81/82/83).
+* ``passport`` 护照 — ICAO Doc 9303 (Part 4, the TD3 machine-readable zone) gives the document
+  number up to 9 characters A-Z/0-9 and lets longer numbers overflow; issuing states vary
+  (China: ``E`` + 8 digits; Canada: 2 letters + 6 digits). Accepted: 6 to 18 letters/digits with
+  at least one digit; spaces, hyphens and the MRZ filler ``<`` are dropped.
+* ``hk_macau_permit`` 港澳居民来往内地通行证 — ``H`` (Hong Kong) or ``M`` (Macau) + the 8-digit
+  lifetime number (公安部出入境管理局, 2010-03-10, 通行证号码规则; the card issued since 2013 prints
+  these 9 characters). The older 11-character form adds 2 digits counting renewals; it is
+  accepted and stored as its first 9 characters, which "stay the same across renewals".
+* ``taiwan_permit`` 台湾居民来往大陆通行证 — the 8-digit lifetime number (一人一号、终身不变, since
+  2008-09-25; the 2015 card prints only these). The older form adds 2 digits (times issued) and
+  an issuing-office code in brackets, e.g. ``1234567801(B)``; accepted, stored as the 8 digits.
+* ``permanent_residence`` 外国人永久居留身份证 — the 2023 card (国家移民管理局, 新版外国人永久居留
+  身份证机读信息规则, issued from 2023-12-01): 18 characters, first ``9`` (foreigner), then
+  17 digits in GB 11643's layout with the birth date at positions 7-14 and the same ISO 7064
+  MOD 11-2 check character, all checked. The 2004/2017 cards (still valid until they expire):
+  15 characters, 3 Latin letters (nationality) + 12 digits.
+
+Derived numbers for every document (ISS-11 work number, LOSS-1 default password): the last 6
+characters of the normalised document number, which is upper-case letters and digits only. For a
+resident ID that is exactly "身份证后6位" (a trailing ``X`` included); for a passport
+``E12345678`` it is ``345678``; for a Taiwan permit ``12345678`` it is ``345678``.
+
 Masking (PIPL; see FIELD-NOTES "Data the counter receives"): logs, receipts and metrics never
-carry a full national ID, full name or full card number; use :func:`mask_national_id`,
-:func:`mask_name` and :func:`mask_card`.
+carry a full national ID or other identity document, full name or full card number; use
+:func:`mask_national_id` / :func:`mask_id_doc`, :func:`mask_name` and :func:`mask_card`.
 """
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from datetime import date
+from enum import StrEnum
 
 from protocol.errors import InvalidInput
 
 __all__ = [
+    "ID_DOC_NAMES_ZH",
     "NATIONAL_ID_LENGTH",
+    "IdDocType",
     "default_password",
     "make_national_id",
+    "make_permanent_residence_no",
     "mask_card",
+    "mask_id_doc",
     "mask_name",
     "mask_national_id",
     "national_id_birth_date",
     "national_id_check_char",
+    "parse_id_doc_type",
+    "validate_id_doc",
     "validate_national_id",
     "work_number",
 ]
+
+
+class IdDocType(StrEnum):
+    """The identity document a holder registered with (ISS-8, ISS-11)."""
+
+    RESIDENT_ID = "resident_id"  # 居民身份证 (GB 11643)
+    PASSPORT = "passport"  # 护照
+    HK_MACAU_PERMIT = "hk_macau_permit"  # 港澳居民来往内地通行证
+    TAIWAN_PERMIT = "taiwan_permit"  # 台湾居民来往大陆通行证
+    PERMANENT_RESIDENCE = "permanent_residence"  # 外国人永久居留身份证
+
+
+ID_DOC_NAMES_ZH: dict[IdDocType, str] = {
+    IdDocType.RESIDENT_ID: "居民身份证",
+    IdDocType.PASSPORT: "护照",
+    IdDocType.HK_MACAU_PERMIT: "港澳居民来往内地通行证",
+    IdDocType.TAIWAN_PERMIT: "台湾居民来往大陆通行证",
+    IdDocType.PERMANENT_RESIDENCE: "外国人永久居留身份证",
+}
+
+#: What a clerk or a roster may write for each type (compared upper-cased, spaces removed).
+_ID_DOC_ALIASES: dict[str, IdDocType] = {
+    **{t.value.upper(): t for t in IdDocType},
+    **{name: t for t, name in ID_DOC_NAMES_ZH.items()},
+    "身份证": IdDocType.RESIDENT_ID,
+    "居民身份证号": IdDocType.RESIDENT_ID,
+    "ID": IdDocType.RESIDENT_ID,
+    "NATIONALID": IdDocType.RESIDENT_ID,
+    "RESIDENTID": IdDocType.RESIDENT_ID,
+    "PASSPORT": IdDocType.PASSPORT,
+    "港澳通行证": IdDocType.HK_MACAU_PERMIT,
+    "回乡证": IdDocType.HK_MACAU_PERMIT,
+    "港澳居民来往内地通行证": IdDocType.HK_MACAU_PERMIT,
+    "台胞证": IdDocType.TAIWAN_PERMIT,
+    "台湾居民来往大陆通行证": IdDocType.TAIWAN_PERMIT,
+    "永居证": IdDocType.PERMANENT_RESIDENCE,
+    "外国人永久居留证": IdDocType.PERMANENT_RESIDENCE,
+    "外国人永久居留身份证": IdDocType.PERMANENT_RESIDENCE,
+}
+
+WORK_NUMBER_LENGTH = 6
+PASSPORT_MIN, PASSPORT_MAX = 6, 18
+_PASSPORT_DROP = re.compile(r"[\s\-<]+")
+_HK_MACAU = re.compile(r"([HM]\d{8})(\d{2})?")
+_TAIWAN = re.compile(r"(\d{8})(\d{2}(\([0-9A-Z]\))?)?")
+_PR_2017 = re.compile(r"[A-Z]{3}\d{12}")
+_PR_2023 = re.compile(r"9\d{16}[\dX]")
 
 NATIONAL_ID_LENGTH = 18
 LEGACY_NATIONAL_ID_LENGTH = 15
@@ -146,17 +230,115 @@ def make_national_id(region: str, birth: date, seq: int) -> str:
     return first17 + national_id_check_char(first17)
 
 
-def default_password(national_id: str) -> str:
-    """LOSS-1: the default self-service password is the last 6 characters of the national ID.
+def default_password(doc_no: str, doc_type: IdDocType = IdDocType.RESIDENT_ID) -> str:
+    """LOSS-1: the default self-service password is the last 6 characters of the ID document.
 
-    The last character may be ``X`` (always upper case after validation).
+    For a national ID the last character may be ``X`` (always upper case after validation); for
+    the other documents the same rule applies to the normalised number (see the module
+    docstring), e.g. passport ``E12345678`` -> ``345678``.
     """
-    return validate_national_id(national_id)[-6:]
+    return validate_id_doc(doc_type, doc_no)[-WORK_NUMBER_LENGTH:]
 
 
-def work_number(national_id: str) -> str:
-    """ISS-11: a temporary holder's work number is the last 6 characters of the national ID."""
-    return validate_national_id(national_id)[-6:]
+def work_number(doc_no: str, doc_type: IdDocType = IdDocType.RESIDENT_ID) -> str:
+    """ISS-11: a temporary holder's work number is the last 6 characters of the ID document
+    ("工号：身份证后6位"; for other documents: of the normalised document number)."""
+    return validate_id_doc(doc_type, doc_no)[-WORK_NUMBER_LENGTH:]
+
+
+def parse_id_doc_type(text: str | None) -> IdDocType:
+    """A document type as a clerk or a roster writes it (``passport``, ``护照``, ``台胞证``...);
+    empty means a resident ID."""
+    key = "".join(unicodedata.normalize("NFKC", text or "").split()).upper()
+    if not key:
+        return IdDocType.RESIDENT_ID
+    try:
+        return _ID_DOC_ALIASES[key]
+    except KeyError:
+        names = "、".join(ID_DOC_NAMES_ZH.values())
+        raise _fail(
+            f"证件类型无效：{text}（可用：{names}）",
+            f"unknown ID document type: {text} (use one of: {', '.join(IdDocType)})",
+        ) from None
+
+
+def validate_id_doc(doc_type: IdDocType, s: str, *, today: date | None = None) -> str:
+    """Return the normalised number of an identity document of ``doc_type`` or raise
+    :class:`InvalidInput` (bilingual, saying what is wrong, never echoing the number).
+
+    Formats and sources: see the module docstring. Full-width characters are folded and letters
+    upper-cased for every type.
+    """
+    if doc_type is IdDocType.RESIDENT_ID:
+        return validate_national_id(s, today=today)
+    value = "".join(_normalise(s).split())
+    if not value:
+        raise _fail(f"{ID_DOC_NAMES_ZH[doc_type]}号码为空", f"{doc_type.value} number is empty")
+    if doc_type is IdDocType.PASSPORT:
+        return _validate_passport(value)
+    if doc_type is IdDocType.HK_MACAU_PERMIT:
+        m = _HK_MACAU.fullmatch(value.replace("-", ""))
+        if m is None:
+            raise _fail(
+                "港澳居民来往内地通行证号码应为H或M加8位数字",
+                "a Hong Kong/Macau permit number is H or M followed by 8 digits",
+            )
+        return m.group(1)
+    if doc_type is IdDocType.TAIWAN_PERMIT:
+        m = _TAIWAN.fullmatch(value.replace("-", ""))
+        if m is None:
+            raise _fail(
+                "台湾居民来往大陆通行证号码应为8位数字",
+                "a Taiwan permit number is 8 digits",
+            )
+        return m.group(1)
+    return _validate_permanent_residence(value, today)
+
+
+def _validate_passport(value: str) -> str:
+    value = _PASSPORT_DROP.sub("", value)
+    if not value.isascii() or not value.isalnum():
+        raise _fail("护照号码只能包含字母和数字", "a passport number holds only letters and digits")
+    if not PASSPORT_MIN <= len(value) <= PASSPORT_MAX:
+        raise _fail(
+            f"护照号码应为{PASSPORT_MIN}-{PASSPORT_MAX}位，实为{len(value)}位",
+            f"a passport number has {PASSPORT_MIN}-{PASSPORT_MAX} characters, got {len(value)}",
+        )
+    if not any(ch.isdigit() for ch in value):
+        raise _fail("护照号码须含数字", "a passport number contains digits")
+    return value
+
+
+def _validate_permanent_residence(value: str, today: date | None) -> str:
+    if _PR_2017.fullmatch(value):
+        return value  # 2004/2017 card: nationality letters + 12 digits
+    if len(value) != NATIONAL_ID_LENGTH or not value.startswith("9"):
+        raise _fail(
+            "外国人永久居留身份证号码应为以9开头的18位（2023版）或3个字母加12位数字（旧版）",
+            "a permanent residence card number has 18 characters starting with 9 (2023 card)"
+            " or 3 letters + 12 digits (older cards)",
+        )
+    if not _PR_2023.fullmatch(value):
+        raise _fail(
+            "永居证号码前17位须为数字，末位为数字或X",
+            "a permanent residence card number is 17 digits and a digit or X",
+        )
+    birth = _birth_date(value[:17])
+    if today is not None and birth > today:
+        raise _fail("永居证号码出生日期晚于今天", "permanent residence card birth date is future")
+    if national_id_check_char(value[:17]) != value[17]:
+        raise _fail("永居证号码校验位错误", "permanent residence card check digit wrong")
+    return value
+
+
+def make_permanent_residence_no(province: str, nationality: str, birth: date, seq: int) -> str:
+    """Build a valid 2023 permanent residence card number; for synthetic data and tests.
+
+    ``province`` is the 2-digit code of the issuing province, ``nationality`` the 3-digit
+    ISO 3166-1 numeric country code.
+    """
+    first17 = f"9{province:0>2}{nationality:0>3}{birth:%Y%m%d}{seq:03d}"
+    return first17 + national_id_check_char(first17)
 
 
 def mask_national_id(s: str) -> str:
@@ -169,6 +351,20 @@ def mask_national_id(s: str) -> str:
     if len(value) <= 8:
         return "*" * len(value)
     return value[:4] + "*" * (len(value) - 8) + value[-4:]
+
+
+def mask_id_doc(s: str) -> str:
+    """Mask any identity document number: keep a quarter of it at each end (at least 1).
+
+    ``"11010519491231002X" -> "1101**********002X"`` (as :func:`mask_national_id`),
+    ``"E12345678" -> "E1*****78"``, ``"12345678" -> "12****78"``. Never raises; 4 characters or
+    fewer are fully masked.
+    """
+    value = s.strip()
+    if len(value) <= 4:
+        return "*" * len(value)
+    keep = max(1, len(value) // 4)
+    return value[:keep] + "*" * (len(value) - 2 * keep) + value[-keep:]
 
 
 def _is_cjk(ch: str) -> bool:

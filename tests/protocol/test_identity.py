@@ -9,13 +9,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from protocol.cards.identity import (
+    IdDocType,
     default_password,
     make_national_id,
+    make_permanent_residence_no,
     mask_card,
+    mask_id_doc,
     mask_name,
     mask_national_id,
     national_id_birth_date,
     national_id_check_char,
+    parse_id_doc_type,
+    validate_id_doc,
     validate_national_id,
     work_number,
 )
@@ -236,3 +241,115 @@ class TestMasking:
     )
     def test_mask_card(self, serial: str, masked: str) -> None:
         assert mask_card(serial) == masked
+
+
+class TestOtherIdentityDocuments:
+    """ISS-8/ISS-11: foreign teachers, exchange students and visitors register with the document
+    they hold; each type has its own format (sources in protocol/cards/identity.py)."""
+
+    @pytest.mark.parametrize(
+        ("doc_type", "typed", "stored"),
+        [
+            (IdDocType.RESIDENT_ID, "11010519491231002x", PUBLIC_SAMPLE),
+            (IdDocType.PASSPORT, " e1234 5678 ", "E12345678"),  # PRC: E + 8 digits
+            (IdDocType.PASSPORT, "AB123456", "AB123456"),  # Canada: 2 letters + 6 digits
+            (IdDocType.PASSPORT, "C01X00T47<", "C01X00T47"),  # as read off an MRZ
+            (IdDocType.PASSPORT, "ＥＡ１２３４５６７", "EA1234567"),  # full width (IME)
+            (IdDocType.HK_MACAU_PERMIT, "h12345678", "H12345678"),
+            (IdDocType.HK_MACAU_PERMIT, "M1234567802", "M12345678"),  # old card: + renewals
+            (IdDocType.TAIWAN_PERMIT, "12345678", "12345678"),
+            (IdDocType.TAIWAN_PERMIT, "1234567801(B)", "12345678"),  # old booklet form
+            (IdDocType.PERMANENT_RESIDENCE, "usa110080050612", "USA110080050612"),  # 2017 card
+        ],
+    )
+    def test_valid_numbers_are_normalised(
+        self, doc_type: IdDocType, typed: str, stored: str
+    ) -> None:
+        assert validate_id_doc(doc_type, typed) == stored
+
+    def test_2023_permanent_residence_card_is_checked_like_a_national_id(self) -> None:
+        number = make_permanent_residence_no("11", "840", date(1980, 5, 6), 1)
+        assert number.startswith("9")
+        assert len(number) == 18
+        assert validate_id_doc(IdDocType.PERMANENT_RESIDENCE, number) == number
+        wrong = number[:17] + ("0" if number[17] != "0" else "1")
+        with pytest.raises(InvalidInput, match="check digit"):
+            validate_id_doc(IdDocType.PERMANENT_RESIDENCE, wrong)
+        bad_birth = make_permanent_residence_no("11", "840", date(1980, 5, 6), 1)
+        bad_birth = bad_birth[:10] + "13" + bad_birth[12:]  # month 13
+        with pytest.raises(InvalidInput, match="birth date"):
+            validate_id_doc(IdDocType.PERMANENT_RESIDENCE, bad_birth)
+        # a citizen's ID is not a permanent residence card (first digit 1-8)
+        with pytest.raises(InvalidInput, match="starting with 9"):
+            validate_id_doc(IdDocType.PERMANENT_RESIDENCE, PUBLIC_SAMPLE)
+
+    @pytest.mark.parametrize(
+        ("doc_type", "typed", "says"),
+        [
+            (IdDocType.PASSPORT, "ABCDEFG", "digits"),
+            (IdDocType.PASSPORT, "E1234", "6-18"),
+            (IdDocType.PASSPORT, "E1234567.8", "letters and digits"),
+            (IdDocType.PASSPORT, "", "empty"),
+            (IdDocType.HK_MACAU_PERMIT, "X12345678", "H or M"),
+            (IdDocType.HK_MACAU_PERMIT, "H1234567", "H or M"),  # one digit short: a typo
+            (IdDocType.TAIWAN_PERMIT, "1234567", "8 digits"),
+            (IdDocType.TAIWAN_PERMIT, "A1234567", "8 digits"),
+            (IdDocType.PERMANENT_RESIDENCE, "91184019800506001", "18 characters"),
+        ],
+    )
+    def test_typos_are_refused_bilingually_without_echoing(
+        self, doc_type: IdDocType, typed: str, says: str
+    ) -> None:
+        with pytest.raises(InvalidInput) as err:
+            validate_id_doc(doc_type, typed)
+        assert says in err.value.message_en
+        assert err.value.message_zh
+        assert err.value.code is ErrorCode.INVALID_INPUT
+        if len(typed) > 4:
+            assert typed not in str(err.value)
+
+    def test_work_number_and_default_password_are_the_last_6(self) -> None:
+        """ISS-11 / LOSS-1: the same "last 6" rule for every document, on the normalised number."""
+        assert work_number(PUBLIC_SAMPLE) == default_password(PUBLIC_SAMPLE) == "31002X"
+        assert work_number("e12345678", IdDocType.PASSPORT) == "345678"
+        assert default_password("EA1234567", IdDocType.PASSPORT) == "234567"
+        assert work_number("H1234567801", IdDocType.HK_MACAU_PERMIT) == "345678"
+        assert default_password("12345678", IdDocType.TAIWAN_PERMIT) == "345678"
+        assert work_number("USA110080050612", IdDocType.PERMANENT_RESIDENCE) == "050612"
+
+    @pytest.mark.parametrize(
+        ("typed", "doc_type"),
+        [
+            ("", IdDocType.RESIDENT_ID),
+            ("身份证", IdDocType.RESIDENT_ID),
+            ("护照", IdDocType.PASSPORT),
+            ("Passport", IdDocType.PASSPORT),
+            ("回乡证", IdDocType.HK_MACAU_PERMIT),
+            ("港澳居民来往内地通行证", IdDocType.HK_MACAU_PERMIT),
+            ("台胞证", IdDocType.TAIWAN_PERMIT),
+            ("外国人永久居留身份证", IdDocType.PERMANENT_RESIDENCE),
+            ("permanent_residence", IdDocType.PERMANENT_RESIDENCE),
+        ],
+    )
+    def test_document_type_names(self, typed: str, doc_type: IdDocType) -> None:
+        assert parse_id_doc_type(typed) is doc_type
+
+    def test_unknown_document_type_is_refused(self) -> None:
+        with pytest.raises(InvalidInput, match="unknown ID document type"):
+            parse_id_doc_type("驾驶证")
+
+    @pytest.mark.parametrize(
+        ("number", "masked"),
+        [
+            (PUBLIC_SAMPLE, "1101**********002X"),
+            ("E12345678", "E1*****78"),
+            ("12345678", "12****78"),
+            ("USA110080050612", "USA*********612"),
+            ("1234", "****"),
+            ("", ""),
+        ],
+    )
+    def test_mask_id_doc_hides_half_of_any_document(self, number: str, masked: str) -> None:
+        assert mask_id_doc(number) == masked
+        hidden = masked.count("*")
+        assert hidden >= len(number) / 2
