@@ -38,6 +38,13 @@ RID_TEXT_RE = re.compile(rb'"request_id"\s*:\s*"([A-Za-z0-9_.:-]{1,64})"')
 #: Replaced at send time by a live kiosk session of the sending terminal (if it has one), so
 #: session-bound kiosk operations reach their real paths. Matches the session pattern.
 SESSION_TOKEN = "FZsessionPLACEHOLDER"
+#: Likewise a hold this water controller holds (``water_settle`` / ``water_release``) and a sale
+#: this POS made (``void``), so those reach their money paths too.
+HOLD_TOKEN = "FZholdPLACEHOLDER"
+SALE_TOKEN = "FZsalePLACEHOLDER"
+#: A ``sent_ms`` replaced at send time by the sender's clock (the corpus is drawn before the
+#: run, so a drawn time is mostly stale: ``expired``, or ahead: ``clock_skew``).
+NOW_MS_TOKEN = 3141592653589
 #: Correlation Data of at least this many bytes carries the case's sequence number.
 TAG_SIZE = 6
 
@@ -548,7 +555,12 @@ def _response_topics(tid: str, op: str, info: SiteInfo) -> st.SearchStrategy[str
 def cases(info: SiteInfo) -> st.SearchStrategy[Case]:
     """Fuzz cases: a terminal, a topic, MQTT v5 properties and a payload."""
     ops = request_ops()
-    hints: dict[str, st.SearchStrategy[Any]] = {"session": st.just(SESSION_TOKEN)}
+    hints: dict[str, st.SearchStrategy[Any]] = {
+        "session": st.just(SESSION_TOKEN),
+        "hold_id": st.just(HOLD_TOKEN),
+        "original_request_id": st.just(SALE_TOKEN),
+        "sent_ms": st.just(NOW_MS_TOKEN),
+    }
     if info.cards:
         hints["card"] = st.sampled_from(list(info.cards))
     envelopes = {op: valid_envelope(op, hints) for op in ops}

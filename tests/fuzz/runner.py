@@ -50,7 +50,10 @@ from paho.mqtt.properties import Properties
 
 from protocol.errors import ErrorCode
 from tests.fuzz.cases import (
+    HOLD_TOKEN,
+    NOW_MS_TOKEN,
     ROOT,
+    SALE_TOKEN,
     SESSION_TOKEN,
     TAG_SIZE,
     Case,
@@ -237,6 +240,8 @@ class FuzzClient:
         self.inbox = inbox
         self.report = report
         self.sessions: list[str] = []
+        self.holds: list[str] = []
+        self.sales: list[str] = []
         self.client: aiomqtt.Client | None = None
         self._reader: asyncio.Task[None] | None = None
         self._waiters: dict[int, asyncio.Future[int]] = {}
@@ -286,8 +291,7 @@ class FuzzClient:
                 self.inbox.append(
                     Received(self.tid, message.topic.value, payload, corr, time.perf_counter())
                 )
-                if "/resp/login" in message.topic.value:
-                    self._learn_session(payload)
+                self._learn(message.topic.value, payload)
         except aiomqtt.MqttError as exc:
             self._alive.clear()
             last = self.last_sent.describe(160) if self.last_sent else "-"
@@ -297,16 +301,28 @@ class FuzzClient:
                     waiter.set_exception(ConnectionError(str(exc)))
             self._waiters.clear()
 
-    def _learn_session(self, payload: bytes) -> None:
+    def _learn(self, topic: str, payload: bytes) -> None:
+        """Keep live values from approvals: sessions, holds, sales (the last 8 of each)."""
+        if b'"ok":true' not in payload:
+            return
         try:
             body = json.loads(payload)
         except ValueError:
             return
         data = body.get("data") if isinstance(body, dict) else None
-        session = data.get("session") if isinstance(data, dict) else None
-        if isinstance(session, str):
-            self.sessions.append(session)
-            del self.sessions[:-8]
+        if not isinstance(data, dict):
+            return
+        op = topic.rsplit("/", 1)[-1]
+        learned = {
+            "login": (self.sessions, data.get("session")),
+            "water_hold": (self.holds, data.get("hold_id")),
+            "purchase": (self.sales, body.get("request_id")),
+            "meal": (self.sales, body.get("request_id")),
+        }.get(op)
+        if learned is not None and isinstance(learned[1], str):
+            pool, value = learned
+            pool.append(value)
+            del pool[:-8]
 
     async def ensure_connected(self) -> None:
         if self._alive.is_set():
@@ -440,9 +456,20 @@ def _tag(correlation: bytes | None) -> int | None:
 
 
 def _payload(case: Case, client: FuzzClient, rng: random.Random) -> bytes:
-    if client.sessions and SESSION_TOKEN.encode() in case.payload:
-        return case.payload.replace(SESSION_TOKEN.encode(), rng.choice(client.sessions).encode())
-    return case.payload
+    """The case's payload with its placeholders replaced by live values of the sender (a kiosk
+    session, a water hold, a sale to void), when it has some."""
+    now_ms = str(int(time.time() * 1000)).encode()  # as long as the token: sizes stay
+    payload = case.payload.replace(str(NOW_MS_TOKEN).encode(), now_ms)
+    if len(payload) > 8192:
+        return payload  # keep the size cases at their sizes
+    for token, pool in (
+        (SESSION_TOKEN, client.sessions),
+        (HOLD_TOKEN, client.holds),
+        (SALE_TOKEN, client.sales),
+    ):
+        if pool and token.encode() in payload:
+            payload = payload.replace(token.encode(), rng.choice(pool).encode())
+    return payload
 
 
 async def run_fuzz(options: Options) -> Report:
