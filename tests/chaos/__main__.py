@@ -91,19 +91,22 @@ def kept_findings() -> str:
 
 def markdown(results: list[ScenarioResult], size: Size, command: str, started: datetime) -> str:
     findings = kept_findings()
-    git = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
+
+    def git(*args: str) -> str:
+        cmd = ["git", "-C", str(ROOT), *args]
+        done = subprocess.run(cmd, check=False, capture_output=True, text=True)
+        return done.stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "?"
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    tree = "plus uncommitted changes" if dirty else "(a clean checkout)"
     lines = [
         "# Reliability: the chaos suite (issue 8)",
         "",
         f"Produced by `{command}`"
         + (" (what `make chaos` runs)" if command == "python -m tests.chaos" else "")
-        + f" on {started:%Y-%m-%d %H:%M} UTC, commit `{git or '?'}` plus "
-        "the working tree, on this project's 2-core Debian 12 machine "
+        + f" on {started:%Y-%m-%d %H:%M} UTC, commit `{commit}` {tree}, "
+        "on this project's 2-core Debian 12 machine "
         f"({platform.python_version()}, `{platform.machine()}`). Every figure below comes from "
         "that one run; re-run the command to refresh them (it rewrites this file).",
         "",
