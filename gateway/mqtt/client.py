@@ -42,9 +42,12 @@ class MqttSettings:
     session_expiry_s: int = 3600  # keep our subscriptions and queued requests while we restart
     max_inflight: int = 1000
     max_packet: int = MAX_INBOUND_PACKET
-    #: Messages received but not yet taken by the runtime; past it the gateway stops
+    #: Messages received but not yet taken by the runtime. gmqtt: past it the gateway stops
     #: acknowledging, so the broker's flow control (our receive maximum) holds the rest.
     max_queued: int = 2000
+    #: aiomqtt (paho acknowledges on receipt, so there is no back-pressure): past this it drops
+    #: and logs; a terminal's retry of the same request id is decided (at most 32 KiB each).
+    max_queued_aiomqtt: int = 20_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +119,7 @@ class MqttSession:
             # bounded: past it aiomqtt logs and drops (paho has already acknowledged; the
             # terminal's retry of the same request id gets it decided). gmqtt, the default,
             # applies back-pressure instead (gateway/mqtt/client_gmqtt.py).
-            max_queued_incoming_messages=settings.max_queued,
+            max_queued_incoming_messages=settings.max_queued_aiomqtt,
             timeout=10,
         )
 
