@@ -437,11 +437,18 @@ class Portal:
             return self.render(request, "loss_confirm.html", card=card)
 
         async def act() -> str:
+            started = time.perf_counter()
             receipt = await self.services.portal.report_loss(actor, card_id)
+            committed = time.perf_counter()
             confirmed = await self._confirm_propagation(receipt.denylist_version)
             session.stash["loss"] = (receipt, confirmed)
             log.info(
-                "web loss report holder=%s version=%s", actor.holder_id, receipt.denylist_version
+                "web loss report holder=%s version=%s commit_ms=%.1f gateway_ms=%.1f confirmed=%s",
+                actor.holder_id,
+                receipt.denylist_version,
+                1000 * (committed - started),
+                1000 * (time.perf_counter() - committed),
+                confirmed,
             )
             return "/loss/done"
 
