@@ -3,7 +3,9 @@
 set -euo pipefail
 need=()
 # nftables: the chaos suite's partitions (network namespaces + nft drop rules; tests/chaos)
-for pkg in mosquitto mosquitto-clients postgresql nftables; do
+# chromium, chromium-driver, fonts-noto-cjk: the portal's browser tests (tests/web; Playwright
+# drives /usr/bin/chromium — its own browser downloads fail here; without CJK fonts Chinese is boxes)
+for pkg in mosquitto mosquitto-clients postgresql nftables chromium chromium-driver fonts-noto-cjk; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
