@@ -4,9 +4,10 @@ the benchmarks (docs/benchmarks.md) record why. The only module that imports gmq
 
 Flow control, both ways (issue 8, item 7 and the unbounded queues of item 12):
 
-- inbound: a request is acknowledged (PUBACK) only once it is in the bounded hand-over queue;
-  while the runtime is behind, acknowledgements wait, and the broker stops sending once our
-  receive maximum of unacknowledged messages is reached. Nothing is buffered without bound.
+- inbound: a request is acknowledged (PUBACK) only once it is in the bounded hand-over queue
+  (at once while there is room: no task per message); while the runtime is behind,
+  acknowledgements wait, and the broker stops sending once our receive maximum of
+  unacknowledged messages is reached. Nothing is buffered without bound.
 - outbound: gmqtt raises ``OverflowError`` when more QoS 1 publishes are unacknowledged than the
   broker's receive maximum; :meth:`GmqttSession.publish` waits for a PUBACK to free a packet id
   instead, so a burst of replies is delayed, never lost.
@@ -42,6 +43,22 @@ def _watch_pubacks(client: Any, freed: asyncio.Event) -> None:
     handler._handle_puback_packet = on_puback
 
 
+def _acknowledge_when_queued(client: Any, session: GmqttSession) -> None:
+    """QoS 1 requests: queue and PUBACK at once while the hand-over queue has room (no task per
+    message on the hot path); when it is full, the PUBACK waits for room (back-pressure)."""
+    handler = client._package_handler
+
+    def on_qos1(mid: int, packet: bytes, topic: str, properties: dict[str, Any]) -> None:
+        item = session.inbound(topic, packet, properties)
+        if session.offer(item):
+            handler._send_puback(mid)
+            return
+        task = asyncio.ensure_future(session.put(item))
+        task.add_done_callback(lambda _t: handler._send_puback(mid))
+
+    handler._handle_qos_1_publish_packet = on_qos1
+
+
 def _inflight_full(client: Any) -> bool:
     generator = client._package_handler.id_generator
     return bool(len(generator._used_ids) >= generator._max - 1)
@@ -66,6 +83,7 @@ class GmqttSession:
         )
         self._freed = asyncio.Event()
         _watch_pubacks(self._client, self._freed)
+        _acknowledge_when_queued(self._client, self)
         self._client.set_config({"reconnect_retries": 0, "reconnect_delay": 0})
         if settings.username is not None:
             self._client.set_auth_credentials(settings.username, settings.password)
@@ -75,14 +93,12 @@ class GmqttSession:
         self._closing = False
         self._lost = asyncio.Event()
 
-    async def _on_message(
-        self, _client: Any, topic: str, payload: bytes, _qos: int, properties: dict[str, Any]
-    ) -> int:
-        """Queue the message; gmqtt sends the PUBACK when this returns (not before)."""
+    @staticmethod
+    def inbound(topic: str, payload: bytes, properties: dict[str, Any]) -> Inbound:
         response = properties.get("response_topic")
         correlation = properties.get("correlation_data")
         expiry = properties.get("message_expiry_interval")
-        item = Inbound(
+        return Inbound(
             topic=topic,
             payload=bytes(payload),
             retain=bool(properties.get("retain")),
@@ -90,14 +106,29 @@ class GmqttSession:
             correlation_data=correlation[0] if correlation else None,
             expiry_s=int(expiry[0]) if expiry else None,
         )
+
+    def offer(self, item: Inbound) -> bool:
+        """Queue ``item`` if there is room (the caller then acknowledges it at once)."""
         if self._queue.full():
-            put = asyncio.ensure_future(self._queue.put(item))
-            lost = asyncio.ensure_future(self._lost.wait())
-            await asyncio.wait({put, lost}, return_when=asyncio.FIRST_COMPLETED)
-            for task in (put, lost):
-                task.cancel()
-        else:
-            self._queue.put_nowait(item)
+            return False
+        self._queue.put_nowait(item)
+        return True
+
+    async def put(self, item: Inbound) -> None:
+        """Wait for room (or the connection's end), then queue ``item``."""
+        put = asyncio.ensure_future(self._queue.put(item))
+        lost = asyncio.ensure_future(self._lost.wait())
+        await asyncio.wait({put, lost}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (put, lost):
+            task.cancel()
+
+    async def _on_message(
+        self, _client: Any, topic: str, payload: bytes, _qos: int, properties: dict[str, Any]
+    ) -> int:
+        """QoS 0 and 2 (terminals use QoS 1, handled by ``_acknowledge_when_queued``)."""
+        item = self.inbound(topic, payload, properties)
+        if not self.offer(item):
+            await self.put(item)
         return 0
 
     def _on_disconnect(self, *_args: Any, **_kw: Any) -> None:
