@@ -178,7 +178,8 @@ class Report:
             lines.append(
                 f"well-behaved POS: {self.good['taps']} taps, p50 {_pct(lat, 50):.1f} ms, "
                 f"p99 {_pct(lat, 99):.1f} ms, max {lat[-1]:.1f} ms, "
-                f"{len(self.good.get('failures', []))} failures"
+                f"{len(self.good.get('failures', []))} failures, "
+                f"{self.good.get('late_replies', 0)} late replies to retried taps"
             )
         if self.reply_ms:
             ms = sorted(self.reply_ms)

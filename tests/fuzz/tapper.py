@@ -6,7 +6,8 @@ the fuzzers run, in its own process so its latency is the gateway's, not the fuz
 wait for the reply (5 s), then the next tap after ``--interval``. A tap without a reply within
 5 s is a failure and is retried with the same request id, as a real terminal does. Any message
 on its resp/ topics that answers none of its requests is counted as *unsolicited* (a reply the
-gateway routed to the wrong terminal). Writes a JSON summary to ``--out``.
+gateway routed to the wrong terminal); a second reply to a retried request is only *late*.
+Writes a JSON summary to ``--out``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ async def tap_loop(args: argparse.Namespace) -> dict[str, Any]:
     latencies: list[float] = []
     failures: list[str] = []
     unsolicited: list[str] = []
+    asked: set[str] = set()  # every request id sent: a late reply to a retry is not unsolicited
+    late = 0
     debited = 0
     waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
     client = aiomqtt.Client(
@@ -44,15 +47,21 @@ async def tap_loop(args: argparse.Namespace) -> dict[str, Any]:
     )
 
     async def read() -> None:
+        nonlocal late
         async for message in client.messages:
             payload = message.payload if isinstance(message.payload, bytes) else b""
+            rid = None
             try:
                 body = json.loads(payload)
-                future = waiting.pop(str(body.get("request_id")), None)
+                rid = str(body.get("request_id"))
+                future = waiting.pop(rid, None)
             except (ValueError, AttributeError):
                 future = None
             if future is None or future.done():
-                unsolicited.append(f"{message.topic.value}: {payload[:200]!r}")
+                if rid in asked:
+                    late += 1  # the first reply to a request that was retried meanwhile
+                else:
+                    unsolicited.append(f"{message.topic.value}: {payload[:200]!r}")
                 continue
             future.set_result(body)
 
@@ -61,6 +70,7 @@ async def tap_loop(args: argparse.Namespace) -> dict[str, Any]:
         for attempt in range(3):
             future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
             waiting[rid] = future
+            asked.add(rid)
             start = time.perf_counter()
             await client.publish(f"onecard/v1/t/{tid}/req/{op}", body, qos=1)
             try:
@@ -107,6 +117,7 @@ async def tap_loop(args: argparse.Namespace) -> dict[str, Any]:
         "debited_fen": debited,
         "failures": failures,
         "unsolicited": unsolicited,
+        "late_replies": late,
         "latencies_ms": [round(x * 1000, 3) for x in latencies],
     }
 
