@@ -18,6 +18,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from gateway.services.alerts import (
+    PRESENTED_STATES,
+    AlertRules,
+    crossed_low,
+    low_balance_row,
+    topup_row,
+)
 from gateway.services.base import Actor, Context
 from gateway.services.cards import CardService
 from gateway.services.common import apply_event, live_card
@@ -139,6 +146,15 @@ class Refused(OnecardError):
     """A tap refusal (card state, funds) that is a normal, recorded decision."""
 
 
+class PresentedRefused(Refused):
+    """A lost or frozen card refused: the decision also tells the holder (a ``card_presented``
+    alert, :meth:`TerminalService._alert_presented`)."""
+
+    def __init__(self, card: TapCard, *, code: ErrorCode, rule: str | None) -> None:
+        super().__init__(code=code, rule=rule)
+        self.card = card
+
+
 Handler = Callable[[TapTx, Terminal, Any, datetime], Any]
 
 
@@ -150,8 +166,11 @@ class TerminalService:
         executor: TapExecutor,
         deny_lookup: Callable[[str], ErrorCode | None] = lambda _uid: None,
         settlement: SettlementRules | None = None,
+        alerts: AlertRules | None = None,
     ) -> None:
         self.ctx = ctx
+        #: Low-balance threshold and the rate limit of "lost card presented" alerts.
+        self.alerts = alerts or AlertRules()
         self.executor = executor
         #: The gateway's in-memory deny set: a card on it is refused even if the registry row was
         #: read a moment before the change (the registry is checked too, in the same job).
@@ -249,6 +268,7 @@ class TerminalService:
             else:
                 data = self._handlers[op](tx, terminal, request.data, now)
         except Refused as exc:
+            self._alert_presented(tx, terminal, exc, now)  # after any undo: the alert stays
             outcome = Outcome(encode_error(request.request_id, exc), ok=False, code=exc.code.value)
         else:
             outcome = Outcome(encode_reply(op, request.request_id, data), ok=True, code="approved")
@@ -335,26 +355,45 @@ class TerminalService:
         else:
             refusal = tap_refusal(card.state, card.valid_until, now) or self.deny_lookup(uid)
         if refusal is not None:
+            if card.state in PRESENTED_STATES:
+                raise PresentedRefused(card, code=refusal, rule=TAP_RULES.get(refusal))
             raise Refused(code=refusal, rule=TAP_RULES.get(refusal))
         if card.holder_status != "active":
             raise Refused(code=ErrorCode.CARD_TERMINATED, rule="TERM-6")
         return card
 
+    def _alert_presented(self, tx: TapTx, t: Terminal, exc: Refused, now: datetime) -> None:
+        """The holder's alert for a lost/frozen card refused here: one INSERT, at most one per
+        card per terminal per window (gateway/services/alerts.py)."""
+        if isinstance(exc, PresentedRefused):
+            tx.card_alert(
+                holder_id=exc.card.holder_id,
+                card_id=exc.card.id,
+                terminal_id=t.id,
+                detail=exc.card.state.value,
+                at=now,
+                since=now - self.alerts.presented_window,
+            )
+
     def _merchant(self, t: Terminal, given: str | None) -> str:
-        if given is not None and t.merchant_id is not None and given != t.merchant_id:
-            raise OnecardError(
+        """The terminal's registered merchant; a sale may name only that one. A terminal with
+        none registered sells for its own account and may name no merchant (a stolen POS must
+        not credit, or create, a merchant of its choosing)."""
+        if given is not None and given != t.merchant_id:
+            raise Refused(
                 "商户号与终端登记不符",
                 "merchant differs from the terminal's registration",
                 code=ErrorCode.PERMISSION_DENIED,
             )
-        return given or t.merchant_id or t.id
+        return t.merchant_id or t.id
 
     def _debit(
         self, tx: TapTx, spec: TransferSpec, *, now: datetime, t: Terminal, card: TapCard
     ) -> tuple[int, int]:
-        """``(transfer id, purse balance after)``; insufficient funds is a recorded refusal."""
+        """``(transfer id, purse balance after)``; insufficient funds is a recorded refusal.
+        A debit that takes the purse below the low-balance mark tells the holder (once)."""
         try:
-            return tx.post_returning(
+            tid, balance = tx.post_returning(
                 spec,
                 at=now,
                 actor=t.actor.name,
@@ -366,6 +405,18 @@ class TerminalService:
             if exc.code is ErrorCode.INSUFFICIENT_FUNDS:
                 raise Refused(exc.message_zh, exc.message_en, code=exc.code) from None
             raise
+        if crossed_low(balance, spec.amount, self.alerts):
+            tx.insert(
+                "holder_alerts",
+                low_balance_row(
+                    holder_id=card.holder_id,
+                    balance=balance,
+                    at=now,
+                    card_id=card.id,
+                    terminal_id=t.id,
+                ),
+            )
+        return tid, balance
 
     # --- POS --------------------------------------------------------------------------------
     def _purchase(
@@ -462,16 +513,11 @@ class TerminalService:
         )
 
     # --- door ---------------------------------------------------------------------------------
-    def _access(
-        self,
-        tx: TapTx,
-        t: Terminal,  # noqa: ARG002
-        data: AccessRequest,
-        now: datetime,
-    ) -> AccessResponse:
+    def _access(self, tx: TapTx, t: Terminal, data: AccessRequest, now: datetime) -> AccessResponse:
         try:
             self._usable_card(tx, data.card, now)
         except Refused as exc:
+            self._alert_presented(tx, t, exc, now)
             return AccessResponse(allowed=False, reason=exc.code)
         return AccessResponse(allowed=True)
 
@@ -875,7 +921,20 @@ class TerminalService:
         tid = tx.post(
             spec, at=now, actor=t.actor.name, card_id=card_id, terminal_id=t.id, holder_id=holder_id
         )
-        return TopupResponse(balance_after_fen=tx.balance(purse(holder_id)), transfer_id=str(tid))
+        balance = tx.balance(purse(holder_id))
+        tx.insert(
+            "holder_alerts",
+            topup_row(
+                holder_id=holder_id,
+                amount=data.amount_fen,
+                channel="kiosk",
+                at=now,
+                balance=balance,
+                card_id=card_id,
+                terminal_id=t.id,
+            ),
+        )
+        return TopupResponse(balance_after_fen=balance, transfer_id=str(tid))
 
 
 def _rehash(holder: Holder, old: str, new: str) -> str | None:
