@@ -2,9 +2,10 @@
 synthetic campus, and a simulated fleet with its live dashboard — all on this machine.
 
 Processes: mosquitto (files rendered from the registry, like production), ``onecard serve``
-(the gateway), ``python -m simulators fleet`` (black-box terminals speaking the contract). Ctrl-C
-(or the end of ``--duration``) stops the fleet first (it prints its summary), then the gateway
-(SIGTERM: drain, retained ``offline``), then the broker.
+(the gateway), ``onecard web`` (the cardholder portal; its address and a demo account are
+printed), ``python -m simulators fleet`` (black-box terminals speaking the contract). Ctrl-C
+(or the end of ``--duration``) stops the fleet first (it prints its summary), then the portal,
+the gateway (SIGTERM: drain, retained ``offline``), then the broker.
 """
 
 from __future__ import annotations
@@ -100,8 +101,11 @@ async def prepare(paths: DemoPaths, size: DemoSize, *, gateway_password: str) ->
             rows = await tx.find("terminals", order_by="id")
     finally:
         await registry.close()
+    # the portal's demo account (README) stays out of the fleet: no random loss report hits it
+    demo_account = seeded.cards.pop(0)
     _write_secret(paths.terminals, seeded.terminals)
     _write_secret(paths.cards, seeded.cards)
+    _write_secret(paths.root / "demo-account.json", demo_account)
     accounts = [_Account(r["id"], bool(r["enabled"]), r["mqtt_password_hash"]) for r in rows]
     entries = bf.password_entries(
         accounts, {"gateway": bf.mosquitto_password_hash(gateway_password)}
@@ -120,13 +124,18 @@ async def prepare(paths: DemoPaths, size: DemoSize, *, gateway_password: str) ->
         owner=None,
     )
     http_port = free_port()
+    web_port = free_port()
     paths.config.write_text(
         f'db = "{paths.db}"\nlog_level = "WARNING"\nscheduler_interval_s = 5.0\n'
         f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\nusername = "gateway"\n'
         f'password = "{gateway_password}"\n'
         f"[http]\nport = {http_port}\n"
+        f'[web]\nhost = "127.0.0.1"\nport = {web_port}\ncookie_secure = false\n'
+        f'gateway_metrics_urls = ["http://127.0.0.1:{http_port}/metrics"]\n'
     )
-    (paths.root / "ports.json").write_text(json.dumps({"mqtt": port, "http": http_port}))
+    (paths.root / "ports.json").write_text(
+        json.dumps({"mqtt": port, "http": http_port, "web": web_port})
+    )
     print(  # noqa: T201
         f"已生成演示校园 seeded campus: {len(seeded.cards)} cards, "
         f"{len(seeded.terminals)} terminals in {time.perf_counter() - started:.1f}s  ({paths.root})"
@@ -190,7 +199,7 @@ def run_demo(
     ports = json.loads((paths.root / "ports.json").read_text())
     bin_dir = Path(sys.executable).parent
     env = {k: v for k, v in os.environ.items() if not k.startswith("ONECARD_")}
-    broker = gateway = fleet = None
+    broker = gateway = fleet = web = None
     code = 1
     try:
         mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -216,6 +225,21 @@ def run_demo(
             f"网关就绪 gateway ready: mqtt 127.0.0.1:{ports['mqtt']}, "
             f"metrics http://127.0.0.1:{ports['http']}/metrics — Ctrl-C 停止 / stops"
         )
+        web_log = (paths.root / "web.log").open("wb")
+        web = subprocess.Popen(  # noqa: S603
+            [str(bin_dir / "onecard"), "web", "--config", str(paths.config)],
+            env=env,
+            stdout=web_log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        _wait_ready(f"http://127.0.0.1:{ports['web']}/healthz", 30, web)
+        account = json.loads((paths.root / "demo-account.json").read_text())
+        print(  # noqa: T201
+            f"持卡人自助服务 cardholder portal: http://127.0.0.1:{ports['web']}/ — "
+            f"演示账号 demo account {account['number']} / {account['password']}"
+        )
         fleet_cmd = [
             *(sys.executable, "-m", "simulators", "fleet"),
             *("--host", "127.0.0.1", "--port", str(ports["mqtt"])),
@@ -240,6 +264,7 @@ def run_demo(
             code = _stop(fleet, signal.SIGINT, 60) or 0
     finally:
         _stop(fleet, signal.SIGINT, 60)
+        _stop(web, signal.SIGTERM, 15)
         _stop(gateway, signal.SIGTERM, 30)
         _stop(broker, signal.SIGTERM, 10)
     return code

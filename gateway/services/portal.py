@@ -434,7 +434,7 @@ class PortalService:
             rows = await tx.rows(
                 "SELECT t.id, t.kind, t.source, t.dest, t.amount, t.at, m.name AS place"
                 + body
-                + " ORDER BY t.id DESC LIMIT :limit OFFSET :offset",
+                + " ORDER BY t.at DESC, t.id DESC LIMIT :limit OFFSET :offset",
                 {**params, "limit": page_size, "offset": (page - 1) * page_size},
             )
         account = purse(holder_id)

@@ -19,7 +19,7 @@ import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -166,7 +166,10 @@ class Portal:
         env = self.templates.env
         env.filters["yuan"] = yuan
         env.filters["when"] = lambda m: local(m).strftime("%Y-%m-%d %H:%M") if m else ""
-        env.filters["day"] = lambda m: local(m).strftime("%Y-%m-%d") if m else ""
+        # a validity end is the first moment no longer valid (TERM-2): show the last valid day
+        env.filters["lastday"] = lambda m: (
+            local(m - timedelta(microseconds=1)).strftime("%Y-%m-%d") if m else ""
+        )
         env.globals["kinds"] = [(k.value, *KIND_NAMES[k.value]) for k in HistoryKind]
         self._services: WebServices | None = None
 

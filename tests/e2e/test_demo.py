@@ -45,6 +45,7 @@ def test_demo_runs_and_the_fleet_keeps_every_invariant(tmp_path: Path) -> None:
     )
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-4000:]
+    assert "cardholder portal: http://127.0.0.1:" in out  # make demo prints the portal (issue 9)
     result = json.loads((root / "fleet-result.json").read_text())
     assert result["violations"] == []
     assert result["taps"] > 50
