@@ -26,6 +26,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    UniqueConstraint,
     text,
 )
 
@@ -446,6 +447,60 @@ holder_sessions = Table(
     _ts("expires_at"),
 )
 
+# --- online top-up and cardholder alerts (migration 0006) -------------------------------------
+
+payment_orders = Table(
+    "payment_orders",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("out_trade_no", String(32), nullable=False, unique=True),  # ours, sent to the provider
+    Column("provider", String(16), nullable=False),  # sandbox, wechat, alipay, ...
+    Column("holder_id", Integer, ForeignKey("holders.id"), nullable=False),
+    Column("card_id", Integer, ForeignKey("cards.id"), nullable=True),
+    Column("amount", BigInteger, nullable=False),
+    Column("state", String(12), nullable=False),  # pending, paid, expired
+    Column("channel", String(16), nullable=False),  # web (the app channel of TOP-1)
+    _ts("created_at"),
+    _ts("expires_at"),
+    # the provider's trade id: set once, when the order is credited; UNIQUE with the provider,
+    # so one provider trade can never credit two orders (NULLs are distinct on both dialects)
+    Column("provider_trade_no", String(64), nullable=True),
+    _ts("paid_at", nullable=True),  # when the provider says the holder paid
+    _ts("credited_at", nullable=True),  # set with transfer_id in the crediting transaction
+    Column("transfer_id", BigInteger, ForeignKey("transfers.id"), nullable=True, unique=True),
+    Column("late", Boolean, nullable=False, server_default=text("false")),  # paid after expiry
+    _ts("updated_at"),
+    CheckConstraint("amount > 0", name="positive_amount"),
+    UniqueConstraint("provider", "provider_trade_no", name="uq_payment_orders_provider_trade"),
+)
+Index("ix_payment_orders_holder_id", payment_orders.c.holder_id, payment_orders.c.created_at)
+Index("ix_payment_orders_state", payment_orders.c.state, payment_orders.c.expires_at)
+Index("ix_payment_orders_credited_at", payment_orders.c.credited_at)
+
+holder_alerts = Table(
+    "holder_alerts",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("holder_id", Integer, ForeignKey("holders.id"), nullable=False),
+    Column("card_id", Integer, ForeignKey("cards.id"), nullable=True),
+    Column("kind", String(16), nullable=False),  # card_presented, low_balance, topup
+    _ts("at"),
+    Column("terminal_id", String(63), nullable=True),  # where (the name is looked up to show)
+    Column("channel", String(16), nullable=True),  # top-up: counter, kiosk, web
+    Column("amount", BigInteger, nullable=True),  # top-up amount (fen)
+    Column("balance", BigInteger, nullable=True),  # purse balance after (fen)
+    Column("detail", String(32), nullable=True),  # card_presented: the card state (lost, frozen)
+    _ts("read_at", nullable=True),
+)
+Index("ix_holder_alerts_holder_id", holder_alerts.c.holder_id, holder_alerts.c.id)
+# the tap path's rate limit: one alert per card per terminal per window (storage/tapwriter.py)
+Index(
+    "ix_holder_alerts_card_terminal",
+    holder_alerts.c.card_id,
+    holder_alerts.c.terminal_id,
+    holder_alerts.c.at,
+)
+
 #: Tables that are append-only: UPDATE/DELETE is refused by triggers (see migrations).
 APPEND_ONLY = (
     "transfers",
@@ -466,6 +521,7 @@ __all__ = [
     "clearances",
     "deny_changes",
     "disposals",
+    "holder_alerts",
     "holder_archive",
     "holder_sessions",
     "holders",
@@ -477,6 +533,7 @@ __all__ = [
     "offline_sales",
     "operator_sessions",
     "operators",
+    "payment_orders",
     "receipt_books",
     "receipts",
     "reconciliations",

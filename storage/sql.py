@@ -94,6 +94,26 @@ class SqlTx:
         if result.rowcount != 1:
             raise NotFound(f"{table} 中无记录 {key}", f"{table}: no row {key}")
 
+    async def update_where(
+        self, table: str, key: Any, values: Mapping[str, Any], **eq: Any
+    ) -> bool:
+        """Update the row ``key`` only while its columns still equal ``eq`` (``None``: IS NULL);
+        whether it did. A claim: of two transactions racing for one row, exactly one sees True
+        (PostgreSQL re-checks the condition after the first commits; SQLite serialises writers).
+        """
+        t = _table(table)
+        conditions = [t.c[k].is_(None) if v is None else t.c[k] == v for k, v in eq.items()]
+        try:
+            result = await self.conn.execute(
+                update(t).where(_key_clause(t, key), *conditions).values(**values)
+            )
+        except IntegrityError as exc:
+            raise Duplicate(
+                f"{table} 记录重复或不符合约束",
+                f"{table}: duplicate or breaks a constraint ({exc.orig})",
+            ) from exc
+        return bool(result.rowcount == 1)
+
     async def get(self, table: str, key: Any) -> Row | None:
         t = _table(table)
         row = (await self.conn.execute(select(t).where(_key_clause(t, key)))).mappings().first()

@@ -371,6 +371,36 @@ class SqliteTapTx:
     def deny_version(self) -> int:
         return int(self.scalar("SELECT max(version) FROM deny_changes") or 0)
 
+    def card_alert(
+        self,
+        *,
+        holder_id: int,
+        card_id: int,
+        terminal_id: str,
+        detail: str,
+        at: datetime,
+        since: datetime,
+    ) -> bool:
+        """A ``card_presented`` alert for the holder (a lost or frozen card refused at this
+        terminal), unless this card already has one from this terminal after ``since``: one
+        statement, run only on such a refusal; whether it inserted (the rate limit of
+        gateway/services/alerts.py, served by ``ix_holder_alerts_card_terminal``)."""
+        cursor = self.conn.execute(
+            "INSERT INTO holder_alerts (holder_id, card_id, kind, at, terminal_id, detail)"
+            " SELECT :holder, :card, 'card_presented', :at, :terminal, :detail WHERE NOT EXISTS ("
+            " SELECT 1 FROM holder_alerts WHERE card_id = :card AND terminal_id = :terminal"
+            " AND at > :since AND kind = 'card_presented')",
+            {
+                "holder": holder_id,
+                "card": card_id,
+                "at": _to_db(at),
+                "terminal": terminal_id,
+                "detail": detail,
+                "since": _to_db(since),
+            },
+        )
+        return cursor.rowcount == 1
+
     def last_purchase_id(self, terminal_id: str) -> int | None:
         value = self.scalar(
             "SELECT max(id) FROM transfers WHERE terminal_id = ? AND kind = 'purchase'",

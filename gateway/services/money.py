@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway.services.alerts import record_topup, topup_row
 from gateway.services.base import Actor, Context
 from gateway.services.common import require_active_holder
 from protocol.errors import ErrorCode, OnecardError, RuleViolation
@@ -54,7 +55,17 @@ class MoneyService:
                 card_id=card.id,
                 holder_id=holder.id,
             )
-            return MoneyResult(tid, await tx.balance(purse(holder.id)))
+            balance = await tx.balance(purse(holder.id))
+            await record_topup(
+                tx,
+                holder_id=holder.id,
+                amount=amount,
+                channel="counter" if point == "counter" else "cash_point",
+                at=now,
+                balance=balance,
+                card_id=card.id,
+            )
+            return MoneyResult(tid, balance)
 
     async def topup_batch(
         self, actor: Actor, amounts: list[tuple[str, int]], *, point: str = "counter"
@@ -76,6 +87,19 @@ class MoneyService:
             ]
             await tx.post_many(
                 specs, at=now, actor=actor.name, card_ids=[int(cards[x]["id"]) for x in serials]
+            )
+            await tx.insert_many(
+                "holder_alerts",
+                [
+                    topup_row(
+                        holder_id=int(cards[serial]["holder_id"]),
+                        amount=amount,
+                        channel="counter" if point == "counter" else "cash_point",
+                        at=now,
+                        card_id=int(cards[serial]["id"]),
+                    )
+                    for serial, amount in amounts
+                ],
             )
         return len(amounts)
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from alembic import command
+from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
 
 from gateway.services.base import Actor, Context, FixedClock
 from gateway.services.center import CardCenter
 from protocol.types import CardKind, HolderKind, Permission
+from storage.migrate import alembic_config
 from storage.sql import SqlRegistry
 from tests.conftest import T0, student_rows
 from tests.storage.test_postgres_contract import pg_server, pg_url  # noqa: F401 - fixtures
@@ -54,10 +56,18 @@ async def _seed(target: str | Path) -> dict[str, tuple[int, str]]:
             async with reg.read() as tx:
                 serial = (await tx.get_card(card_id)).serial
             await center.cards.report_loss(ADMIN, serial, presented_id=number)
+        async with reg.transaction() as tx:  # later migrations undone, then 0005 forgotten
+            await tx.conn.run_sync(_downgrade_to_0005)
         await _execute(reg, "UPDATE alembic_version SET version_num = '0004'")
     finally:
         await reg.close()
     return cards
+
+
+def _downgrade_to_0005(connection: Connection) -> None:
+    cfg = alembic_config()
+    cfg.attributes["connection"] = connection
+    command.downgrade(cfg, "0005")
 
 
 async def check_uid_case_migration(target: str | Path) -> None:
