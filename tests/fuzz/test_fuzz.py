@@ -25,7 +25,7 @@ def test_the_document_lists_every_operation_of_the_code() -> None:
 
 
 @pytest.mark.parametrize("op", OPS)
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_valid_requests_from_the_schema_pass_the_gateway_codec(
     op: str, data: st.DataObject
