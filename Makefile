@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo counter-session test check lint typecheck imports pytest setup system pcsc clean contract bench chaos fuzz
+.PHONY: demo counter-session test check lint typecheck imports pytest setup system pcsc clean contract bench chaos fuzz screenshots
 
 ## demo: set everything up, then broker + gateway on SQLite + a simulated fleet with a live
 ## dashboard, until Ctrl-C (DEMO_ARGS="--duration 60" for a timed run)
@@ -48,6 +48,11 @@ imports:
 pytest:
 	bash deploy/ci/start-services.sh
 	$(BIN)/pytest -q
+
+## screenshots: the portal's main pages at phone (360 px) and desktop width -> docs/screenshots/
+## (the browser tests in Debian's Chromium against a real onecard web + serve + Mosquitto)
+screenshots: setup
+	ONECARD_SCREENSHOTS=docs/screenshots $(BIN)/pytest -q -m browser tests/web
 
 ## bench: benchmark suite -> docs/benchmarks.md + bench/results/ (BENCH_ARGS=--quick for ~3 min)
 bench: setup
