@@ -75,13 +75,14 @@ async def open_web_services(
     settings: Settings, *, clock: Clock | None = None, migrate: bool = False
 ) -> AsyncIterator[WebServices]:
     """The services the web process calls, over its own connection to the same registry."""
+    from gateway.services.alerts import AlertService
     from gateway.services.portal import PortalService
     from gateway.web.app import WebServices
 
     registry = await SqlRegistry.open(settings.db, migrate=migrate)
     try:
         ctx = Context(registry=registry, clock=clock or SystemClock())
-        yield WebServices(portal=PortalService(ctx))
+        yield WebServices(portal=PortalService(ctx), alerts=AlertService(ctx))
     finally:
         await registry.close()
 

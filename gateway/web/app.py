@@ -35,6 +35,7 @@ from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.config import WebConfig
+from gateway.services.alerts import AlertService
 from gateway.services.portal import (
     KIND_NAMES,
     HistoryFilter,
@@ -65,7 +66,7 @@ class WebServices:
     of issue 9 (another engineer's ``gateway/services``); until then their pages say so."""
 
     portal: PortalService
-    alerts: Any | None = None
+    alerts: AlertService | None = None
     topup: Any | None = None
 
 
@@ -231,7 +232,7 @@ class Portal:
             p("/history.xlsx", self.export_xlsx),
             p("/password", self.password, methods=("GET", "POST"), password_first=False),
             p("/topup", self.topup),
-            p("/alerts", self.alerts),
+            p("/alerts", self.alerts, methods=("GET", "POST"), password_first=False),
             Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
         ]
         app = Starlette(
@@ -426,7 +427,7 @@ class Portal:
         overview = await self.services.portal.overview(session.actor)
         alerts = None
         if self.services.alerts is not None:
-            alerts = await self.services.alerts.list_for_holder(session.actor, limit=5)
+            alerts = await self.services.alerts.list_alerts(session.actor, page=1, per_page=5)
         return self.render(request, "cards.html", o=overview, alerts=alerts)
 
     async def loss(
@@ -553,11 +554,28 @@ class Portal:
     async def topup(self, request: Request, _session: WebSession) -> Response:
         return self.render(request, "topup.html", available=self.services.topup is not None)
 
-    async def alerts(self, request: Request, session: WebSession) -> Response:
+    async def alerts(
+        self, request: Request, session: WebSession, form: FormData | None = None
+    ) -> Response:
         assert session.actor is not None
-        items = None
-        if self.services.alerts is not None:
-            items = await self.services.alerts.list_for_holder(session.actor, limit=50)
+        actor = session.actor
+        service = self.services.alerts
+        if service is None:
+            return self.render(request, "alerts.html", alerts=None)
+        if form is not None:  # mark all read
+
+            async def act() -> str:
+                await service.mark_read(actor)
+                return "/alerts"
+
+            target, _ran = await session.once(_str(form.get("form_token")), act)
+            if target is None:
+                return self._stale_form(request)
+            return RedirectResponse(target, status_code=303)
+        page_text = request.query_params.get("page") or "1"
+        if set(request.query_params) - {"page"} or not re.fullmatch(r"[1-9][0-9]{0,5}", page_text):
+            raise BadRequest("页码有误", "bad page number")
+        items = await service.list_alerts(actor, page=int(page_text), per_page=20)
         return self.render(request, "alerts.html", alerts=items)
 
     def _stale_form(self, request: Request) -> Response:

@@ -270,6 +270,11 @@ def test_login_balance_and_loss_report_refused_at_the_pos(stack: Stack) -> None:
     assert "¥30.00" in (page.text_content("#replacement-fee") or "")
     assert "48" in (page.text_content("#replacement-from") or "")
     _shot(page, "loss-done-phone")
+    page.goto(f"{stack.base}/alerts")  # ★ the refused sale is an alert for the holder
+    alerts = page.text_content("#alerts") or ""
+    assert "已挂失的卡被使用" in alerts and "第一食堂" in alerts and "已拒绝" in alerts, alerts
+    assert "pos-001" not in alerts  # the place as people know it, never a terminal id
+    _shot(page, "alerts-phone")
     page.context.close()
 
 

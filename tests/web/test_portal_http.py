@@ -178,3 +178,21 @@ def test_password_rules_then_history_and_exports(site: tuple[TestClient, list[Pe
     book = load_workbook(io.BytesIO(client.get("/history.xlsx").content))
     sheet = book.active
     assert sheet is not None and sheet.max_row == 1 + PURCHASES_PER_STUDENT + 1  # + top-up
+
+
+def test_alerts_page_lists_the_top_up_and_marks_read(site: tuple[TestClient, list[Person]]) -> None:
+    client, (alice, *_) = site
+    login(client, alice)
+    change_password(client, alice)
+    cards = client.get("/cards")
+    assert "充值到账" in cards.text and "未读" in cards.text
+    page = client.get("/alerts")
+    assert "充值到账" in page.text and "200.00" in page.text
+    resp = client.post(
+        "/alerts",
+        data={"csrf": _csrf(page.text), "form_token": _token(page.text)},
+        follow_redirects=False,
+    )
+    assert resp.status_code == 303
+    assert "mark-read" not in client.get("/alerts").text
+    assert client.get("/alerts?page=0").status_code == 400
