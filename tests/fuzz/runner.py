@@ -440,14 +440,17 @@ class Options:
     progress: Callable[[str], None] | None = None
 
 
+_FILLER = bytes(range(256)) * 258  # every byte value, NUL and 0xFF included
+
+
 def _correlation(case: Case, seq: int) -> bytes | None:
     if case.corr_size is None:
         return None
     if case.corr_size < TAG_SIZE:
         return bytes(range(case.corr_size))
     tag = b"FZ" + seq.to_bytes(4, "big")
-    filler = bytes((seq + i) % 256 for i in range(case.corr_size - TAG_SIZE))
-    return tag + filler
+    start = seq % 256
+    return tag + _FILLER[start : start + case.corr_size - TAG_SIZE]
 
 
 def _tag(correlation: bytes | None) -> int | None:
