@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -67,6 +67,48 @@ class RequestConfig(BaseModel):
     writer_timeout_ms: int = Field(default=4000, ge=100, le=120_000)
 
 
+class AlertsConfig(BaseModel):
+    """Cardholder alerts (gateway/services/alerts.py)."""
+
+    #: A debit taking the purse below this many fen tells the holder once; 0 turns it off.
+    low_balance_fen: int = Field(default=1000, ge=0, le=100_000_000)
+    #: At most one "lost/frozen card presented" alert per card per terminal in this window.
+    presented_window_s: int = Field(default=600, ge=0, le=86_400)
+
+
+class PaymentsConfig(BaseModel):
+    """Online top-up through a payment provider (TOP-1, the app channel;
+    gateway/services/payments.py). The signing key is never stored in the registry: give
+    ``key_file`` (a file only the service user reads) or ``ONECARD_PAYMENTS__KEY``."""
+
+    provider: Literal["sandbox"] = "sandbox"
+    #: The provider's API (the sandbox: ``python -m gateway.payments.sandbox_app``).
+    api_url: str = "http://127.0.0.1:8090"
+    #: Where the provider posts its signed notifications: the web app's notify route.
+    notify_url: str = "http://127.0.0.1:8080/pay/notify/sandbox"
+    merchant_id: str = "onecard-demo"
+    key: SecretStr | None = None
+    key_file: Path | None = None
+    #: Per top-up and per holder per campus day, in fen.
+    min_amount_fen: int = Field(default=100, ge=1, le=100_000_000)
+    max_amount_fen: int = Field(default=50_000, ge=1, le=100_000_000)
+    max_daily_fen: int = Field(default=100_000, ge=1, le=100_000_000)
+    #: An order not paid within this expires (closed at the provider first).
+    order_ttl_s: int = Field(default=1800, ge=60, le=86_400)
+    #: A pending order whose callback has not come after this is queried by the sweep.
+    query_after_s: int = Field(default=60, ge=1, le=86_400)
+    #: How often the web process sweeps pending orders.
+    sweep_interval_s: float = Field(default=15.0, gt=0, le=3600)
+
+    def signing_key(self) -> bytes:
+        if self.key is not None:
+            return self.key.get_secret_value().encode()
+        if self.key_file is not None:
+            return self.key_file.read_bytes().strip()
+        msg = "payments: set key_file or ONECARD_PAYMENTS__KEY (the provider's signing key)"
+        raise ValueError(msg)
+
+
 class WebConfig(BaseModel):
     """``onecard web``: the cardholder self-service platform (issue 9)."""
 
@@ -106,6 +148,8 @@ class Settings(BaseSettings):
     offline: OfflineConfig = OfflineConfig()
     requests: RequestConfig = RequestConfig()
     web: WebConfig = WebConfig()
+    alerts: AlertsConfig = AlertsConfig()
+    payments: PaymentsConfig = PaymentsConfig()
 
     @classmethod
     def settings_customise_sources(

@@ -18,6 +18,7 @@ import re
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from gateway.config import Settings
@@ -33,6 +34,7 @@ from gateway.mqtt.client import (
     Session,
     SessionFactory,
 )
+from gateway.services.alerts import AlertRules
 from gateway.services.base import SYSTEM, Context
 from gateway.services.cards import CardService
 from gateway.services.offline import SettlementRules
@@ -125,8 +127,17 @@ class Gateway:
             clock_tolerance_s=off.settle_clock_tolerance_s,
             max_sale_age_s=off.settle_max_age_s,
         )
+        alerts = AlertRules(
+            low_balance_fen=settings.alerts.low_balance_fen,
+            presented_window=timedelta(seconds=settings.alerts.presented_window_s),
+        )
         self.service = TerminalService(
-            ctx, self.terminal_config, executor, self.deny.refusal, settlement=settlement
+            ctx,
+            self.terminal_config,
+            executor,
+            self.deny.refusal,
+            settlement=settlement,
+            alerts=alerts,
         )
         self.cards = CardService(ctx)
         self.fleet = Fleet()

@@ -1121,6 +1121,38 @@ def report_audit(opts: Options, entity: str | None, limit: int, out: Path | None
     _show(opts, run_as(opts, lambda c, a: c.reports.audit(a, entity=entity, limit=limit)), out)
 
 
+@report.command("topup-reconcile")
+@click.option("--date", "day", required=True, help="campus day YYYY-MM-DD")
+@click.option(
+    "--statement",
+    "statement",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="the provider's statement CSV of that day",
+)
+@click.option("--provider", default="sandbox", show_default=True)
+@OUT
+@pass_opts
+def report_topup_reconcile(
+    opts: Options, day: str, statement: Path, provider: str, out: Path | None
+) -> None:
+    """TOP-1: online top-ups credited on a day against the provider's statement; lists every
+    difference (missing on our side, missing on theirs, amount or trade id mismatch)."""
+    from gateway.services.payments import parse_statement, reconcile
+
+    raw = statement.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = raw.decode("gb18030")
+    try:
+        lines = parse_statement(text)
+    except OnecardError as exc:
+        fail(opts, exc)
+    when = parse_day(day)
+    _show(opts, run_as(opts, lambda c, a: reconcile(c.ctx, a, when, lines, provider=provider)), out)
+
+
 # --- terminals, broker, gateway ---------------------------------------------------------------
 @cli.group()
 def terminal() -> None:

@@ -19,11 +19,14 @@ comes from the configuration (a file or the environment), never from the registr
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
 import secrets
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -92,6 +95,7 @@ class BankOrder:
     description: str
     expires_at: datetime
     created_at: datetime
+    notify_url: str = ""
     state: str = NOTPAY
     trade_no: str | None = None
     paid_at: datetime | None = None
@@ -151,6 +155,7 @@ class SandboxBank:
             description=fields.get("body", ""),
             expires_at=datetime.fromisoformat(fields["time_expire"]),
             created_at=self.clock(),
+            notify_url=fields.get("notify_url", ""),
         )
         self.orders[number] = order
         return order
@@ -254,27 +259,36 @@ class InProcessTransport:
 
 
 class HttpTransport:
-    """POSTs JSON to the sandbox app (``{api_url}/api/{op}``)."""
+    """POSTs JSON to the sandbox app (``{api_url}/api/{op}``), in a thread (stdlib urllib)."""
 
     def __init__(self, api_url: str, *, timeout_s: float = 5.0) -> None:
+        if not api_url.startswith(("http://", "https://")):
+            msg = f"payments api_url must be http(s): {api_url!r}"
+            raise ValueError(msg)
         self.api_url = api_url.rstrip("/")
         self.timeout_s = timeout_s
 
     async def call(self, op: str, fields: dict[str, str]) -> dict[str, str]:
-        import httpx
+        return await asyncio.to_thread(self._post, op, fields)
 
+    def _post(self, op: str, fields: dict[str, str]) -> dict[str, str]:
+        request = urllib.request.Request(  # noqa: S310 - http(s) checked in __init__
+            f"{self.api_url}/api/{op}",
+            data=json.dumps(fields).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
         try:
-            async with httpx.AsyncClient(timeout=self.timeout_s) as client:
-                resp = await client.post(f"{self.api_url}/api/{op}", json=fields)
-        except httpx.HTTPError as exc:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as resp:  # noqa: S310
+                data: Any = json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            raise ProviderUnavailable(
+                "支付平台拒绝请求", f"the payment provider answered {exc.code}"
+            ) from exc
+        except (OSError, ValueError) as exc:
             raise ProviderUnavailable(
                 "支付平台无法连接", f"the payment provider is unreachable: {exc!r}"
             ) from exc
-        if resp.status_code != 200:
-            raise ProviderUnavailable(
-                "支付平台拒绝请求", f"the payment provider answered {resp.status_code}"
-            )
-        data: Any = resp.json()
         if not isinstance(data, dict):
             raise ProviderUnavailable("支付平台应答无效", "bad answer from the payment provider")
         return {str(k): str(v) for k, v in data.items()}

@@ -23,6 +23,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from starlette.applications import Starlette
 from starlette.datastructures import FormData
@@ -36,6 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.config import WebConfig
 from gateway.services.alerts import AlertService
+from gateway.services.payments import PaymentService
 from gateway.services.portal import (
     KIND_NAMES,
     HistoryFilter,
@@ -46,12 +48,14 @@ from gateway.services.portal import (
 )
 from gateway.web.sessions import AddressLimiter, SessionStore, WebSession
 from protocol.cards.clock import local
-from protocol.cards.fees import yuan
+from protocol.cards.fees import parse_yuan, yuan
 from protocol.errors import ErrorCode, OnecardError
 
 log = logging.getLogger("onecard.web")
 HERE = Path(__file__).resolve().parent
 MAX_BODY = 16 * 1024
+MAX_NOTIFY_BODY = 64 * 1024
+_OUT_TRADE_NO = re.compile(r"[A-Za-z0-9_-]{6,64}")
 CHANNEL = "web"
 
 CSP = (
@@ -67,7 +71,9 @@ class WebServices:
 
     portal: PortalService
     alerts: AlertService | None = None
-    topup: Any | None = None
+    topup: PaymentService | None = None
+    #: How often the web process sweeps pending top-up orders (query, expire).
+    sweep_interval_s: float = 5.0
 
 
 class SecurityHeaders:
@@ -183,13 +189,17 @@ class Portal:
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
         async with self.open_services() as services:
             self._services = services
-            sweeper = asyncio.create_task(self._sweep(), name="web-session-sweep")
+            tasks = [asyncio.create_task(self._sweep(), name="web-session-sweep")]
+            if services.topup is not None:
+                tasks.append(asyncio.create_task(self._sweep_orders(), name="web-topup-sweep"))
             try:
                 yield
             finally:
-                sweeper.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await sweeper
+                for task in tasks:
+                    task.cancel()
+                for task in tasks:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
                 self._services = None
 
     async def _sweep(self) -> None:
@@ -197,6 +207,24 @@ class Portal:
             await asyncio.sleep(min(60.0, self.config.idle_timeout_s / 2))
             for actor in self.sessions.expired_actors():
                 await self.services.portal.logout(actor, reason="idle_timeout")
+
+    async def _sweep_orders(self) -> None:
+        """TOP-1: pending orders are queried and, past their time, closed and expired."""
+        topup = self.services.topup
+        assert topup is not None
+        while True:
+            await asyncio.sleep(self.services.sweep_interval_s)
+            try:
+                result = await topup.sweep()
+            except OnecardError as exc:  # the provider or the registry is busy: next round
+                log.warning("top-up sweep failed: %s", exc.code.value)
+                continue
+            if result.credited or result.expired:
+                log.info(
+                    "top-up sweep: %d credited, %d expired",
+                    len(result.credited),
+                    len(result.expired),
+                )
 
     # --- plumbing -----------------------------------------------------------------------------
     def build(self) -> Starlette:
@@ -231,7 +259,9 @@ class Portal:
             p("/history.csv", self.export_csv),
             p("/history.xlsx", self.export_xlsx),
             p("/password", self.password, methods=("GET", "POST"), password_first=False),
-            p("/topup", self.topup),
+            p("/topup", self.topup, methods=("GET", "POST")),
+            p("/topup/{out_trade_no:str}", self.topup_order),
+            Route("/pay/notify/{provider:str}", self.pay_notify, methods=["POST"]),
             p("/alerts", self.alerts, methods=("GET", "POST"), password_first=False),
             Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
         ]
@@ -551,8 +581,65 @@ class Portal:
             return self._stale_form(request)
         return RedirectResponse(target, status_code=303)
 
-    async def topup(self, request: Request, _session: WebSession) -> Response:
-        return self.render(request, "topup.html", available=self.services.topup is not None)
+    async def topup(
+        self, request: Request, session: WebSession, form: FormData | None = None
+    ) -> Response:
+        """TOP-1 online: an amount, an order at the provider, then the provider's page."""
+        assert session.actor is not None
+        actor = session.actor
+        payments = self.services.topup
+        if payments is None:
+            return self.render(request, "topup.html", available=False)
+        if form is None:
+            orders = await payments.orders_of(actor, limit=10)
+            return self.render(
+                request, "topup.html", available=True, rules=payments.rules, orders=orders
+            )
+        try:
+            amount = parse_yuan(_str(form.get("amount")) or "")
+        except ValueError:
+            raise BadRequest(
+                "请输入金额，如 50 或 50.00", "enter an amount, e.g. 50 or 50.00"
+            ) from None
+
+        async def act() -> str:
+            order = await payments.create_topup(actor, amount)
+            session.stash.setdefault("pay_urls", {})[order.out_trade_no] = order.pay_url
+            log.info("web top-up order %s holder=%s", order.out_trade_no, actor.holder_id)
+            return f"/topup/{order.out_trade_no}"
+
+        target, _ran = await session.once(_str(form.get("form_token")), act)
+        if target is None:
+            return self._stale_form(request)
+        return RedirectResponse(target, status_code=303)
+
+    async def topup_order(self, request: Request, session: WebSession) -> Response:
+        """The return page: the order's state (queried at the provider while pending)."""
+        assert session.actor is not None
+        payments = self.services.topup
+        number = str(request.path_params["out_trade_no"])
+        if payments is None or not _OUT_TRADE_NO.fullmatch(number):
+            raise OnecardError("无此充值订单", "no such top-up order", code=ErrorCode.NOT_FOUND)
+        order = await payments.order_status(session.actor, number)
+        pay_url = session.stash.get("pay_urls", {}).get(number)
+        if pay_url and pay_url.startswith(("http://", "https://")):
+            back = f"{request.url.scheme}://{request.url.netloc}/topup/{number}"
+            pay_url += ("&" if "?" in pay_url else "?") + urlencode({"return": back})
+        return self.render(request, "topup_order.html", order=order, pay_url=pay_url)
+
+    async def pay_notify(self, request: Request) -> Response:
+        """The provider's signed callback: no session, no CSRF — the signature authenticates it;
+        applied once per trade whatever the provider repeats (PaymentService)."""
+        payments = self.services.topup
+        if payments is None or request.path_params["provider"] != payments.provider.name:
+            return PlainTextResponse("not found", status_code=404)
+        length = request.headers.get("content-length")
+        if length is None or not length.isdigit() or int(length) > MAX_NOTIFY_BODY:
+            return PlainTextResponse("too large", status_code=413)
+        body = await request.body()
+        result = await payments.handle_notification(body, dict(request.headers))
+        log.info("payment notification: %s", result.code)
+        return Response(result.body, status_code=result.status, media_type=result.media_type)
 
     async def alerts(
         self, request: Request, session: WebSession, form: FormData | None = None

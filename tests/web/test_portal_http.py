@@ -4,10 +4,11 @@ behaviour that need no browser. The real browser runs in test_browser.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import re
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,13 @@ from starlette.testclient import TestClient
 
 from gateway.bootstrap import web_app
 from gateway.config import load_settings
+from gateway.payments.sandbox import InProcessTransport, SandboxBank, SandboxProvider
+from gateway.services.alerts import AlertService
+from gateway.services.base import Context, SystemClock
+from gateway.services.payments import PaymentService
+from gateway.services.portal import PortalService
+from gateway.web.app import WebServices, create_app
+from storage.sql import SqlRegistry
 from tests.web.site import PURCHASES_PER_STUDENT, Person, seed
 
 
@@ -196,3 +204,80 @@ def test_alerts_page_lists_the_top_up_and_marks_read(site: tuple[TestClient, lis
     assert resp.status_code == 303
     assert "mark-read" not in client.get("/alerts").text
     assert client.get("/alerts?page=0").status_code == 400
+
+
+@pytest.fixture
+def paying_site(tmp_path: Path) -> Iterator[tuple[TestClient, list[Person], SandboxBank]]:
+    """The portal with the sandbox provider in process (the HTTP sandbox runs in the demo)."""
+    db = tmp_path / "web.sqlite3"
+    people = asyncio.run(seed(db))
+    settings = load_settings(
+        None, db=str(db), web={"cookie_secure": False, "confirm_timeout_ms": 0}
+    )
+    key = b"sandbox-test-key-0123456789abcdef"
+    bank = SandboxBank(key, merchant_id="onecard-test")
+
+    @contextlib.asynccontextmanager
+    async def services() -> AsyncIterator[WebServices]:
+        registry = await SqlRegistry.open(db)
+        try:
+            ctx = Context(registry=registry, clock=SystemClock())
+            provider = SandboxProvider(
+                InProcessTransport(bank),
+                key=key,
+                merchant_id="onecard-test",
+                notify_url="http://localhost/pay/notify/sandbox",
+            )
+            yield WebServices(
+                portal=PortalService(ctx),
+                alerts=AlertService(ctx),
+                topup=PaymentService(ctx, provider),
+                sweep_interval_s=3600,
+            )
+        finally:
+            await registry.close()
+
+    app = create_app(settings.web, services)
+    with TestClient(app, base_url="http://localhost") as client:
+        yield client, people, bank
+
+
+def test_online_top_up_credited_once_and_forgery_refused(
+    paying_site: tuple[TestClient, list[Person], SandboxBank],
+) -> None:
+    """TOP-1 on the web: a duplicated callback credits once, a forged one is refused."""
+    client, (alice, *_), bank = paying_site
+    login(client, alice)
+    change_password(client, alice)
+    page = client.get("/topup")
+    assert "去支付" in page.text
+    bad = client.post(
+        "/topup",
+        data={"csrf": _csrf(page.text), "form_token": _token(page.text), "amount": "abc"},
+    )
+    assert bad.status_code == 400 and "请输入金额" in bad.text
+    page = client.get("/topup")
+    resp = client.post(
+        "/topup",
+        data={"csrf": _csrf(page.text), "form_token": _token(page.text), "amount": "50"},
+        follow_redirects=False,
+    )
+    assert resp.status_code == 303
+    number = resp.headers["location"].rsplit("/", 1)[1]
+    assert (
+        "待支付" in client.get(f"/topup/{number}").text
+        or "pending" in client.get(f"/topup/{number}").text
+    )
+    bank.pay(number)
+    forged = client.post("/pay/notify/sandbox", content=bank.notification(number, key=b"x" * 32))
+    assert forged.status_code == 400
+    body = bank.notification(number)
+    first = client.post("/pay/notify/sandbox", content=body)
+    again = client.post("/pay/notify/sandbox", content=body)
+    assert first.status_code == again.status_code == 200
+    done = client.get(f"/topup/{number}")
+    assert "¥50.00" in done.text and "order-state" in done.text
+    cards = client.get("/cards")
+    assert "¥222.00" in cards.text  # 172.00 + 50.00, once
+    assert client.post("/pay/notify/wechat", content=body).status_code == 404
+    assert client.get("/topup/OC..%2F..").status_code in (404, 400)
