@@ -125,6 +125,11 @@ async def prepare(paths: DemoPaths, size: DemoSize, *, gateway_password: str) ->
     )
     http_port = free_port()
     web_port = free_port()
+    pay_port = free_port()  # the sandbox payment provider (online top-up, TOP-1)
+    key_file = paths.root / "payments.key"
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:  # the provider's signing key: a file, never the registry
+        fh.write(bf.new_password())
     paths.config.write_text(
         f'db = "{paths.db}"\nlog_level = "WARNING"\nscheduler_interval_s = 5.0\n'
         f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\nusername = "gateway"\n'
@@ -132,9 +137,12 @@ async def prepare(paths: DemoPaths, size: DemoSize, *, gateway_password: str) ->
         f"[http]\nport = {http_port}\n"
         f'[web]\nhost = "127.0.0.1"\nport = {web_port}\ncookie_secure = false\n'
         f'gateway_metrics_urls = ["http://127.0.0.1:{http_port}/metrics"]\n'
+        f'[payments]\nprovider = "sandbox"\napi_url = "http://127.0.0.1:{pay_port}"\n'
+        f'notify_url = "http://127.0.0.1:{web_port}/pay/notify/sandbox"\n'
+        f'merchant_id = "onecard-demo"\nkey_file = "{key_file}"\n'
     )
     (paths.root / "ports.json").write_text(
-        json.dumps({"mqtt": port, "http": http_port, "web": web_port})
+        json.dumps({"mqtt": port, "http": http_port, "web": web_port, "pay": pay_port})
     )
     print(  # noqa: T201
         f"已生成演示校园 seeded campus: {len(seeded.cards)} cards, "
@@ -199,7 +207,7 @@ def run_demo(
     ports = json.loads((paths.root / "ports.json").read_text())
     bin_dir = Path(sys.executable).parent
     env = {k: v for k, v in os.environ.items() if not k.startswith("ONECARD_")}
-    broker = gateway = fleet = web = None
+    broker = gateway = fleet = web = pay = None
     code = 1
     try:
         mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -225,6 +233,19 @@ def run_demo(
             f"网关就绪 gateway ready: mqtt 127.0.0.1:{ports['mqtt']}, "
             f"metrics http://127.0.0.1:{ports['http']}/metrics — Ctrl-C 停止 / stops"
         )
+        pay = subprocess.Popen(  # noqa: S603 - the sandbox payment provider, our own module
+            [
+                *(sys.executable, "-m", "gateway.payments.sandbox_app"),
+                *("--port", str(ports["pay"]), "--merchant-id", "onecard-demo"),
+                *("--key-file", str(paths.root / "payments.key")),
+            ],
+            env=env,
+            stdout=(paths.root / "sandbox-pay.log").open("wb"),
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        _wait_ready(f"http://127.0.0.1:{ports['pay']}/healthz", 30, pay)
         web_log = (paths.root / "web.log").open("wb")
         web = subprocess.Popen(  # noqa: S603
             [str(bin_dir / "onecard"), "web", "--config", str(paths.config)],
@@ -239,6 +260,10 @@ def run_demo(
         print(  # noqa: T201
             f"持卡人自助服务 cardholder portal: http://127.0.0.1:{ports['web']}/ — "
             f"演示账号 demo account {account['number']} / {account['password']}"
+        )
+        print(  # noqa: T201
+            f"沙箱支付平台 sandbox payment provider: http://127.0.0.1:{ports['pay']}/ — "
+            f"对账单 statement /statement?date=YYYY-MM-DD"
         )
         fleet_cmd = [
             *(sys.executable, "-m", "simulators", "fleet"),
@@ -265,6 +290,7 @@ def run_demo(
     finally:
         _stop(fleet, signal.SIGINT, 60)
         _stop(web, signal.SIGTERM, 15)
+        _stop(pay, signal.SIGTERM, 10)
         _stop(gateway, signal.SIGTERM, 30)
         _stop(broker, signal.SIGTERM, 10)
     return code
