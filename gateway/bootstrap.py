@@ -75,6 +75,7 @@ async def open_web_services(
     settings: Settings, *, clock: Clock | None = None, migrate: bool = False
 ) -> AsyncIterator[WebServices]:
     """The services the web process calls, over its own connection to the same registry."""
+    from gateway.payments import payment_service
     from gateway.services.alerts import AlertService
     from gateway.services.portal import PortalService
     from gateway.web.app import WebServices
@@ -82,7 +83,15 @@ async def open_web_services(
     registry = await SqlRegistry.open(settings.db, migrate=migrate)
     try:
         ctx = Context(registry=registry, clock=clock or SystemClock())
-        yield WebServices(portal=PortalService(ctx), alerts=AlertService(ctx))
+        pay = settings.payments
+        # online top-up only where the provider's signing key is configured
+        topup = payment_service(ctx, pay) if pay.key or pay.key_file else None
+        yield WebServices(
+            portal=PortalService(ctx),
+            alerts=AlertService(ctx),
+            topup=topup,
+            sweep_interval_s=pay.sweep_interval_s,
+        )
     finally:
         await registry.close()
 

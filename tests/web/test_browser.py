@@ -19,6 +19,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -101,7 +102,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     people = asyncio.run(seed(db, students=5))
     users = {tid: f"pw-{tid}" for tid in TERMINALS}
     users["gateway"] = "pw-gateway"
-    http_port, web_port = free_port(), free_port()
+    http_port, web_port, pay_port = free_port(), free_port(), free_port()
+    key_file = root / "sandbox.key"
+    key_file.write_text("sandbox-browser-test-key-0123456789")
+    key_file.chmod(0o600)
     procs: list[subprocess.Popen[bytes]] = []
     logs: list[BinaryIO] = []
     with PrivateBroker(root / "broker", users=users) as broker:
@@ -114,17 +118,25 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "[denylist]\npoll_interval_ms = 50\n"
             f'[web]\nhost = "127.0.0.1"\nport = {web_port}\ncookie_secure = false\n'
             f'gateway_metrics_urls = ["http://127.0.0.1:{http_port}/metrics"]\n'
+            f'[payments]\napi_url = "http://127.0.0.1:{pay_port}"\n'
+            f'notify_url = "http://127.0.0.1:{web_port}/pay/notify/sandbox"\n'
+            f'key_file = "{key_file}"\nquery_after_s = 1\nsweep_interval_s = 0.5\n'
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith("ONECARD_")}
         try:
-            for name, health in (
-                ("serve", f"http://127.0.0.1:{http_port}/readyz"),
-                ("web", f"http://127.0.0.1:{web_port}/healthz"),
+            sandbox = [
+                *(sys.executable, "-m", "gateway.payments.sandbox_app"),
+                *("--port", str(pay_port), "--key-file", str(key_file), "--late-s", "1.5"),
+            ]
+            for name, health, argv in (
+                ("serve", f"http://127.0.0.1:{http_port}/readyz", None),
+                ("sandbox", f"http://127.0.0.1:{pay_port}/healthz", sandbox),
+                ("web", f"http://127.0.0.1:{web_port}/healthz", None),
             ):
                 log = root / f"{name}.log"
                 logs.append(log.open("wb"))
                 proc = subprocess.Popen(
-                    [ONECARD, name, "--config", str(config)],
+                    argv or [ONECARD, name, "--config", str(config)],
                     env=env,
                     stdout=logs[-1],
                     stderr=subprocess.STDOUT,
@@ -363,3 +375,62 @@ def test_login_page_screenshots(stack: Stack) -> None:
         assert width <= viewport["width"]  # no sideways scrolling on a phone
         _shot(page, name)
         page.context.close()
+
+
+def _order_state(page: Page, url: str, want: str, timeout: float = 8.0) -> str:
+    """Reload the order page (the return page queries the provider) until ``want``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        page.goto(url)
+        state = page.text_content("#order-state") or ""
+        if want in state or time.monotonic() > deadline:
+            return state
+        time.sleep(0.2)
+
+
+def _top_up(page: Page, base: str, amount: str, deliver: str) -> str:
+    page.goto(f"{base}/topup")
+    page.fill("input[name=amount]", amount)
+    page.click("#create-topup")
+    page.wait_for_selector("#topup-order")
+    order_url = page.url
+    page.click("a#pay")  # the provider's confirm page (the sandbox, another origin)
+    page.select_option("#deliver", deliver)
+    page.click("button#pay")
+    page.wait_for_selector("#result")
+    assert "支付成功" in (page.text_content("#result") or "")
+    return order_url
+
+
+def test_online_top_up_through_the_sandbox_provider(stack: Stack) -> None:
+    """TOP-1: a duplicated and a late callback credit once; a forged one is refused (the order
+    is then credited by the query, once); every top-up is an alert."""
+    eve = stack.people[4]
+    page = stack.page()
+    _login(page, stack.base, eve, eve.password)
+    page.fill("input[name=old]", eve.password)
+    page.fill("input[name=new]", NEW_PASSWORD)
+    page.fill("input[name=repeat]", NEW_PASSWORD)
+    page.click("form[action='/password'] button[type=submit]")
+    page.wait_for_url("**/cards")
+    page.goto(f"{stack.base}/topup")
+    _shot(page, "topup-phone")
+    twice = _top_up(page, stack.base, "20", "twice")
+    assert "已到账" in _order_state(page, twice, "已到账")
+    _shot(page, "topup-done-phone")
+    late = _top_up(page, stack.base, "10", "late")
+    assert "已到账" in _order_state(page, late, "已到账")
+    forged = _top_up(page, stack.base, "5", "forged")
+    time.sleep(0.3)
+    page.goto(f"{stack.base}/cards")
+    assert (page.text_content("#balance") or "").strip() == "¥202.00"  # not the forged one
+    assert "已到账" in _order_state(page, forged, "已到账")  # the sweep's query, once
+    page.goto(f"{stack.base}/cards")
+    assert (page.text_content("#balance") or "").strip() == "¥207.00"  # 172 + 20 + 10 + 5
+    page.goto(f"{stack.base}/alerts")
+    assert (page.text_content("#alerts") or "").count("充值到账") == 4  # 3 + the seed's
+    sandbox_log = (stack.root / "sandbox.log").read_text()
+    web_log = (stack.root / "web.log").read_text()
+    assert "payment notification: forged" in web_log, web_log + sandbox_log
+    assert web_log.count("payment notification: duplicate") >= 1
+    page.context.close()
