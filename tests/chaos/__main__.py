@@ -114,7 +114,8 @@ def markdown(results: list[ScenarioResult], size: Size, command: str, started: d
         "the production configuration (persistence on), `onecard serve` as its own process on a "
         "freshly seeded SQLite registry, and simulated terminals (`simulators/terminals.py`, "
         "the contract's reference client) in the driver process. POS terminals sell in a closed "
-        f"loop ({size.think_s * 1000:.0f} ms think time) while the fault is injected; then the "
+        f"loop ({size.think_s * 1000:.0f} ms think time online, 1 s after a sale decided offline) "
+        "while the fault is injected; then the "
         "site recovers, every terminal settles (in-doubt requests retried with their own "
         "`request_id`, offline sales uploaded) and the invariants are checked:",
         "",

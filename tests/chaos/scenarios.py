@@ -13,6 +13,7 @@ import contextlib
 import errno
 import gc
 import itertools
+import os
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -201,6 +202,7 @@ class Run:
         self.down: list[tuple[float, float]] = []
         self.notes: list[str] = []
         self.begin = self.fault_start = self.fault_end = self.end = 0.0
+        self.load_at_start = 0.0
         self._loss_pick = 0
         #: seconds from each loss report until every running terminal held the card
         self.propagation: list[float | None] = []
@@ -227,6 +229,7 @@ class Run:
             await asyncio.sleep(0.1)
 
     async def start(self) -> None:
+        self.load_at_start = os.getloadavg()[0]
         self.watcher.start()
         self.load.start()
         self.begin = time.monotonic()
@@ -268,6 +271,9 @@ class Run:
         self.end = time.monotonic()
         await self.load.stop()
         timeline = self.figures(result)
+        result.figures["machine load (1-min average) at start / end"] = (
+            f"{self.load_at_start:.1f} / {os.getloadavg()[0]:.1f} on 2 cores"
+        )
         if self.load.crashes:
             result.notes.append(f"load errors: {self.load.crashes[:3]}")
         unsettled = await self.site.settle(self.size.settle_s)

@@ -447,7 +447,9 @@ class Site:
 
 
 class Load:
-    """POS terminals selling in a closed loop (``think_s`` between a result and the next tap)."""
+    """POS terminals selling in a closed loop: ``think_s`` between a result and the next tap,
+    ``offline_think_s`` after a sale decided offline (customers queue at the speed of the till,
+    not of the gateway: an offline POS at 20 sales/s would pile up backlogs no canteen has)."""
 
     def __init__(
         self,
@@ -455,12 +457,14 @@ class Load:
         cards: list[str],
         *,
         think_s: float = 0.05,
+        offline_think_s: float = 1.0,
         amounts: tuple[int, int] = (10, 90),
         seed: int = 7,
     ) -> None:
         self.terminals = terminals
         self.cards = cards
         self.think_s = think_s
+        self.offline_think_s = offline_think_s
         self.amounts = amounts
         self.rng = random.Random(seed)
         self._stop = asyncio.Event()
@@ -470,13 +474,16 @@ class Load:
     async def _loop(self, pos: Pos, rng: random.Random) -> None:
         while not self._stop.is_set():
             card = rng.choice(self.cards)
+            think = self.think_s
             try:
-                await pos.sale(card, rng.randint(*self.amounts))
+                result = await pos.sale(card, rng.randint(*self.amounts))
+                if result.mode is Mode.OFFLINE:
+                    think = self.offline_think_s
             except Exception as exc:  # a simulator bug must show, not end the run
                 self.crashes.append(f"{pos.id}: {type(exc).__name__}: {exc}")
-                await asyncio.sleep(0.5)
+                think = 0.5
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.think_s * (0.5 + rng.random()))
+                await asyncio.wait_for(self._stop.wait(), think * (0.5 + rng.random()))
 
     def start(self) -> None:
         for pos in self.terminals:
