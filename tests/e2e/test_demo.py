@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -54,3 +55,10 @@ def test_demo_runs_and_the_fleet_keeps_every_invariant(tmp_path: Path) -> None:
     assert probes
     assert all(r["probe_code"] == "card_lost" for r in probes), probes
     assert "网关就绪 gateway ready" in out
+    assert "sandbox payment provider: http://127.0.0.1:" in out  # online top-up (issue 9)
+    # a lost card presented after its loss report is refused and its holder told (issue 9 ★)
+    with sqlite3.connect(root / "onecard.sqlite3") as db:
+        (told,) = db.execute(
+            "SELECT count(*) FROM holder_alerts WHERE kind = 'card_presented' AND detail = 'lost'"
+        ).fetchone()
+    assert told >= 1
