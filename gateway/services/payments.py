@@ -485,7 +485,8 @@ class PaymentService:
             number = str(row["out_trade_no"])
             try:
                 outcome = await self.resolve(number)
-            except ProviderUnavailable:
+            except OnecardError as exc:  # the provider is down or answers nonsense: next round
+                log.warning("top-up order %s: not resolved (%s)", number, exc.code.value)
                 result.failed.append(number)
                 continue
             if outcome == "credited":

@@ -21,6 +21,7 @@ import pytest
 import pytest_asyncio
 
 from gateway.payments.sandbox import (
+    HttpTransport,
     InProcessTransport,
     SandboxBank,
     SandboxError,
@@ -35,6 +36,7 @@ from gateway.services.payments import (
     MISSING_THEIRS,
     OrderState,
     PaymentService,
+    ProviderUnavailable,
     TopupRules,
     clearing_account,
     parse_statement,
@@ -386,3 +388,25 @@ async def test_top1_reconciliation_day_boundary(shop: Shop) -> None:
         provider="sandbox",
     )
     assert nxt.rows[:-1] == []
+
+
+async def test_top1_provider_down(shop: Shop) -> None:
+    """The provider cannot be reached: a new order fails cleanly (no money, state failed,
+    audited); the sweep leaves pending orders for the next round and resolves them later."""
+    s = shop
+    provider = s.payments.provider
+    assert isinstance(provider, SandboxProvider)
+    working = provider.transport
+    number = await s.paid(1200)
+    provider.transport = HttpTransport("http://127.0.0.1:9")  # nothing listens there
+    with pytest.raises(ProviderUnavailable):
+        await s.payments.create_topup(s.me, 500)
+    (failed,) = await find(s.c, "payment_orders", state="failed")
+    assert failed["amount"] == 500
+    assert len(await audit(s.c, "topup.provider_failed")) == 1
+    s.c.clock.advance(minutes=2)
+    assert (await s.payments.sweep()).failed == [number]
+    assert (await s.order(number))["state"] == "pending"
+    provider.transport = working
+    assert (await s.payments.sweep()).credited == [number]
+    assert await s.purse() == 1200
