@@ -383,8 +383,8 @@ def render_mosquitto_conf(
         f"max_queued_messages {max_queued_messages}",
         "# No client may send a packet bigger than this: the broker disconnects it after reading",
         "# the fixed header, before the body (the default is 256 MiB). It leaves room for the",
-        "# gateway's deny-list snapshot; requests are at most 16 KiB and the gateway announces a",
-        "# 32 KiB Maximum Packet Size, so bigger messages are never delivered to it.",
+        "# gateway's deny-list snapshot; requests are at most 16 KiB, and the gateway refuses a",
+        "# bigger one after reading it in linear time.",
         f"max_packet_size {_check_packet_size(max_packet_size)}",
         "",
     ]

@@ -22,11 +22,18 @@ class MqttError(Exception):
     sent. The runtime reconnects on it; both adapters raise only this (ARCHITECTURE.md §10)."""
 
 
-#: Largest MQTT packet the gateway accepts from the broker (MQTT v5 Maximum Packet Size,
-#: announced in CONNECT): a request is at most 16 KiB of payload plus topic and properties. The
-#: broker drops a bigger message for the gateway instead of sending it, so one terminal's huge
-#: publish never reaches the gateway's parser (issue 8, item 1).
-MAX_INBOUND_PACKET = 32 * 1024
+#: What the gateway keeps of a request's payload: one byte more than the contract's 16 KiB, so
+#: the codec refuses it as too big (``malformed``) and a flood of big publishes (the broker lets
+#: up to 8 MiB through) costs no memory in the gateway's queues. Deliberately no MQTT v5
+#: Maximum Packet Size: Mosquitto 2.0.11 leaks one in-flight slot for every QoS 1 message it
+#: drops as too big for a client, and after ``receive maximum`` of them it delivers nothing more
+#: to that client (found by the fuzzer, docs/fuzzing.md).
+MAX_KEPT_PAYLOAD = 16 * 1024 + 1
+
+
+def kept(payload: bytes | bytearray) -> bytes:
+    """The payload as the gateway keeps it (at most :data:`MAX_KEPT_PAYLOAD` bytes)."""
+    return bytes(payload[:MAX_KEPT_PAYLOAD])
 
 NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 
@@ -41,7 +48,6 @@ class MqttSettings:
     keepalive: int = 30
     session_expiry_s: int = 3600  # keep our subscriptions and queued requests while we restart
     max_inflight: int = 1000
-    max_packet: int = MAX_INBOUND_PACKET
     #: Messages received but not yet taken by the runtime. gmqtt: past it the gateway stops
     #: acknowledging, so the broker's flow control (our receive maximum) holds the rest.
     max_queued: int = 2000
@@ -100,7 +106,6 @@ class MqttSession:
     ) -> None:
         connect_props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         connect_props.SessionExpiryInterval = settings.session_expiry_s
-        connect_props.MaximumPacketSize = settings.max_packet
         self._client = aiomqtt.Client(
             settings.host,
             settings.port,
@@ -155,7 +160,7 @@ class MqttSession:
                 props = message.properties
                 yield Inbound(
                     topic=message.topic.value,
-                    payload=bytes(payload),
+                    payload=kept(payload),
                     retain=message.retain,
                     response_topic=getattr(props, "ResponseTopic", None) if props else None,
                     correlation_data=getattr(props, "CorrelationData", None) if props else None,

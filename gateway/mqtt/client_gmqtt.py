@@ -23,10 +23,34 @@ from typing import Any, Self
 
 import gmqtt  # type: ignore[import-untyped]
 from gmqtt.mqtt.constants import MQTTv50  # type: ignore[import-untyped]
+from gmqtt.mqtt.protocol import MQTTProtocol  # type: ignore[import-untyped]
 
-from gateway.mqtt.client import Inbound, LastWill, MqttError, MqttSettings
+from gateway.mqtt.client import Inbound, LastWill, MqttError, MqttSettings, kept
 
 _LOST = object()
+_READ_CHUNK = 65536
+
+
+async def _read_loop_linear(self: Any) -> None:
+    """gmqtt's read loop, in linear time: gmqtt assembles a packet with ``buf += read(64 KiB)``,
+    copying the whole buffer on every read (a 100 MiB publish cost tens of seconds of CPU before
+    any size check could run: issue 8, item 1). Here the buffer is a ``bytearray`` that grows in
+    place and only what was parsed is dropped from its front."""
+    await self._connected.wait()
+    buf = bytearray()
+    while self._connected.is_set():
+        try:
+            buf += await self.read(_READ_CHUNK)
+            parsed_size = self._read_packet(buf)
+            if parsed_size == -1 or self._transport.is_closing():
+                break
+            if parsed_size:
+                del buf[:parsed_size]
+        except ConnectionResetError:
+            break
+
+
+MQTTProtocol._read_loop = _read_loop_linear
 #: How long a publish waits for the broker to acknowledge earlier ones before giving up.
 PUBLISH_WAIT_S = 10.0
 
@@ -79,7 +103,6 @@ class GmqttSession:
             will_message=will_message,
             session_expiry_interval=settings.session_expiry_s,
             receive_maximum=settings.max_inflight,
-            maximum_packet_size=settings.max_packet,
         )
         self._freed = asyncio.Event()
         _watch_pubacks(self._client, self._freed)
@@ -100,7 +123,7 @@ class GmqttSession:
         expiry = properties.get("message_expiry_interval")
         return Inbound(
             topic=topic,
-            payload=bytes(payload),
+            payload=kept(payload),
             retain=bool(properties.get("retain")),
             response_topic=response[0] if response else None,
             correlation_data=correlation[0] if correlation else None,
