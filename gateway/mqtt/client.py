@@ -35,6 +35,7 @@ def kept(payload: bytes | bytearray) -> bytes:
     """The payload as the gateway keeps it (at most :data:`MAX_KEPT_PAYLOAD` bytes)."""
     return bytes(payload[:MAX_KEPT_PAYLOAD])
 
+
 NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 
 

@@ -381,4 +381,3 @@ async def test_a_dead_writer_is_seen_by_readyz_and_taps_get_unavailable(campus: 
         reply = await pos.request("purchase", {"card": campus.students[0].uid, "amount_fen": 1})
         assert reply["error"]["code"] == "unavailable"
         assert time.monotonic() - started < 1.0
-
