@@ -136,6 +136,11 @@ def render(results: dict[str, Any], result_path: str) -> str:
         f"- **Software**: Python {m['python']}, mosquitto {m['mosquitto']}, SQLite {m['sqlite']}, "
         f"commit `{m['commit']}`",
         f"- **Raw results**: `{result_path}`",
+        *(
+            f"- **Merged in**: `{m['command']}` on {m['date']} (phases {', '.join(m['phases'])}, "
+            f"commit `{m['machine']['commit']}`)"
+            for m in results.get("merged", [])
+        ),
         "",
         "## Targets",
         "",
@@ -154,6 +159,8 @@ def render(results: dict[str, Any], result_path: str) -> str:
         out += _scale(phases["scale"])
     if "durability" in phases:
         out += _durability(phases["durability"])
+    if "web" in phases:
+        out += _web(phases["web"])
     out += _method()
     return "\n".join(out) + "\n"
 
@@ -297,6 +304,49 @@ def _durability(du: dict[str, Any]) -> list[str]:
         f"| {p['batch']} | {p['debits_per_s']:,.0f} | {p['commits_per_s']:,.0f} | "
         f"{_f(p['vs_batch1'], 2)}x | {_f(p['vs_fsync_floor'], 2)} | {_f(p['conserved'])} |"
         for p in du["points"]
+    ]
+    return out
+
+
+def _web(w: dict[str, Any]) -> list[str]:
+    loss = w["loss"]
+
+    def row(name: str, s: dict[str, Any]) -> str:
+        return f"| {name} | {_f(s['p50'])} | {_f(s['p90'])} | {_f(s['max'])} | {_f(s['n'])} |"
+
+    out = [
+        "",
+        "## 5. Cardholder portal (`onecard web`, issue 9)",
+        "",
+        f"Loss report on the web, {w['rounds']} holders: a POS sells 1 fen to the card every "
+        "~10 ms from before the report; the loss form is posted (HTTP, the browser's form flow); "
+        "the web process replies once the gateway's `/metrics` shows the new deny-list version "
+        f"(gateway poll: {w['poll_interval_ms']} ms). A negative *first refusal* means the POS "
+        "was already refused before the reply arrived.",
+        "",
+        "| ms | p50 | p90 | max | n |",
+        "|---|---|---|---|---|",
+        row("web reply (POST -> 303)", loss["reply_ms"]),
+        row("  of which registry commit", loss["commit_ms"]),
+        row("  of which gateway serves the version", loss["gateway_ms"]),
+        row("first POS refusal, from the reply", loss["refusal_vs_reply_ms"]),
+        "",
+        f"Sales approved after the reply: **{loss['approved_after_reply']}**; every refusal "
+        f"`card_lost`: {_f(loss['all_card_lost'])}; replies confirmed by the gateway: "
+        f"{loss['confirmed']}/{w['rounds']}.",
+        "",
+        "Logins with the password hash (every holder has changed the default password; scrypt "
+        f"N=2^14, r=8). Baseline: one verification takes **{_f(w['scrypt_ms'])} ms** here now, a "
+        f"ceiling of {_f(w['scrypt_ceiling_per_s'])} logins/s on all cores. Each login is a new "
+        "session: GET /login (CSRF token), POST /login (scrypt in a thread, audit row).",
+        "",
+        "| client threads | logins/s | p50 ms | p99 ms | errors |",
+        "|---|---|---|---|---|",
+    ]
+    out += [
+        f"| {p['threads']} | {_f(p['per_s'])} | {_f(p['latency_ms']['p50'])} | "
+        f"{_f(p['latency_ms']['p99'])} | {p['errors']} |"
+        for p in w["logins"]
     ]
     return out
 

@@ -1,6 +1,7 @@
 """Run the benchmark suite and regenerate ``docs/benchmarks.md``.
 
-    python -m bench.run [--quick] [--only tap,propagation,scale,durability] [--no-profile]
+    python -m bench.run [--quick] [--only tap,propagation,scale,durability,web] [--no-profile]
+    python -m bench.run --only web --merge-into bench/results/<earlier>.json
 
 Every figure that depends on the machine is set beside a baseline measured in the same run (the
 echo floor on the same broker, the fan-out floor, an empty-registry gateway, the disk's fsync
@@ -29,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import durability, scale
+from bench import durability, scale, web
 from bench.fixture import (
     GATEWAY_USER,
     KIOSK_ID,
@@ -49,7 +50,7 @@ from bench.propagation import combine
 from bench.report import render
 from tests.broker import PrivateBroker
 
-PHASES = ("tap", "propagation", "scale", "durability")
+PHASES = ("tap", "propagation", "scale", "durability", "web")
 CLOSED = (1, 10, 100, 500)
 OPEN_RATES = (200, 1000, 5000)
 OPEN_TERMINALS = 100
@@ -536,6 +537,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--render", metavar="RESULT_JSON", help="only rewrite docs/benchmarks.md from a result"
     )
+    parser.add_argument(
+        "--merge-into",
+        metavar="RESULT_JSON",
+        help="add the phases measured now to an earlier result (its other phases kept, both "
+        "runs named in docs/benchmarks.md)",
+    )
     args = parser.parse_args(argv)
     if args.render:
         return rerender(Path(args.render))
@@ -577,10 +584,20 @@ def main(argv: list[str] | None = None) -> int:
             results["phases"]["durability"] = durability.run(
                 workdir / "durability", seconds=2.0 if args.quick else 5.0
             )
+        if "web" in phases:
+            log("web: portal loss report -> POS refusal, logins/s with the password hash")
+            results["phases"]["web"] = web.run(workdir / "web", quick=args.quick)
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     results["elapsed_s"] = (datetime.now(UTC) - started).total_seconds()
+    if args.merge_into:
+        base = json.loads(Path(args.merge_into).read_text())
+        merged = {k: results[k] for k in ("date", "command", "quick", "elapsed_s", "machine")}
+        merged["phases"] = sorted(results["phases"])
+        base.setdefault("merged", []).append(merged)
+        base["phases"].update(results["phases"])
+        results = base
     RESULTS.mkdir(parents=True, exist_ok=True)
     suffix = "-quick" if args.quick else ""
     # the time keeps concurrent or repeated runs from overwriting each other

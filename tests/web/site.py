@@ -41,9 +41,9 @@ async def seed(db: Path, *, students: int = 4) -> list[Person]:
     try:
         center = CardCenter.build(Context(registry=registry, clock=SystemClock()))
         admin = Actor(name="chief", permissions=frozenset(Permission), operator_id=1)
-        await center.stock.purchase(admin, CardKind.TEMP, 50, "2026")
+        await center.stock.purchase(admin, CardKind.TEMP, students + 50, "2026")
         await center.stock.requisition(
-            admin, CardKind.TEMP, 20, issued_by="科长", usage_note="测试"
+            admin, CardKind.TEMP, students + 20, issued_by="科长", usage_note="测试"
         )
         await center.receipts.add_book(admin, "B1", 1, 100)
         await center.merchants.add(admin, "canteen1", "第一食堂")

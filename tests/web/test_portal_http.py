@@ -281,3 +281,32 @@ def test_online_top_up_credited_once_and_forgery_refused(
     assert "¥222.00" in cards.text  # 172.00 + 50.00, once
     assert client.post("/pay/notify/wechat", content=body).status_code == 404
     assert client.get("/topup/OC..%2F..").status_code in (404, 400)
+
+
+def test_per_address_limit_across_accounts(tmp_path: Path) -> None:
+    """Failed logins from one address are limited whichever accounts they try."""
+    db = tmp_path / "web.sqlite3"
+    people = asyncio.run(seed(db))
+    settings = load_settings(
+        None,
+        db=str(db),
+        web={"cookie_secure": False, "max_failures_per_address": 3, "address_window_s": 600},
+    )
+    with TestClient(web_app(settings), base_url="http://localhost") as client:
+        for who in people[:3]:
+            page = client.get("/login")
+            resp = client.post(
+                "/login",
+                data={"csrf": _csrf(page.text), "number": who.number, "password": "wrong-1"},
+            )
+            assert resp.status_code == 403
+        page = client.get("/login")
+        resp = client.post(
+            "/login",
+            data={
+                "csrf": _csrf(page.text),
+                "number": people[3].number,
+                "password": people[3].password,
+            },
+        )
+        assert resp.status_code == 429 and "次数过多" in resp.text
