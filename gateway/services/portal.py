@@ -325,8 +325,16 @@ class PortalService:
         if serial is None:
             raise OnecardError("没有这张卡", "no such card", code=ErrorCode.NOT_FOUND)
         card = await self.cards.report_loss(actor, serial)
-        async with self.ctx.registry.read() as tx:
+        async with self.ctx.registry.transaction() as tx:
             rows = await tx.rows("SELECT max(version) AS v FROM deny_changes")
+            await self._audit(
+                tx,
+                actor,
+                f"{actor.channel}.loss_report",
+                holder_id,
+                card_id=card.id,
+                denylist_version=int(rows[0]["v"] or 0),
+            )
         reported = card.loss_reported_at or self.ctx.clock.now()
         possible = replacement_possible_from(card.facts) or reported
         return LossReceipt(

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import csv
 import io
+import json
 import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -36,6 +37,17 @@ def site(tmp_path: Path) -> Iterator[tuple[TestClient, list[Person]]]:
     )
     with TestClient(web_app(settings), base_url="http://localhost") as client:
         yield client, people
+
+
+async def _audit_actions(db: Path) -> list[tuple[str, str | None]]:
+    """(action, the channel recorded with it) of every audit row, oldest first."""
+    registry = await SqlRegistry.open(db)
+    try:
+        async with registry.read() as tx:
+            rows = await tx.rows("SELECT action, after FROM audit_log ORDER BY id")
+    finally:
+        await registry.close()
+    return [(str(r["action"]), json.loads(r["after"] or "{}").get("channel")) for r in rows]
 
 
 def _csrf(html: str) -> str:
@@ -112,7 +124,7 @@ def test_csrf_required_and_session_rotates(site: tuple[TestClient, list[Person]]
 
 
 def test_double_submitted_loss_report_does_one_thing(
-    site: tuple[TestClient, list[Person]],
+    site: tuple[TestClient, list[Person]], tmp_path: Path
 ) -> None:
     client, (alice, *_) = site
     login(client, alice)
@@ -125,6 +137,9 @@ def test_double_submitted_loss_report_does_one_thing(
     assert "可补卡时间" in done.text and "¥30.00" in done.text and "智能卡中心" in done.text
     cards = client.get("/cards")
     assert "挂失" in cards.text and '/loss"' not in cards.text
+    actions = asyncio.run(_audit_actions(tmp_path / "web.sqlite3"))
+    assert actions.count(("card.report_loss", None)) == 1  # one report for two submits
+    assert ("web.login", "web") in actions and ("web.loss_report", "web") in actions
 
 
 def test_holder_sees_only_own_cards(site: tuple[TestClient, list[Person]]) -> None:
