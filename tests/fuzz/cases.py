@@ -116,8 +116,7 @@ class Case:
 
 def readable_request_ids(payload: bytes) -> tuple[frozenset[str | None], bool]:
     if len(payload) > MAX_PAYLOAD:
-        # refused unread: null, or the id if the gateway reads it anyway
-        return frozenset({None, *_regex_ids(payload)}), False
+        return frozenset({None}), True  # §2: answered `malformed` with "request_id": null
     top: list[list[tuple[str, Any]]] = []
 
     def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -67,8 +67,6 @@ from tests.fuzz.site import purse_balance as site_balance
 
 NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 CODES = frozenset(code.value for code in ErrorCode)
-#: The Maximum Packet Size the gateway announces (docs/terminal-contract.md §2).
-GATEWAY_MAX_PACKET = 32 * 1024
 
 
 class _Enough(BaseException):
@@ -637,17 +635,14 @@ def packet_size(s: Sent) -> int:
 def owed(s: Sent) -> bool | None:
     """Is a reply owed (True), forbidden (False), or may there be one (None)?
 
-    Contract: every request on the sender's own ``req/{op}`` gets one reply, except a packet over
-    the gateway's 32 KiB Maximum Packet Size (the broker never delivers it: no reply comes).
-    Retained requests "are ignored": the gateway ignores them when the broker hands them over as
-    retained; delivered live (retain flag cleared, MQTT v5 default) one reply is allowed.
+    Contract: every request on the sender's own ``req/{op}`` gets one reply (§2: a request over
+    16 KiB is answered ``malformed``). Retained requests "are ignored": the gateway ignores them
+    when the broker hands them over as retained; delivered live (retain flag cleared, MQTT v5
+    default) one reply is allowed.
     """
     if not s.case.expects_reply or not _delivered(s):
         return False
-    size = packet_size(s)
-    if size > GATEWAY_MAX_PACKET + 64:
-        return False
-    if size >= GATEWAY_MAX_PACKET - 64 or s.case.retain:
+    if s.case.retain:
         return None
     return True
 
