@@ -361,6 +361,10 @@ def test_history_filters_and_csv_export(stack: Stack) -> None:
     assert len(rows) == 1 + 13 and {r[3] for r in rows[1:]} == {"第一食堂"}
     assert download.suggested_filename.startswith("onecard-history-")
     page.set_viewport_size(PHONE)
+    for url in ("/history", "/cards", "/alerts", "/password"):
+        page.goto(f"{stack.base}{url}")
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= PHONE["width"], (url, width)  # no sideways scrolling at 360 px
     page.goto(f"{stack.base}/history")
     _shot(page, "history-phone")
     page.context.close()
