@@ -1393,10 +1393,12 @@ def web(opts: Options, config_path: Path | None) -> None:
     from gateway.bootstrap import web_app
     from gateway.config import load_settings
     from gateway.logs import setup_logging
+    from gateway.web.app import server_logging
 
     overrides = {} if "ONECARD_DB" not in os.environ and config_path else {"db": opts.db}
     settings = load_settings(config_path, **overrides)
     setup_logging(settings.log_level)
+    server_logging()
     w = settings.web
     scheme = "https" if w.cookie_secure else "http"
     click.echo(f"持卡人自助服务 cardholder portal: {scheme}://{w.host}:{w.port}/")

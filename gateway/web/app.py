@@ -724,6 +724,16 @@ def _xlsx(rows: list[HistoryRow]) -> bytes:
     return out.getvalue()
 
 
+def server_logging() -> None:
+    """uvicorn's own lines (start, an unexpected exception's traceback) through onecard's masking
+    handler (gateway.logs), so no national ID or card number reaches the log in full."""
+    ours = logging.getLogger("onecard")
+    server = logging.getLogger("uvicorn")
+    server.handlers[:] = ours.handlers
+    server.setLevel(ours.level)
+    server.propagate = False
+
+
 def create_app(
     config: WebConfig,
     open_services: Callable[[], AbstractAsyncContextManager[WebServices]],
