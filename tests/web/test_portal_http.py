@@ -21,9 +21,11 @@ from gateway.config import load_settings
 from gateway.payments.sandbox import InProcessTransport, SandboxBank, SandboxProvider
 from gateway.services.alerts import AlertService
 from gateway.services.base import Context, SystemClock
+from gateway.services.holders import HolderService
 from gateway.services.payments import PaymentService
 from gateway.services.portal import PortalService
 from gateway.web.app import WebServices, create_app
+from protocol.errors import OnecardError
 from storage.sql import SqlRegistry
 from tests.web.site import PURCHASES_PER_STUDENT, Person, seed
 
@@ -325,3 +327,39 @@ def test_per_address_limit_across_accounts(tmp_path: Path) -> None:
             },
         )
         assert resp.status_code == 429 and "次数过多" in resp.text
+
+
+async def _kiosk_login(db: Path, number: str, password: str) -> str:
+    """A kiosk login through the same service the gateway uses: the error code, or 'ok'."""
+    registry = await SqlRegistry.open(db)
+    try:
+        holders = HolderService(Context(registry=registry, clock=SystemClock()))
+        try:
+            await holders.authenticate(number, password, channel="kiosk")
+        except OnecardError as exc:
+            return exc.code.value
+        return "ok"
+    finally:
+        await registry.close()
+
+
+def test_lockout_is_shared_between_kiosk_and_web(
+    site: tuple[TestClient, list[Person]], tmp_path: Path
+) -> None:
+    """LOSS-1: a lockout earned at the kiosk holds on the web, and the other way round."""
+    client, (alice, bob, *_) = site
+    db = tmp_path / "web.sqlite3"
+    codes = [asyncio.run(_kiosk_login(db, alice.number, "wrong-1")) for _ in range(5)]
+    assert codes[-1] == "account_locked", codes
+    page = client.get("/login")
+    resp = client.post(
+        "/login",
+        data={"csrf": _csrf(page.text), "number": alice.number, "password": alice.password},
+    )
+    assert resp.status_code == 403 and "次数过多" in resp.text
+    for _ in range(5):
+        page = client.get("/login")
+        client.post(
+            "/login", data={"csrf": _csrf(page.text), "number": bob.number, "password": "wrong-2"}
+        )
+    assert asyncio.run(_kiosk_login(db, bob.number, bob.password)) == "account_locked"
