@@ -10,6 +10,11 @@ File layout: the first row of the first worksheet (or the first CSV record) is t
 starts on row 2. Row numbers in results are the ones a spreadsheet program shows. Headers are
 Chinese, English aliases are accepted (see :data:`HEADER_ALIASES`); unknown columns are ignored.
 
+Identity documents (ISS-8/11): an optional 证件类型 column names the document the 身份证号 /
+证件号码 column holds (居民身份证 when blank; 护照, 港澳居民来往内地通行证, 台湾居民来往大陆通行证,
+外国人永久居留身份证 and their short names, see :func:`protocol.cards.identity.parse_id_doc_type`);
+each number is validated by its own document's format.
+
 Cell values are read as text. Number cells are a hazard: Excel keeps 15 significant digits, so an
 18-digit national ID stored as a number is already damaged (``110105194912310020`` becomes
 ``110105194912310000``) and is refused with
@@ -45,7 +50,7 @@ from openpyxl import Workbook, load_workbook
 from openpyxl.cell import WriteOnlyCell
 from openpyxl.utils.exceptions import InvalidFileException
 
-from protocol.cards.identity import validate_national_id
+from protocol.cards.identity import IdDocType, parse_id_doc_type, validate_id_doc
 from protocol.errors import InvalidInput
 from protocol.types import HolderCategory
 
@@ -80,7 +85,19 @@ HEADER_ALIASES: Final[dict[str, tuple[str, ...]]] = {
     "college": ("学院", "college"),
     "class_name": ("班级", "class", "class_name"),
     "department": ("部门", "工作部门", "department"),
-    "national_id": ("身份证号", "身份证", "身份证号码", "national_id", "national id"),
+    "national_id": (
+        "身份证号",
+        "身份证",
+        "身份证号码",
+        "证件号码",
+        "证件号",
+        "national_id",
+        "national id",
+        "id_no",
+        "id no",
+        "document number",
+    ),
+    "id_doc_type": ("证件类型", "id_doc_type", "id type", "document type"),
     "photo": ("照片", "照片编号", "photo"),
     "valid_until": ("有效期", "valid_until", "valid until"),
     "category": ("人员类别", "category"),
@@ -96,6 +113,7 @@ _FIELD_LABEL: Final[dict[str, tuple[str, str]]] = {
     "class_name": ("班级", "class"),
     "department": ("部门", "department"),
     "national_id": ("身份证号", "national ID"),
+    "id_doc_type": ("证件类型", "ID document type"),
     "photo": ("照片", "photo"),
     "valid_until": ("有效期", "valid until"),
     "category": ("人员类别", "category"),
@@ -179,10 +197,11 @@ class RosterRow:
     college: str | None = None
     class_name: str | None = None
     department: str | None = None
-    national_id: str | None = None
+    national_id: str | None = None  # the number of the document ``id_doc_type`` names
     photo: str | None = None
     valid_until: date | None = None
     category: HolderCategory | None = None
+    id_doc_type: IdDocType | None = None  # 证件类型; None: no such column (resident ID)
     meal_quota: int | None = None
 
 
@@ -304,7 +323,7 @@ def _as_number(value: CellValue, field_name: str) -> str:
     return text
 
 
-def _as_national_id(value: CellValue) -> str:
+def _as_national_id(value: CellValue, doc_type: IdDocType = IdDocType.RESIDENT_ID) -> str:
     if isinstance(value, int | float) and not isinstance(value, bool):
         raise _RowProblem("身份证号须为文本格式", "national ID must be a text cell")
     if not isinstance(value, str):
@@ -313,7 +332,14 @@ def _as_national_id(value: CellValue) -> str:
     if _SCIENTIFIC_RE.fullmatch(text):  # a CSV exported from a number column: 1.10105E+17
         raise _RowProblem("身份证号须为文本格式", "national ID must be a text cell")
     try:
-        return validate_national_id(text)
+        return validate_id_doc(doc_type, text)
+    except InvalidInput as exc:
+        raise _RowProblem(exc.message_zh, exc.message_en) from None
+
+
+def _as_id_doc_type(value: CellValue) -> IdDocType:
+    try:
+        return parse_id_doc_type(_clean_text(str(value)))
     except InvalidInput as exc:
         raise _RowProblem(exc.message_zh, exc.message_en) from None
 
@@ -384,6 +410,7 @@ _CONVERTERS: Final[dict[str, Callable[[CellValue], object]]] = {
     "class_name": lambda v: _as_text(v, "class_name"),
     "department": lambda v: _as_text(v, "department"),
     "national_id": _as_national_id,
+    "id_doc_type": _as_id_doc_type,
     "photo": lambda v: _as_text(v, "photo"),
     "valid_until": _as_date,
     "category": _as_category,
@@ -585,7 +612,9 @@ def _parse_row(
     """Converted values of the fields that parsed, and (column index, error) for the others."""
     values: dict[str, object] = {}
     problems: list[tuple[int, RowError]] = []
-    for fld, (idx, header_text) in columns.items():
+    # the document type first: the ID number is validated by its document's format (ISS-8/11)
+    ordered = sorted(columns.items(), key=lambda item: item[0] != "id_doc_type")
+    for fld, (idx, header_text) in ordered:
         cell = raw[idx] if idx < len(raw) else None
         if _is_blank(cell):
             if fld in required:
@@ -594,8 +623,12 @@ def _parse_row(
                     (idx, RowError(row_number, header_text, f"{zh}为空 / {en} is empty"))
                 )
             continue
+        doc_type = values.get("id_doc_type")
         try:
-            values[fld] = _CONVERTERS[fld](cell)
+            if fld == "national_id" and isinstance(doc_type, IdDocType):
+                values[fld] = _as_national_id(cell, doc_type)
+            else:
+                values[fld] = _CONVERTERS[fld](cell)
         except _RowProblem as exc:
             problems.append((idx, RowError(row_number, header_text, exc.reason)))
     return values, problems

@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields
 from datetime import date, datetime
 from typing import Any, NamedTuple, Self
 
+from protocol.cards.identity import IdDocType
 from protocol.cards.lifecycle import CardFacts, ExchangeReason
 from protocol.cards.policy import HolderData
 from protocol.types import CardKind, CardState, HolderCategory, HolderKind, HolderStatus
@@ -39,8 +40,11 @@ class Holder(_FromRow):
     created_at: datetime
     deregistered_at: datetime | None
     application_ref: str | None
+    #: ISS-8/11: which document ``national_id`` is the number of (migration 0007)
+    id_doc_type: IdDocType = IdDocType.RESIDENT_ID
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "id_doc_type", IdDocType(self.id_doc_type))
         object.__setattr__(self, "kind", HolderKind(self.kind))
         object.__setattr__(self, "category", HolderCategory(self.category))
         object.__setattr__(self, "status", HolderStatus(self.status))

@@ -74,7 +74,7 @@ holders = Table(
     Column("category", String(32), nullable=False),
     Column("number", String(32), nullable=True),  # 学号 / 工号; temp: last 6 of the ID (ISS-11)
     Column("name", String(64), nullable=False),
-    Column("national_id", String(18), nullable=True),
+    Column("national_id", String(18), nullable=True),  # the ID document's number (id_doc_type)
     Column("college", String(64), nullable=True),
     Column("class_name", String(64), nullable=True),
     Column("department", String(64), nullable=True),
@@ -87,6 +87,9 @@ holders = Table(
     _ts("created_at"),
     _ts("deregistered_at", nullable=True),
     Column("application_ref", String(128), nullable=True),  # ISS-9 form / ISS-6 written proof
+    # ISS-8/11: the identity document ``national_id`` holds the number of (resident ID, passport,
+    # HK/Macau or Taiwan permit, permanent residence card: protocol.cards.identity.IdDocType)
+    Column("id_doc_type", String(24), nullable=False, server_default="resident_id"),
 )
 Index("ix_holders_number", holders.c.number)
 Index("ix_holders_national_id", holders.c.national_id)

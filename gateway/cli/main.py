@@ -30,7 +30,7 @@ from gateway.services.center import CardCenter
 from gateway.services.reports import Table
 from protocol.cards.clock import end_of_validity, local
 from protocol.cards.fees import parse_yuan, yuan
-from protocol.cards.identity import mask_national_id
+from protocol.cards.identity import ID_DOC_NAMES_ZH, IdDocType, mask_id_doc
 from protocol.cards.lifecycle import STATE_NAMES_ZH
 from protocol.errors import OnecardError
 from protocol.ledger import purse
@@ -427,7 +427,16 @@ def holder_import(
 
 @holder.command("register-temp")
 @click.option("--name", required=True)
-@click.option("--national-id", required=True)
+@click.option(
+    "--id-type",
+    "id_type",
+    type=click.Choice([t.value for t in IdDocType]),
+    help="证件类型 ID document: resident_id 居民身份证 (default), passport 护照, hk_macau_permit"
+    " 港澳居民来往内地通行证, taiwan_permit 台湾居民来往大陆通行证, permanent_residence"
+    " 外国人永久居留身份证",
+)
+@click.option("--id-no", "id_no", help="证件号码 the document's number (ISS-11)")
+@click.option("--national-id", help="身份证号 a resident ID (same as --id-no with resident_id)")
 @click.option(
     "--category",
     type=click.Choice([c.value for c in HolderCategory if c.value not in ("student", "staff")]),
@@ -441,18 +450,37 @@ def holder_import(
 def holder_register_temp(
     opts: Options,
     name: str,
-    national_id: str,
+    id_type: str | None,
+    id_no: str | None,
+    national_id: str | None,
     category: str,
     valid_through: str,
     application_ref: str,
 ) -> None:
-    """ISS-8/9/11: register a person eligible for a temp card."""
+    """登记其他人员 ISS-8/9/11: register a person eligible for a temp card, with the ID document
+    shown (work number and default password: its last 6 characters).
+
+    Example: onecard holder register-temp --name "Anna Schmidt" --id-type passport
+    --id-no C01X00T47 --category foreign_teacher --valid-through 2027-06-30
+    --application "外事处 2026-118"
+    """
+    if (id_no is None) == (national_id is None):
+        raise click.UsageError("给出 --id-no 或 --national-id 之一 / give --id-no or --national-id")
+    if national_id is not None and id_type not in (None, IdDocType.RESIDENT_ID.value):
+        raise click.UsageError(
+            "--national-id 只用于居民身份证，其他证件用 --id-no / "
+            "--national-id is for resident IDs: use --id-no with --id-type"
+        )
+    doc_type = IdDocType(id_type or IdDocType.RESIDENT_ID.value)
+    number = id_no if id_no is not None else national_id
+    assert number is not None
     h = run_as(
         opts,
         lambda c, a: c.cards.register_temporary_holder(
             a,
             name=name,
-            national_id=national_id,
+            national_id=number,
+            id_doc_type=doc_type,
             category=HolderCategory(category),
             valid_through=parse_day(valid_through),
             application_ref=application_ref,
@@ -460,8 +488,9 @@ def holder_register_temp(
     )
     emit(
         opts,
-        {"holder_id": h.id, "number": h.number},
-        f"已登记 registered holder #{h.id}, 工号 work number {h.number}",
+        {"holder_id": h.id, "number": h.number, "id_doc_type": h.id_doc_type.value},
+        f"已登记 registered holder #{h.id}, 工号 work number {h.number}"
+        f"（{ID_DOC_NAMES_ZH[h.id_doc_type]} {mask_id_doc(h.national_id or '')}）",
     )
 
 
@@ -485,14 +514,14 @@ def holder_show(opts: Options, ref: str) -> None:
         async with c.ctx.registry.read() as tx:
             cards = await tx.cards_of_holder(h.id)
         return HolderView(
-            replace(h, national_id=mask_national_id(h.national_id or "")), cards, balance, recent
+            replace(h, national_id=mask_id_doc(h.national_id or "")), cards, balance, recent
         )
 
     view = run_as(opts, body)
     h = view.holder
     lines = [
         f"#{h.id} {h.name} {h.number or '—'} {h.kind.value}/{h.category.value} "
-        f"身份证 ID {h.national_id}",
+        f"{ID_DOC_NAMES_ZH[h.id_doc_type]} {h.id_doc_type.value} {h.national_id}",
         f"  {h.college or h.department or ''} {h.class_name or ''} 状态 {h.status.value} "
         f"有效期至 valid through {last_valid_day(h.valid_until) if h.valid_until else '—'}",
         f"  余额 balance: {yuan(view.balance)} 元",
@@ -508,17 +537,32 @@ def holder_show(opts: Options, ref: str) -> None:
     "pairs",
     multiple=True,
     required=True,
-    help="field=value (name, college, class_name, department, photo_ref)",
+    help="field=value (name, college, class_name, department, photo_ref, number)",
 )
-@click.option("--reason", required=True)
+@click.option("--reason", required=True, help="依据 the document or notice (audited)")
+@click.option(
+    "--correct",
+    "correction",
+    is_flag=True,
+    help="更正已登记的学号/工号 correct a number recorded wrongly (ISS-6, audited)",
+)
 @pass_opts
-def holder_update(opts: Options, ref: str, pairs: tuple[str, ...], reason: str) -> None:
-    """REP-3: complete missing holder data."""
+def holder_update(
+    opts: Options, ref: str, pairs: tuple[str, ...], reason: str, correction: bool
+) -> None:
+    """补充持卡人信息 REP-3: complete missing holder data. ISS-6: add the staff number HR assigned
+    (once, while empty); changing a recorded number needs --correct.
+
+    Example: onecard holder update '#12' --set number=T2026051 --reason "人事处通知 2026-45"
+    """
+    bad = [p for p in pairs if "=" not in p]
+    if bad:
+        raise click.UsageError(f"须为 字段=值 / expected field=value: {bad[0]}")
     changes = dict(p.split("=", 1) for p in pairs)
 
     async def body(c: CardCenter, a: Actor) -> object:
         h = await c.cards.holder(holder_ref(ref))
-        return await c.holders.update(a, h.id, changes, reason=reason)
+        return await c.holders.update(a, h.id, changes, reason=reason, correction=correction)
 
     run_as(opts, body)
     emit(opts, changes, "已更新 updated")
@@ -538,7 +582,10 @@ def _emit_card(opts: Options, result: CardResult | Card) -> None:
 
 
 ID_DOC = click.option(
-    "--id-doc", "presented_id", help="national ID or student/staff number on the document shown"
+    "--id-doc",
+    "presented_id",
+    help="证件号码（身份证、护照、通行证、永居证）或学号/工号 the ID document or student/staff"
+    " number shown",
 )
 
 

@@ -23,7 +23,7 @@ from gateway.services.common import (
 )
 from protocol.cards.clock import SMART_CARD_WORKING_DAYS, add_working_days, end_of_validity, local
 from protocol.cards.fees import FeeItem
-from protocol.cards.identity import validate_national_id
+from protocol.cards.identity import IdDocType, validate_id_doc, work_number
 from protocol.cards.lifecycle import CardEvent, ExchangeReason, auto_termination_at
 from protocol.cards.policy import require_complete, require_refund_eligible, require_settled
 from protocol.carduid import canonical_card_uid, normalise_card_uid
@@ -120,8 +120,13 @@ class CardService:
         category: HolderCategory,
         valid_through: date,
         application_ref: str,
+        id_doc_type: IdDocType = IdDocType.RESIDENT_ID,
     ) -> Holder:
-        """ISS-8/9/11: a person eligible for a temp card only; work number = last 6 of the ID."""
+        """ISS-8/9/11: a person eligible for a temp card only; work number = last 6 of the ID.
+
+        ``national_id`` is the number of the document of ``id_doc_type`` the applicant shows
+        (foreign teachers and exchange students hold passports; see
+        :mod:`protocol.cards.identity` for each document's format and its "last 6")."""
         actor.require(Permission.CARD_HANDLING)
         if category not in TEMPORARY_CATEGORIES:
             raise RuleViolation(
@@ -138,13 +143,18 @@ class CardService:
             )
         if not name.strip():
             raise InvalidInput("姓名不能为空", "name is required", rule="ISS-11")
-        nid = validate_national_id(national_id)
+        try:
+            nid = validate_id_doc(id_doc_type, national_id)
+        except InvalidInput as exc:
+            raise InvalidInput(exc.message_zh, exc.message_en, rule="ISS-11") from None
         now = self.ctx.clock.now()
         async with self.ctx.registry.transaction() as tx:
             for other in await tx.holders_where(national_id=nid, status="active"):
+                if other.id_doc_type is not id_doc_type:
+                    continue
                 raise OnecardError(
-                    f"该身份证号已登记（持卡人 {other.id}）",
-                    f"this national ID is registered already (holder {other.id})",
+                    f"该证件号码已登记（持卡人 {other.id}）",
+                    f"this ID document is registered already (holder {other.id})",
                     code=ErrorCode.DUPLICATE,
                     rule="ISS-11",
                 )
@@ -153,11 +163,12 @@ class CardService:
                 {
                     "kind": HolderKind.TEMPORARY.value,
                     "category": category.value,
-                    "number": nid[-6:],
+                    "number": work_number(nid, id_doc_type),
                     "name": name.strip(),
                     "national_id": nid,
+                    "id_doc_type": id_doc_type.value,
                     "valid_until": end_of_validity(valid_through),
-                    "password_hash": None,  # default: last 6 of the national ID (LOSS-1)
+                    "password_hash": None,  # default: last 6 of the ID document (LOSS-1)
                     "created_at": now,
                     "application_ref": application_ref.strip(),
                 },
@@ -169,7 +180,11 @@ class CardService:
                 "holder",
                 holder_id,
                 None,
-                {"kind": "temporary", "category": category.value},
+                {
+                    "kind": "temporary",
+                    "category": category.value,
+                    "id_doc_type": id_doc_type.value,
+                },
             )
             return await tx.get_holder(holder_id)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import asdict
 from datetime import datetime
 from json import dumps
@@ -9,6 +10,7 @@ from typing import Any
 
 from gateway.services.base import Actor, Context
 from protocol.cards.fees import FEE_NAMES_ZH, FeeItem
+from protocol.cards.identity import IdDocType, mask_id_doc, validate_id_doc
 from protocol.cards.lifecycle import (
     FINAL_STATES,
     CardEvent,
@@ -17,7 +19,7 @@ from protocol.cards.lifecycle import (
     transition,
 )
 from protocol.carduid import normalise_card_uid
-from protocol.errors import Duplicate, ErrorCode, OnecardError, RuleViolation
+from protocol.errors import Duplicate, ErrorCode, InvalidInput, OnecardError, RuleViolation
 from protocol.ledger import fee
 from protocol.types import CardKind, CardState, HolderStatus
 from storage.ports import Tx
@@ -244,23 +246,43 @@ def default_uid(serial: str) -> str:
 
 
 def verify_identity(holder: Holder, presented: str | None, rule: str) -> None:
-    """The operator checks the holder's ID card or student card (LOSS-1, LOSS-3, REP-1, ISS-7)."""
-    value = (presented or "").strip().upper()
-    if not value:
+    """The operator checks the holder's valid ID document or student/staff card (LOSS-1, LOSS-3,
+    REP-1, ISS-7): the number typed is the holder's document number (resident ID, passport,
+    HK/Macau or Taiwan permit, permanent residence card: ISS-8/11, normalised as that document is,
+    e.g. a full-width or lower-case entry, an old permit form) or the student/staff number."""
+    typed = (presented or "").strip()
+    if not typed:
         raise RuleViolation(
-            "须核验本人有效证件（身份证号或学号/工号）",
-            "verify the holder's valid ID: give the national ID or student/staff number shown",
+            "须核验本人有效证件（身份证、护照等证件号码或学号/工号）",
+            "verify the holder's valid ID: give the ID document (national ID, passport, permit)"
+            " or student/staff number shown",
             code=ErrorCode.AUTH_FAILED,
             rule=rule,
         )
-    known = {x.upper() for x in (holder.national_id, holder.number) if x}
-    if value not in known:
-        raise RuleViolation(
-            "证件与持卡人信息不符",
-            "the ID shown does not match the holder",
-            code=ErrorCode.AUTH_FAILED,
-            rule=rule,
-        )
+    if holder.national_id and same_id_doc(holder.id_doc_type, holder.national_id, typed):
+        return
+    if holder.number and id_key(typed) == id_key(holder.number):
+        return
+    shown = mask_id_doc(id_key(typed))
+    raise RuleViolation(
+        f"证件号码 {shown} 与持卡人信息不符",
+        f"the ID shown ({shown}) does not match the holder",
+        code=ErrorCode.AUTH_FAILED,
+        rule=rule,
+    )
+
+
+def id_key(text: str) -> str:
+    """A number as typed, compared loosely: full-width folded, upper case, no spaces/hyphens."""
+    return "".join(unicodedata.normalize("NFKC", text).upper().replace("-", " ").split())
+
+
+def same_id_doc(doc_type: IdDocType, stored: str, typed: str) -> bool:
+    """Whether ``typed`` is the document ``stored`` (normalised as its type is, ISS-8/11)."""
+    try:
+        return validate_id_doc(doc_type, typed) == stored
+    except InvalidInput:
+        return id_key(typed) == id_key(stored)
 
 
 def require_active_holder(holder: Holder) -> None:

@@ -1,25 +1,41 @@
-"""Holders: roster imports (ISS-1, ISS-6), holder records, self-service passwords (LOSS-1)."""
+"""Holders: roster imports (ISS-1, ISS-6), holder records, staff numbers assigned later (ISS-6),
+self-service passwords (LOSS-1)."""
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any, Protocol
 
 from gateway.services.base import Actor, Context
+from gateway.services.common import LIVE_STATES, PENDING_STATES
 from gateway.services.passwords import hash_password, verify_password
 from protocol.cards.clock import end_of_validity
-from protocol.cards.identity import default_password
-from protocol.errors import AccessDenied, ErrorCode, InvalidInput, OnecardError
-from protocol.types import HolderCategory, HolderKind, Permission
+from protocol.cards.identity import IdDocType, default_password
+from protocol.errors import (
+    AccessDenied,
+    Duplicate,
+    ErrorCode,
+    InvalidInput,
+    OnecardError,
+    RuleViolation,
+)
+from protocol.types import CardKind, HolderCategory, HolderKind, Permission
+from storage.ports import Tx
 from storage.records import Holder
 
 #: LOSS-1 self-service lockout: after this many wrong passwords the account waits LOCKOUT.
 MAX_FAILED_LOGINS = 5
 LOCKOUT = timedelta(minutes=30)
+#: A student/staff number as the rosters take it (gateway.rosterio): letters, digits, hyphens.
+NUMBER_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z-]{0,31}")
+#: Holder fields the counter may complete (REP-3); ``number`` has its own rule (ISS-6).
+UPDATABLE = frozenset({"name", "college", "class_name", "department", "photo_ref", "number"})
 
 
 class RosterRowLike(Protocol):
@@ -46,6 +62,8 @@ class RosterRowLike(Protocol):
     @property
     def valid_until(self) -> date | None: ...
 
+    # optional: ``id_doc_type`` (IdDocType | None) when the roster has a 证件类型 column
+
 
 @dataclass
 class ImportReport:
@@ -56,7 +74,7 @@ class ImportReport:
 
 
 def uses_default_password(holder: Holder) -> bool:
-    """LOSS-1: until changed, the password is the last 6 of the national ID (not stored)."""
+    """LOSS-1: until changed, the password is the last 6 of the ID document (not stored)."""
     return holder.password_hash is None
 
 
@@ -64,7 +82,8 @@ def check_holder_password(holder: Holder, password: str) -> bool:
     if holder.password_hash is None:
         if not holder.national_id:
             return False
-        return hmac.compare_digest(password.encode(), default_password(holder.national_id).encode())
+        expected = default_password(holder.national_id, holder.id_doc_type)
+        return hmac.compare_digest(password.encode(), expected.encode())
     return verify_password(password, holder.password_hash)
 
 
@@ -100,12 +119,14 @@ class HolderService:
         for row in rows:
             number = row.student_number if kind is HolderKind.STUDENT else row.staff_number
             valid = row.valid_until or default_valid_through
+            doc_type = getattr(row, "id_doc_type", None) or IdDocType.RESIDENT_ID
             values: dict[str, Any] = {
                 "kind": kind.value,
                 "category": category.value,
                 "number": number or None,
                 "name": row.name or "",
                 "national_id": row.national_id,
+                "id_doc_type": IdDocType(doc_type).value,
                 "college": row.college,
                 "class_name": row.class_name,
                 "department": row.department,
@@ -118,7 +139,11 @@ class HolderService:
             if number:
                 numbered.append(values)
                 by_number[number] = row.row_number
-        by_id = {r.national_id: r.row_number for r in rows if r.national_id}
+        by_id = {
+            (getattr(r, "id_doc_type", None) or IdDocType.RESIDENT_ID, r.national_id): r.row_number
+            for r in rows
+            if r.national_id
+        }
         async with self.ctx.registry.transaction() as tx:
             for clash in await tx.find_in("holders", "number", list(by_number), kind=kind.value):
                 raise OnecardError(
@@ -127,10 +152,14 @@ class HolderService:
                     code=ErrorCode.DUPLICATE,
                     rule=rule,
                 )
-            for clash in await tx.find_in("holders", "national_id", list(by_id), status="active"):
+            numbers = sorted({doc_no for _, doc_no in by_id})
+            for clash in await tx.find_in("holders", "national_id", numbers, status="active"):
+                row_number = by_id.get((IdDocType(clash["id_doc_type"]), clash["national_id"]))
+                if row_number is None:
+                    continue  # the same number on another kind of document
                 raise OnecardError(
-                    f"第 {by_id[clash['national_id']]} 行：身份证号已登记",
-                    f"row {by_id[clash['national_id']]}: national ID is registered already",
+                    f"第 {row_number} 行：证件号码已登记",
+                    f"row {row_number}: ID document number is registered already",
                     code=ErrorCode.DUPLICATE,
                     rule=rule,
                 )
@@ -155,32 +184,124 @@ class HolderService:
         return report
 
     async def update(
-        self, actor: Actor, holder_id: int, changes: dict[str, str], *, reason: str
+        self,
+        actor: Actor,
+        holder_id: int,
+        changes: dict[str, str],
+        *,
+        reason: str,
+        correction: bool = False,
     ) -> Holder:
-        """REP-3: complete missing holder data (name, number, college, class, department, photo)."""
+        """REP-3: complete missing holder data (name, college, class, department, photo).
+
+        ISS-6: staff imported without a staff number get a temp card; once HR assigns the number
+        the clerk adds it here (``number``: set once while empty), and the temp card is then
+        exchanged for a smart card. Changing a number already recorded is refused unless
+        ``correction`` says it is an explicit correction of a wrong entry; it is refused too while
+        a smart card carrying the number is in use or being made (that is an exchange for changed
+        data, EXC-4). Both are audited with the reason (``holder.number_set``,
+        ``holder.number_corrected``).
+        """
         actor.require(Permission.CARD_HANDLING)
-        allowed = {"name", "college", "class_name", "department", "photo_ref"}
-        if not changes or set(changes) - allowed:
+        if not changes or set(changes) - UPDATABLE:
             raise InvalidInput(
-                f"可补充的信息：{', '.join(sorted(allowed))}",
-                f"fields: {', '.join(sorted(allowed))}",
+                f"可补充的信息：{', '.join(sorted(UPDATABLE))}",
+                f"fields: {', '.join(sorted(UPDATABLE))}",
                 rule="REP-3",
             )
+        if correction and "number" not in changes:
+            raise InvalidInput(
+                "更正只适用于学号/工号", "a correction applies to the number only", rule="ISS-6"
+            )
+        fields = {k: v for k, v in changes.items() if k != "number"}
         now = self.ctx.clock.now()
         async with self.ctx.registry.transaction() as tx:
             holder = await tx.get_holder(holder_id)
-            before = {k: getattr(holder, k) for k in changes}
-            await tx.update("holders", holder_id, changes)
-            await tx.audit(
-                now,
-                actor.name,
-                "holder.update",
-                "holder",
-                holder_id,
-                before,
-                {**changes, "reason": reason},
-            )
+            if "number" in changes:
+                await self._set_number(
+                    tx, actor, holder, changes["number"], reason=reason, correction=correction
+                )
+            if fields:
+                before = {k: getattr(holder, k) for k in fields}
+                await tx.update("holders", holder_id, fields)
+                await tx.audit(
+                    now,
+                    actor.name,
+                    "holder.update",
+                    "holder",
+                    holder_id,
+                    before,
+                    {**fields, "reason": reason},
+                )
             return await tx.get_holder(holder_id)
+
+    async def _set_number(
+        self, tx: Tx, actor: Actor, holder: Holder, typed: str, *, reason: str, correction: bool
+    ) -> None:
+        """ISS-6: the student/staff number, set once when empty, or corrected explicitly."""
+        number = unicodedata.normalize("NFKC", typed).strip()
+        if not NUMBER_RE.fullmatch(number):
+            raise InvalidInput(
+                f"学号/工号 {typed!r} 只能包含字母、数字和连字符（最多32位）",
+                f"number {typed!r}: letters, digits and hyphens only (max 32)",
+                rule="ISS-6",
+            )
+        if holder.kind is HolderKind.TEMPORARY:
+            raise RuleViolation(
+                "其他人员的工号为证件号码后6位，不能修改",
+                "a temporary holder's work number is the last 6 of the ID document: not editable",
+                code=ErrorCode.INVALID_INPUT,
+                rule="ISS-11",
+            )
+        if not reason.strip():
+            raise InvalidInput(
+                "须说明依据（如人事处通知）",
+                "give the reason (e.g. HR's notice)",
+                rule="ISS-6",
+            )
+        if holder.number == number:
+            raise InvalidInput(
+                f"学号/工号已是 {number}", f"the number is {number} already", rule="ISS-6"
+            )
+        if holder.number and not correction:
+            raise RuleViolation(
+                f"持卡人已有学号/工号 {holder.number}；如确属登记错误，请以更正方式修改并说明原因",
+                f"the holder has number {holder.number} already: to fix a wrong entry, make an"
+                " explicit correction with a reason",
+                code=ErrorCode.DUPLICATE,
+                rule="ISS-6",
+            )
+        if holder.number:
+            carrying = LIVE_STATES | PENDING_STATES
+            printed = [
+                c
+                for c in await tx.cards_of_holder(holder.id)
+                if c.kind is CardKind.SMART and c.state in carrying
+            ]
+            if printed:
+                raise RuleViolation(
+                    f"智能卡 {printed[0].serial} 印有原学号/工号：请凭变更文件办理换卡",
+                    f"smart card {printed[0].serial} carries the old number: exchange it for"
+                    " changed data with the official document",
+                    rule="EXC-4",
+                )
+        for other in await tx.holders_by_number(number):
+            if other.kind is holder.kind and other.id != holder.id:
+                raise Duplicate(
+                    f"学号/工号 {number} 已登记在持卡人 #{other.id}",
+                    f"number {number} is registered to holder #{other.id}",
+                    rule="ISS-6",
+                )
+        await tx.update("holders", holder.id, {"number": number})
+        await tx.audit(
+            self.ctx.clock.now(),
+            actor.name,
+            "holder.number_corrected" if holder.number else "holder.number_set",
+            "holder",
+            holder.id,
+            {"number": holder.number},
+            {"number": number, "reason": reason.strip(), "rule": "ISS-6"},
+        )
 
     # --- self-service authentication (LOSS-1) ------------------------------------------------
     async def authenticate(self, number: str, password: str, *, channel: str) -> Actor:
@@ -264,14 +385,14 @@ class HolderService:
             await tx.audit(now, actor.name, "holder.password_changed", "holder", holder.id)
 
     async def reset_password(self, actor: Actor, holder_id: int) -> None:
-        """At the counter: back to the default (last 6 of the national ID), lockout lifted."""
+        """At the counter: back to the default (last 6 of the ID document), lockout lifted."""
         actor.require(Permission.CARD_HANDLING)
         now = self.ctx.clock.now()
         async with self.ctx.registry.transaction() as tx:
             holder = await tx.get_holder(holder_id)
             if not holder.national_id:
                 raise InvalidInput(
-                    "持卡人无身份证号", "holder has no national ID on record", rule="LOSS-1"
+                    "持卡人无证件号码", "holder has no ID document on record", rule="LOSS-1"
                 )
             await tx.update(
                 "holders",
