@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 import uvicorn
+from pydantic import SecretStr
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -107,7 +108,7 @@ async def sandbox(counter: Counter) -> AsyncIterator[Sandbox]:
     config = PaymentsConfig(
         api_url=url,
         notify_url=f"http://127.0.0.1:{notify_port}/pay/notify/sandbox",
-        key=KEY,  # type: ignore[arg-type]  # pydantic turns it into a SecretStr
+        key=SecretStr(KEY),
     )
     payments = PaymentService(
         Context(registry=c.registry, clock=c.clock), open_provider(config), topup_rules(config)
