@@ -269,6 +269,115 @@ def operator_disable(opts: Options, username: str) -> None:
     emit(opts, {"disabled": username}, f"账号已停用 {username} disabled")
 
 
+APPROVED_BY = click.option(
+    "--approved-by",
+    required=True,
+    help="审批人（网管中心负责人） / center head who approved (ACC-2)",
+)
+
+
+@operator.command("unlock")
+@click.argument("username")
+@APPROVED_BY
+@click.option("--application", "application_ref", help="书面申请编号 / written application")
+@pass_opts
+def operator_unlock(
+    opts: Options, username: str, approved_by: str, application_ref: str | None
+) -> None:
+    """ACC-2: 解除密码错误锁定 / lift a lockout after wrong passwords (audited)."""
+    run_as(
+        opts,
+        lambda c, a: c.operators.unlock(
+            a, username, approved_by=approved_by, application_ref=application_ref
+        ),
+    )
+    emit(opts, {"unlocked": username}, f"账号已解锁 {username} unlocked")
+
+
+@operator.command("enable")
+@click.argument("username")
+@APPROVED_BY
+@click.option("--application", "application_ref", help="书面申请编号 / written application")
+@pass_opts
+def operator_enable(
+    opts: Options, username: str, approved_by: str, application_ref: str | None
+) -> None:
+    """ACC-2: 重新启用停用的账号 / re-enable a disabled account (audited)."""
+    run_as(
+        opts,
+        lambda c, a: c.operators.enable(
+            a, username, approved_by=approved_by, application_ref=application_ref
+        ),
+    )
+    emit(opts, {"enabled": username}, f"账号已启用 {username} enabled")
+
+
+@operator.command("reset-password")
+@click.argument("username")
+@APPROVED_BY
+@click.option("--application", "application_ref", help="书面申请编号 / written application")
+@click.option("--password-stdin", is_flag=True)
+@pass_opts
+def operator_reset_password(
+    opts: Options,
+    username: str,
+    approved_by: str,
+    application_ref: str | None,
+    password_stdin: bool,
+) -> None:
+    """ACC-3: 重置为新的初始密码，下次登录须修改 / a new initial password, changed at the next
+    login; the account's sessions end (audited)."""
+    initial = read_secret("new initial password", password_stdin)
+    run_as(
+        opts,
+        lambda c, a: c.operators.reset_password(
+            a, username, initial, approved_by=approved_by, application_ref=application_ref
+        ),
+    )
+    emit(
+        opts,
+        {"reset": username, "must_change_password": True},
+        f"密码已重置 {username}: 下次登录须修改 must change it at the next login",
+    )
+
+
+@operator.command("permissions")
+@click.argument("username")
+@click.option(
+    "--permission",
+    "permissions",
+    multiple=True,
+    required=True,
+    type=click.Choice([p.value for p in Permission]),
+    help="授予的全部权限（可重复） / every permission the account keeps (repeat)",
+)
+@APPROVED_BY
+@click.option(
+    "--application", "application_ref", required=True, help="书面申请编号 / written application"
+)
+@pass_opts
+def operator_permissions(
+    opts: Options,
+    username: str,
+    permissions: tuple[str, ...],
+    approved_by: str,
+    application_ref: str,
+) -> None:
+    """ACC-1/2: 变更账号权限（书面申请，负责人审批） / set an account's permissions (audited)."""
+    perms = [Permission(p) for p in permissions]
+    run_as(
+        opts,
+        lambda c, a: c.operators.set_permissions(
+            a, username, perms, approved_by=approved_by, application_ref=application_ref
+        ),
+    )
+    emit(
+        opts,
+        {"username": username, "permissions": sorted(permissions)},
+        f"权限已变更 {username}: {', '.join(sorted(permissions))}",
+    )
+
+
 # --- stock (INV), receipts (FEE), merchants ----------------------------------------------------
 @cli.group()
 def stock() -> None:

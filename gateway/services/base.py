@@ -48,6 +48,7 @@ class Actor:
     channel: str = "counter"  # counter, kiosk, web, scheduler, terminal
     operator_id: int | None = None
     holder_id: int | None = None
+    real_name: str | None = None  # an operator's real name (ACC-2), the receipts' cashier (FEE-2)
 
     def require(self, permission: Permission) -> None:
         if permission not in self.permissions:

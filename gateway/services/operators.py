@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from gateway.services.base import Actor, Context
 from gateway.services.passwords import (
@@ -36,16 +37,48 @@ def _actor(row: Row) -> Actor:
         name=str(row["username"]),
         permissions=frozenset(Permission(p) for p in json.loads(row["permissions"])),
         operator_id=int(row["id"]),
+        real_name=str(row["real_name"]),
+    )
+
+
+def password_classes(password: str) -> int:
+    """How many of the four classes (upper case, lower case, digits, other) ``password`` uses."""
+    return sum(
+        (
+            any(ch.isupper() for ch in password),
+            any(ch.islower() for ch in password),
+            any(ch.isdigit() for ch in password),
+            any(not ch.isalnum() for ch in password),
+        )
     )
 
 
 def _check_new_password(username: str, password: str) -> None:
-    if len(password) < MIN_OPERATOR_PASSWORD or password.isdigit() or username in password:
+    """ACC-3 "更改复杂的账户密码": at least 8 characters, at least 3 of the 4 classes (upper
+    case, lower case, digits, symbols), not containing the user name (in any case)."""
+    if (
+        len(password) < MIN_OPERATOR_PASSWORD
+        or password_classes(password) < 3
+        or username.casefold() in password.casefold()
+    ):
         raise InvalidInput(
-            f"密码至少{MIN_OPERATOR_PASSWORD}位，不能全是数字，不能包含账号名",
-            f"a password has at least {MIN_OPERATOR_PASSWORD} characters, not only digits, "
-            "and does not contain the user name",
+            f"密码须至少{MIN_OPERATOR_PASSWORD}位，包含大写字母、小写字母、数字、符号中的至少三类，"
+            "且不能包含账号名",
+            f"a password has at least {MIN_OPERATOR_PASSWORD} characters, at least 3 of upper "
+            "case, lower case, digits and symbols, and does not contain the user name",
             rule="ACC-3",
+        )
+
+
+def _require_approval(approved_by: str, application_ref: str | None, *, written: bool) -> None:
+    """ACC-2: a change to an account is approved by the center head (and, for permissions,
+    applied for in writing); both are recorded in the audit log."""
+    if not approved_by.strip() or (written and not (application_ref or "").strip()):
+        raise InvalidInput(
+            "须填写审批人（网管中心负责人）" + ("和书面申请编号" if written else ""),
+            "the approver (the center head) is required"
+            + (", and the written application reference" if written else ""),
+            rule="ACC-2",
         )
 
 
@@ -55,6 +88,7 @@ class OperatorService:
 
     async def bootstrap(self, username: str, real_name: str, password: str) -> int:
         """The first account (section chief, 科长) with every permission; only on an empty table."""
+        _check_new_password(username, password)
         now = self.ctx.clock.now()
         async with self.ctx.registry.transaction() as tx:
             if await tx.count("operators"):
@@ -103,6 +137,7 @@ class OperatorService:
             )
         if not permissions:
             raise InvalidInput("须至少授予一项权限", "grant at least one permission", rule="ACC-1")
+        _check_new_password(username, initial_password)
         now = self.ctx.clock.now()
         async with self.ctx.registry.transaction() as tx:
             if await tx.find("operators", username=username):
@@ -129,6 +164,8 @@ class OperatorService:
         now = self.ctx.clock.now()
         async with self.ctx.registry.transaction() as tx:
             row = await self._row(tx, username)
+            if disabled:
+                await self._keep_an_administrator(tx, row, {"disabled": True})
             await tx.update("operators", row["id"], {"disabled": disabled})
             await tx.audit(
                 now,
@@ -142,6 +179,144 @@ class OperatorService:
             if disabled:
                 for session in await tx.find("operator_sessions", operator_id=row["id"]):
                     await tx.update("operator_sessions", session["token_hash"], {"expires_at": now})
+
+    async def _change(
+        self,
+        actor: Actor,
+        username: str,
+        action: str,
+        values: dict[str, Any],
+        *,
+        approved_by: str,
+        application_ref: str | None,
+        written: bool = False,
+        end_sessions: bool = False,
+        shown: dict[str, Any] | None = None,
+    ) -> None:
+        """One audited change to an account, with its ACC-2 approval recorded."""
+        actor.require(Permission.ACCOUNTS_ADMIN)
+        _require_approval(approved_by, application_ref, written=written)
+        now = self.ctx.clock.now()
+        async with self.ctx.registry.transaction() as tx:
+            row = await self._row(tx, username)
+            if "permissions" in values or values.get("disabled"):
+                await self._keep_an_administrator(tx, row, values)
+            await tx.update("operators", row["id"], values)
+            public = shown if shown is not None else values
+            await tx.audit(
+                now,
+                actor.name,
+                action,
+                "operator",
+                row["id"],
+                {k: row[k] for k in public if k in row},
+                {
+                    **public,
+                    "approved_by": approved_by.strip(),
+                    "application_ref": (application_ref or "").strip() or None,
+                },
+            )
+            if end_sessions:
+                ended = self.ctx.wall_now()
+                for session in await tx.find("operator_sessions", operator_id=row["id"]):
+                    await tx.update(
+                        "operator_sessions", session["token_hash"], {"expires_at": ended}
+                    )
+
+    async def _keep_an_administrator(self, tx: Tx, row: Row, values: dict[str, Any]) -> None:
+        """Never leave the registry without an enabled accounts administrator (ACC-2)."""
+        admin = Permission.ACCOUNTS_ADMIN.value
+        stays = not values.get("disabled", row["disabled"]) and admin in json.loads(
+            str(values.get("permissions", row["permissions"]))
+        )
+        others = [
+            r
+            for r in await tx.find("operators", disabled=False)
+            if r["id"] != row["id"] and admin in json.loads(r["permissions"])
+        ]
+        if not stays and not others:
+            raise InvalidInput(
+                "不能停用或撤销最后一个账户管理员",
+                "the last enabled accounts administrator cannot be disabled or lose the permission",
+                rule="ACC-2",
+            )
+
+    async def unlock(
+        self, actor: Actor, username: str, *, approved_by: str, application_ref: str | None = None
+    ) -> None:
+        """Lift a lockout after wrong passwords (audited, approval recorded)."""
+        await self._change(
+            actor,
+            username,
+            "operator.unlock",
+            {"failed_logins": 0, "locked_until": None},
+            approved_by=approved_by,
+            application_ref=application_ref,
+        )
+
+    async def enable(
+        self, actor: Actor, username: str, *, approved_by: str, application_ref: str | None = None
+    ) -> None:
+        """Re-enable a disabled account (audited, approval recorded); lockout cleared too."""
+        await self._change(
+            actor,
+            username,
+            "operator.enable",
+            {"disabled": False, "failed_logins": 0, "locked_until": None},
+            approved_by=approved_by,
+            application_ref=application_ref,
+        )
+
+    async def reset_password(
+        self,
+        actor: Actor,
+        username: str,
+        new_initial: str,
+        *,
+        approved_by: str,
+        application_ref: str | None = None,
+    ) -> None:
+        """A new initial password (ACC-3: complex, changed at the next login); the account's
+        sessions end and any lockout is lifted. Audited without the password."""
+        _check_new_password(username, new_initial)
+        await self._change(
+            actor,
+            username,
+            "operator.password_reset",
+            {
+                "password_hash": hash_password(new_initial),
+                "must_change_password": True,
+                "failed_logins": 0,
+                "locked_until": None,
+            },
+            approved_by=approved_by,
+            application_ref=application_ref,
+            end_sessions=True,
+            shown={"must_change_password": True},
+        )
+
+    async def set_permissions(
+        self,
+        actor: Actor,
+        username: str,
+        permissions: list[Permission],
+        *,
+        approved_by: str,
+        application_ref: str,
+    ) -> None:
+        """ACC-1/2: the account's permissions become exactly ``permissions``, on a written
+        application approved by the center head (both recorded in the audit log)."""
+        if not permissions:
+            raise InvalidInput("须至少授予一项权限", "grant at least one permission", rule="ACC-1")
+        await self._change(
+            actor,
+            username,
+            "operator.permissions",
+            {"permissions": json.dumps(sorted(set(permissions)))},
+            approved_by=approved_by,
+            application_ref=application_ref,
+            written=True,
+        )
 
     async def _row(self, tx: Tx, username: str) -> Row:
         rows = await tx.find("operators", username=username)

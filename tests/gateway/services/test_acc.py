@@ -175,3 +175,136 @@ async def test_acc_operator_locked_after_5_wrong_passwords(counter: Counter) -> 
     assert session.must_change_password is False
     actor = await c.center.operators.authenticate(session.token)
     assert actor.permissions == frozenset({Permission.CASH_MACHINE})
+
+
+@pytest.mark.asyncio
+async def test_acc3_complex_passwords_only(counter: Counter) -> None:
+    """ACC-3 "更改复杂的账户密码": an initial, reset or changed password has at least 8 characters,
+    at least 3 of upper case, lower case, digits and symbols, and does not contain the user name
+    in any case; the bootstrap account's too."""
+    c = counter
+    weak = [
+        "short",  # too short
+        "Ab1-xyz",  # 7 characters
+        "alllowercase1",  # 2 classes
+        "ALLUPPER-ONLY",  # 2 classes
+        "12345678",
+        "My-Water01-pw",  # contains the user name, in another case
+    ]
+    for password in weak:
+        with pytest.raises(InvalidInput) as bad:
+            await c.center.operators.create(
+                c.admin,
+                username="water01",
+                real_name="赵六",
+                department="后勤管理处",
+                permissions=[Permission.WATER_CONTROL],
+                approved_by="网管中心主任 张",
+                application_ref="后勤〔2026〕8号",
+                initial_password=password,
+            )
+        assert bad.value.rule == "ACC-3", password
+        assert "三类" in bad.value.message_zh
+    with pytest.raises(InvalidInput) as bad:
+        await c.center.operators.bootstrap("chief", "王科长", "chiefpass")
+    assert bad.value.rule == "ACC-3"
+    assert await h.count(c, "operators") == 0
+    for fine in ("Abcdefg1", "abcdefg1-", "ABCDEFG1!"):
+        await c.center.operators.create(
+            c.admin,
+            username=f"u{len(fine)}{fine[0]}",
+            real_name="赵六",
+            department="后勤管理处",
+            permissions=[Permission.WATER_CONTROL],
+            approved_by="网管中心主任 张",
+            application_ref="后勤〔2026〕8号",
+            initial_password=fine,
+        )
+
+
+@pytest.mark.asyncio
+async def test_acc2_account_life_cycle_audited_with_the_approval(counter: Counter) -> None:
+    """ACC-2/ACC-3: an accounts administrator unlocks a locked account, re-enables a disabled
+    one, resets a password (a new complex initial password, changed at the next login; the old
+    sessions end) and changes permissions (on a written application) — each approved by the
+    center head, recorded in the audit log; nobody else may, and the last administrator stays."""
+    c = counter
+    await c.center.operators.bootstrap("chief", "王科长", INITIAL)
+    chief_session = await c.center.operators.login("chief", INITIAL)
+    await c.center.operators.change_password(chief_session.token, INITIAL, NEW)
+    chief = await c.center.operators.authenticate(chief_session.token)
+    token = await ready_operator(c, "cash01", Permission.CASH_MACHINE)
+    clerk = await c.center.operators.authenticate(token)
+    approval = {"approved_by": "网管中心主任 张"}
+
+    with pytest.raises(AccessDenied):
+        await c.center.operators.unlock(clerk, "cash01", **approval)
+    with pytest.raises(InvalidInput) as bad:
+        await c.center.operators.unlock(chief, "cash01", approved_by=" ")
+    assert bad.value.rule == "ACC-2"
+
+    for _ in range(5):
+        with pytest.raises(AccessDenied):
+            await c.center.operators.login("cash01", "Wrong-pass-9")
+    with pytest.raises(AccessDenied) as err:
+        await c.center.operators.login("cash01", NEW)
+    assert err.value.code is ErrorCode.ACCOUNT_LOCKED
+    await c.center.operators.unlock(chief, "cash01", **approval)
+    await c.center.operators.login("cash01", NEW)
+
+    await c.center.operators.set_disabled(chief, "cash01", True)
+    with pytest.raises(AccessDenied):
+        await c.center.operators.login("cash01", NEW)
+    await c.center.operators.enable(chief, "cash01", **approval, application_ref="后勤〔2026〕9号")
+    token = (await c.center.operators.login("cash01", NEW)).token
+
+    with pytest.raises(InvalidInput) as bad:
+        await c.center.operators.reset_password(chief, "cash01", "short", **approval)
+    assert bad.value.rule == "ACC-3"
+    await c.center.operators.reset_password(chief, "cash01", "Reset-2026-pw", **approval)
+    with pytest.raises(AccessDenied):
+        await c.center.operators.authenticate(token)  # the old session ended
+    session = await c.center.operators.login("cash01", "Reset-2026-pw")
+    assert session.must_change_password is True
+    with pytest.raises(AccessDenied) as err:
+        await c.center.operators.authenticate(session.token)
+    assert err.value.code is ErrorCode.PASSWORD_CHANGE_REQUIRED
+    await c.center.operators.change_password(session.token, "Reset-2026-pw", "Another-pw-55")
+
+    with pytest.raises(InvalidInput) as bad:  # a permission change needs the written application
+        await c.center.operators.set_permissions(
+            chief, "cash01", [Permission.REPORTS], application_ref=" ", **approval
+        )
+    assert bad.value.rule == "ACC-2"
+    await c.center.operators.set_permissions(
+        chief,
+        "cash01",
+        [Permission.CASH_MACHINE, Permission.REPORTS],
+        application_ref="后勤〔2026〕11号",
+        **approval,
+    )
+    actor = await c.center.operators.authenticate(session.token)
+    assert actor.permissions == frozenset({Permission.CASH_MACHINE, Permission.REPORTS})
+    with pytest.raises(InvalidInput) as bad:  # the last accounts administrator stays one
+        await c.center.operators.set_permissions(
+            chief, "chief", [Permission.REPORTS], application_ref="x", **approval
+        )
+    assert bad.value.rule == "ACC-2"
+    with pytest.raises(InvalidInput):
+        await c.center.operators.set_disabled(chief, "chief", True)
+
+    actions = [
+        "operator.unlock",
+        "operator.enable",
+        "operator.password_reset",
+        "operator.permissions",
+    ]
+    for action in actions:
+        (log,) = await h.audit(c, action)
+        after = h.loads(log["after"])
+        assert (log["actor"], after["approved_by"]) == ("chief", "网管中心主任 张"), action
+        assert "password_hash" not in after
+        assert "Reset-2026-pw" not in (log["after"] or "")
+    (perm,) = await h.audit(c, "operator.permissions")
+    assert json.loads(h.loads(perm["before"])["permissions"]) == ["cash_machine"]
+    assert h.loads(perm["after"])["application_ref"] == "后勤〔2026〕11号"
