@@ -381,8 +381,14 @@ class Gateway:
         cannot decide in time (write lock held by the counter, disk full, writer stopped)."""
         batch = [(p.tid, p.op, p.request, p.deadline) for p in taps if p.request is not None]
         timeout = self.settings.requests.writer_timeout_ms / 1000
+        # The writer itself answers `unavailable` for jobs it reaches after `give_up` (checked
+        # with the write lock held, so nothing answered `unavailable` is ever committed); the
+        # wait below is only a safety net for a writer that hangs (then /readyz says 503).
+        give_up = time.monotonic() + timeout
         try:
-            return await asyncio.wait_for(self.service.handle_many(batch), timeout=timeout)
+            return await asyncio.wait_for(
+                self.service.handle_many(batch, give_up=give_up), timeout=timeout + _STALL_S
+            )
         except TimeoutError:
             log.warning("registry writer did not decide %d requests in %.1fs", len(batch), timeout)
             self.metrics.dropped.labels(reason="writer_timeout").inc(len(batch))

@@ -462,14 +462,21 @@ class Terminal:
         sent = False
         for _ in range(1 + self.retries):
             try:
-                return await self.link.request(op, request_id, data, self.request_timeout_s)
+                reply = await self.link.request(op, request_id, data, self.request_timeout_s)
             except NotConnected:
                 if not sent:
                     raise
                 break
             except NoReply:
                 sent = True
-        raise NoReply(f"{op} {request_id}: no reply after {1 + self.retries} attempts")
+                continue
+            if reply.error is not None and reply.error.code is ErrorCode.UNAVAILABLE:
+                # §6.1: not a decision — another copy of this request may still be decided;
+                # retry with the same id until the answer is final (the decision, or `expired`)
+                sent = True
+                continue
+            return reply
+        raise NoReply(f"{op} {request_id}: no final reply after {1 + self.retries} attempts")
 
     async def _settle_in_doubt(self) -> None:
         """Retry every unanswered request, oldest first, with its own id (§6)."""

@@ -432,16 +432,35 @@ def _begin(conn: sqlite3.Connection, *, deadline: float) -> None:
 
 
 class _Job:
-    """One function, or (``many``) a list of functions answered with one list of outcomes."""
+    """One function, or (``many``) a list of functions answered with one list of outcomes.
 
-    __slots__ = ("fns", "future", "many")
+    ``deadline`` (``time.monotonic()``): past it the caller has answered ``unavailable``, so the
+    job must not run: it is checked once the write lock is held, just before the job runs and
+    commits (issue 8, item 11: a tap answered ``unavailable`` was debited when the lock came
+    free later).
+    """
+
+    __slots__ = ("deadline", "fns", "future", "many")
 
     def __init__(
-        self, fns: list[Callable[[SqliteTapTx], Any]], future: Future[Any], *, many: bool
+        self,
+        fns: list[Callable[[SqliteTapTx], Any]],
+        future: Future[Any],
+        *,
+        many: bool,
+        deadline: float | None = None,
     ) -> None:
         self.fns = fns
         self.future = future
         self.many = many
+        self.deadline = deadline
+
+
+_GAVE_UP = object()
+
+
+def _too_late() -> OnecardError:
+    return OnecardError("系统繁忙，请重试", "registry busy: retry", code=ErrorCode.UNAVAILABLE)
 
 
 class SqliteTapWriter:
@@ -509,17 +528,20 @@ class SqliteTapWriter:
                 code=ErrorCode.UNAVAILABLE,
             )
 
-    async def run(self, fn: Callable[[SqliteTapTx], T]) -> T:
+    async def run(self, fn: Callable[[SqliteTapTx], T], *, deadline: float | None = None) -> T:
         self._check_alive()
         future: Future[T] = Future()
-        self._queue.put(_Job([fn], future, many=False))
+        self._queue.put(_Job([fn], future, many=False, deadline=deadline))
         return await asyncio.wrap_future(future)
 
-    async def run_many(self, fns: Sequence[Callable[[SqliteTapTx], T]]) -> list[T | BaseException]:
-        """Several jobs, one wake-up: each result, or the exception its job raised, in order."""
+    async def run_many(
+        self, fns: Sequence[Callable[[SqliteTapTx], T]], *, deadline: float | None = None
+    ) -> list[T | BaseException]:
+        """Several jobs, one wake-up: each result, or the exception its job raised, in order.
+        Past ``deadline`` (``time.monotonic()``) none of them runs: ``unavailable``."""
         self._check_alive()
         future: Future[list[T | BaseException]] = Future()
-        self._queue.put(_Job(list(fns), future, many=True))
+        self._queue.put(_Job(list(fns), future, many=True, deadline=deadline))
         return await asyncio.wrap_future(future)
 
     def _connect(self) -> sqlite3.Connection:
@@ -639,6 +661,9 @@ class SqliteTapWriter:
             return
         self.batches += 1
         for job, results in zip(batch, outcomes, strict=True):
+            if results is _GAVE_UP:
+                job.future.set_exception(_too_late())
+                continue
             self.jobs += len(results)
             if job.many:
                 job.future.set_result(results)
@@ -655,11 +680,15 @@ class SqliteTapWriter:
         *,
         safe: bool,
         lock_wait_s: float,
-    ) -> list[list[Any]] | None:
-        outcomes: list[list[Any]] = []
+    ) -> list[Any] | None:
+        outcomes: list[Any] = []
         _begin(conn, deadline=time.monotonic() + lock_wait_s)
         tx.begin_batch()
+        now = time.monotonic()  # the lock is ours: what runs now commits within milliseconds
         for job in batch:
+            if job.deadline is not None and now > job.deadline:
+                outcomes.append(_GAVE_UP)
+                continue
             results: list[Any] = []
             for fn in job.fns:
                 if not safe:

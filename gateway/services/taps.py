@@ -219,7 +219,10 @@ class TerminalService:
         )
 
     async def handle_many(
-        self, requests: list[tuple[str, str, Request[Any], float | None]]
+        self,
+        requests: list[tuple[str, str, Request[Any], float | None]],
+        *,
+        give_up: float | None = None,
     ) -> list[Outcome | BaseException]:
         """Many taps, one writer wake-up: each decided in its own savepoint, all committed
         together before this returns (group commit). The last item of each request is its
@@ -237,7 +240,8 @@ class TerminalService:
             )
             for tid, op, request, deadline in requests
         ]
-        return await self.executor.run_many(jobs)
+        # past ``give_up`` (time.monotonic()) the caller answers `unavailable`: none may commit
+        return await self.executor.run_many(jobs, deadline=give_up)
 
     def _decide(
         self,

@@ -198,6 +198,7 @@ async def test_a_slow_counter_transaction_costs_terminals_a_fast_unavailable(
     """Item 11: the write lock held for 6 s by another connection: the tap is answered
     ``unavailable`` after the bounded lock wait (not after the lock), and its retry is decided."""
     student = campus.students[0]
+    before = await campus.balance(student)
     locked = threading.Event()
     release = threading.Event()
 
@@ -222,6 +223,8 @@ async def test_a_slow_counter_transaction_costs_terminals_a_fast_unavailable(
             assert waited < 4.5, waited
             release.set()
             await asyncio.to_thread(holder.join)
+            await asyncio.sleep(0.5)
+            assert await campus.balance(student) == before  # `unavailable`: nothing was done
             retry = await pos.send("purchase", payload, rid)
             assert retry["ok"], retry
     finally:

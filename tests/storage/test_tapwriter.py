@@ -182,3 +182,37 @@ async def test_a_held_write_lock_answers_unavailable_after_the_bounded_wait(
         other.close()
         await writer.close()
         await registry.close()
+
+
+async def test_a_job_past_its_deadline_never_commits(tmp_path: Path) -> None:
+    """Issue 8 item 11 (found by the chaos suite): a tap whose caller already answered
+    ``unavailable`` was committed once the write lock came free. A job reached after its
+    deadline is not run: ``unavailable``, nothing written."""
+    import time
+
+    from protocol.errors import ErrorCode, OnecardError
+
+    registry = await SqlRegistry.open(tmp_path / "r.sqlite3", migrate=True)
+    holder = await _seed(registry)
+    writer = SqliteTapWriter(tmp_path / "r.sqlite3", lock_wait_s=5.0)
+    writer.start()
+    other = sqlite3.connect(tmp_path / "r.sqlite3", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+
+        def buy(tx: SqliteTapTx) -> int:
+            return tx.post(ledger.purchase(holder, "c1", 100), at=NOW, actor="t")
+
+        late = asyncio.ensure_future(writer.run_many([buy], deadline=time.monotonic() + 0.2))
+        await asyncio.sleep(0.5)
+        other.execute("ROLLBACK")
+        with pytest.raises(OnecardError) as caught:
+            await late
+        assert caught.value.code is ErrorCode.UNAVAILABLE
+        assert await writer.run(lambda tx: tx.balance(ledger.purse(holder))) == 1_000
+        assert await writer.run_many([buy], deadline=time.monotonic() + 5) != []
+        assert await writer.run(lambda tx: tx.balance(ledger.purse(holder))) == 900
+    finally:
+        other.close()
+        await writer.close()
+        await registry.close()
