@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from gateway.cli.batch import batch
 from gateway.cli.ledger import ledger
 from gateway.cli.runtime import (
     DEFAULT_DB,
@@ -1624,6 +1625,7 @@ def scheduler_run_due(opts: Options) -> None:
 
 
 cli.add_command(ledger)
+cli.add_command(batch)
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.services.base import Context
+from gateway.services.batches import ClassBatchService
 from gateway.services.cards import CardService
 from gateway.services.counter import MerchantService, ReceiptService, StockService
 from gateway.services.holders import HolderService
@@ -30,6 +31,7 @@ class CardCenter:
     reports: ReportService
     terminals: TerminalRegistryService
     ledger: LedgerService
+    batches: ClassBatchService
 
     @classmethod
     def build(cls, ctx: Context) -> CardCenter:
@@ -46,4 +48,5 @@ class CardCenter:
             reports=ReportService(ctx),
             terminals=TerminalRegistryService(ctx),
             ledger=LedgerService(ctx),
+            batches=ClassBatchService(ctx),
         )

@@ -180,7 +180,8 @@ def password_problems(new: str, holder: Holder) -> list[tuple[str, str]]:
             )
         )
     nid = (holder.national_id or "").upper()
-    if nid and hmac.compare_digest(new.encode(), default_password(nid).encode()):
+    initial = default_password(nid, holder.id_doc_type) if nid else ""
+    if nid and hmac.compare_digest(new.encode(), initial.encode()):
         problems.append(("不能使用初始密码", "not the default password"))
     elif nid and len(new) >= 4 and new.upper() in nid:
         problems.append(("不能使用身份证号中的数字", "not digits taken from your national ID"))

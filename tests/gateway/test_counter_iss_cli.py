@@ -150,3 +150,55 @@ def test_iss6_staff_number_added_when_hr_assigns_it(tmp_path: Path) -> None:
     audit = onecard(env, "--json", "report", "audit", "--entity", "holder")
     assert "holder.number_set" in audit
     assert "holder.number_corrected" in audit
+
+
+COLLEGE, CLASS = "计算机科学与技术学院", "计科2026-1班"
+
+
+def test_iss1_iss2_iss4_class_batches_at_the_counter(tmp_path: Path) -> None:
+    """ISS-1: temp cards for a class (all-or-nothing, or --skip-bad), the hand-out list for the
+    college; ISS-2: the class's print batch exported; ISS-4: the monitor exchanges the returned
+    temp cards (and pays for a lost one) for the smart cards in one go."""
+    from openpyxl import load_workbook
+
+    env = stocked_site(tmp_path)
+    onecard(
+        env, "holder", "import", str(SAMPLE), "--kind", "student", "--valid-through", "2030-07-31"
+    )
+    onecard(env, "card", "issue-temp", "2026000001")
+    where = ("--college", COLLEGE, "--class", CLASS)
+    whole = refused(env, "batch", "issue-temp", *where)
+    assert "ISS-1" in whole
+    assert "nothing done" in whole
+    as_json = json.loads(refused(env, "--json", "batch", "issue-temp", *where))
+    assert as_json["ok"] is False
+    assert as_json["error"]["rule"] == "ISS-1"
+    assert [line["status"] for line in as_json["data"]["lines"]] == ["refused"] + ["ok"] * 4
+
+    hand_out = tmp_path / "hand-out.xlsx"
+    issued = data(env, "batch", "issue-temp", *where, "--skip-bad", "--out", str(hand_out))
+    temps = {line["number"]: line["serial"] for line in issued["lines"] if line["status"] == "ok"}
+    assert sorted(temps) == ["2026000002", "2026000003", "2026000004", "2026000005"]
+    sheet = load_workbook(hand_out).worksheets[0]
+    assert sheet.max_row == 5  # header + 4 students
+
+    print_batch = tmp_path / "print.xlsx"
+    ordered = data(env, "batch", "order-smart", *where, "--out", str(print_batch))
+    smart = {line["number"]: line["serial"] for line in ordered["lines"]}
+    assert len(smart) == 5
+    assert load_workbook(print_batch).worksheets[0].max_row == 6
+    for number in ("2026000002", "2026000003", "2026000004"):
+        onecard(env, "card", "check-printed", smart[number], "--pass")
+
+    shown = onecard(
+        env, "batch", "exchange", *where, "--returned", f"{temps['2026000002']},{temps['2026000003']}",
+        "--temp-lost", "2026000004", "--collected-by", "张班长",
+    )  # fmt: skip
+    assert "完成 done 3" in shown
+    assert "30.00 元" in shown
+    holder = data(env, "holder", "show", "2026000002")
+    states = {c["serial"]: c["state"] for c in holder["cards"]}
+    assert states == {temps["2026000002"]: "recovered", smart["2026000002"]: "active"}
+    again = refused(env, "batch", "exchange", *where, "--returned", temps["2026000005"],
+                    "--collected-by", "张班长")  # fmt: skip
+    assert "ISS-3" in again  # its smart card is not checked yet

@@ -119,3 +119,14 @@ async def test_loss3_counter_identity_check_accepts_the_document_as_typed(
     hk_card = (await c.center.cards.issue_temp(c.op, hk)).card
     lost = await c.center.cards.report_loss(c.op, hk_card.serial, presented_id="H8765432103")
     assert lost.state is CardState.LOST
+
+
+@pytest.mark.asyncio
+async def test_loss1_web_password_rules_know_the_passport_default(counter: Counter) -> None:
+    """LOSS-1 on the web platform: a passport holder's default password (last 6 of the passport)
+    is refused as a new password, like a national ID holder's."""
+    from gateway.services.portal import password_problems
+
+    c = counter
+    visitor = await h.holder(c, await _register(c, "E12345678", IdDocType.PASSPORT))
+    assert ("不能使用初始密码", "not the default password") in password_problems("345678", visitor)
