@@ -6,13 +6,26 @@ from __future__ import annotations
 import logging
 import re
 
+from protocol.cards.identity import mask_id_doc
+
 _NATIONAL_ID = re.compile(r"(?<![0-9A-Za-z])(\d{4})\d{10}(\d{3}[\dXx])(?![0-9A-Za-z])")
 _CARD_NUMBER = re.compile(r"(?<![0-9A-Za-z])([0-9A-F]{4,}?)([0-9A-F]{4})(?![0-9A-Za-z])")
+#: Other identity documents (ISS-8/11, protocol.cards.identity): HK/Macau permits (H/M + 8 or 10
+#: digits), 2004/2017 permanent residence cards (3 letters + 12 digits), PRC passports (E + 8
+#: digits, or E + a letter + 7). (2023 permanent residence cards have the national-ID shape.)
+#: Foreign passports and Taiwan permits (8 digits) have no shape a log line could tell from
+#: other numbers: nothing logs them.
+_OTHER_ID_DOC = re.compile(
+    r"(?<![0-9A-Za-z])([HM]\d{8}(?:\d{2})?|[A-Z]{3}\d{12}|E[A-Z0-9]\d{7})(?![0-9A-Za-z])"
+)
 
 
 def mask_text(text: str) -> str:
-    """Mask 18-char national IDs (keep 4+4) and card serials/UIDs of 10+ digits (keep last 4)."""
+    """Mask 18-char national IDs (keep 4+4), the other ID documents a log line can recognise
+    (:func:`~protocol.cards.identity.mask_id_doc`) and card serials/UIDs of 10+ digits (keep
+    last 4)."""
     text = _NATIONAL_ID.sub(lambda m: f"{m.group(1)}{'*' * 10}{m.group(2)}", text)
+    text = _OTHER_ID_DOC.sub(lambda m: mask_id_doc(m.group(1)), text)
     return _CARD_NUMBER.sub(
         lambda m: ("*" * len(m.group(1)) + m.group(2)) if len(m.group(0)) >= 10 else m.group(0),
         text,

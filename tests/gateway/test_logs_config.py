@@ -19,6 +19,16 @@ def test_national_ids_and_card_numbers_are_masked_in_log_lines() -> None:
     assert "1250" in text  # amounts are not card numbers
 
 
+def test_other_id_documents_are_masked_in_log_lines() -> None:
+    """ISS-8/11: HK/Macau permits, older permanent residence cards and PRC passports too."""
+    text = mask_text("permit H12345678 old M1234567801 pr USA110080050612 passport E12345678")
+    for number in ("H12345678", "M1234567801", "USA110080050612", "E12345678"):
+        assert number not in text
+    assert "H1*****78" in text
+    assert "E1*****78" in text
+    assert mask_text("staff T00123 at 2026-11-29") == "staff T00123 at 2026-11-29"
+
+
 def test_masking_filter_rewrites_records_with_args() -> None:
     record = logging.LogRecord(
         "onecard.test", logging.INFO, __file__, 1, "card %s lost", ("2000000003",), None
