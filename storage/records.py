@@ -82,6 +82,7 @@ class Card(_FromRow):
     created_at: datetime
     handed_over_at: datetime | None
     updated_at: datetime
+    in_custody: bool = False  # SCR-1: the card is physically back at the center (migration 0008)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", CardKind(self.kind))
@@ -89,6 +90,7 @@ class Card(_FromRow):
         if self.exchange_reason is not None:
             object.__setattr__(self, "exchange_reason", ExchangeReason(self.exchange_reason))
         object.__setattr__(self, "card_write_pending", bool(self.card_write_pending))
+        object.__setattr__(self, "in_custody", bool(self.in_custody))
 
     @property
     def facts(self) -> CardFacts:
@@ -99,6 +101,7 @@ class Card(_FromRow):
             loss_reported_at=self.loss_reported_at,
             frozen_at=self.frozen_at,
             exchange_reason=self.exchange_reason,
+            in_custody=self.in_custody,
         )
 
 

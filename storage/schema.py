@@ -122,6 +122,8 @@ cards = Table(
     _ts("created_at"),
     _ts("handed_over_at", nullable=True),
     _ts("updated_at"),
+    # SCR-1/2: the card is physically back in the center's hands (migration 0008)
+    Column("in_custody", Boolean, nullable=False, server_default=text("false")),
 )
 Index("ix_cards_holder_id", cards.c.holder_id)
 Index("ix_cards_state", cards.c.state)
@@ -277,6 +279,23 @@ scrap_register = Table(
     Column("reason", String(16), nullable=False),
     _ts("at"),
     Column("actor", String(64), nullable=False),
+)
+
+#: REP-4 / EXC-5 / ISS-4 / ISS-7: who collected a card, "签字领取" (migration 0008)
+hand_overs = Table(
+    "hand_overs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("card_id", Integer, ForeignKey("cards.id"), nullable=False, unique=True),
+    Column("rule", String(16), nullable=False),
+    _ts("at"),
+    Column("actor", String(64), nullable=False),  # the operator who handed it over
+    Column("collector_name", String(64), nullable=False),
+    Column("collector_doc", String(32), nullable=True),  # ID / student card number shown
+    Column("collector_is_holder", Boolean, nullable=False),
+    Column("signed", Boolean, nullable=False),  # the collector signed the collection register
+    Column("receipt_no", Integer, nullable=True, unique=True),  # REP-4: the fee receipt shown
+    Column("returned_card_id", Integer, ForeignKey("cards.id"), nullable=True),  # EXC-5, ISS-4
 )
 
 disposals = Table(
@@ -513,6 +532,7 @@ APPEND_ONLY = (
     "holder_archive",
     "scrap_register",
     "receipts",
+    "hand_overs",
 )
 
 __all__ = [
@@ -524,6 +544,7 @@ __all__ = [
     "clearances",
     "deny_changes",
     "disposals",
+    "hand_overs",
     "holder_alerts",
     "holder_archive",
     "holder_sessions",

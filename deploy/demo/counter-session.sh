@@ -24,7 +24,7 @@ oc money topup 2000000000 100                                           # TOP-1
 oc card loss 2000000000 --id-doc 2026000001                             # LOSS-1/2
 oc card issue-temp 2026000002                                           # temp card 2000000001
 oc money topup 2000000001 80
-oc card fault 2000000001 --id-doc 2026000002                            # EXC-3: frozen 48 h
+oc card fault 2000000001 --id-doc 2026000002 --finding "芯片无响应，外观完好"  # EXC-3: frozen 48 h
 export ONECARD_NOW=2026-11-28T09:05+08:00                               # 47 hours later
 oc card replace 2000000000 --id-doc 2026000001 --kind smart || echo "REP-1 refused at 47 h"
 oc card exchange 2000000001 || echo "EXC-3 refused at 47 h"
@@ -33,11 +33,11 @@ oc card replace 2000000000 --id-doc 2026000001 --kind smart             # REP-1/
 oc card exchange 2000000001                                             # EXC-3/5, balance moves
 oc holder show 2026000002
 export ONECARD_NOW=2026-12-01T09:00+08:00                               # two working days later
-oc card hand-over 1000000000                                            # REP-4
+oc card hand-over 1000000000 --receipt 1000001 --id-doc 2026000001 --signed  # REP-4
 oc holder register-temp --name "Anna Schmidt" --national-id 11010519491231002X \
   --category foreign_teacher --valid-through 2027-06-30 --application "外事处 2026-118"  # ISS-8..11
 oc card issue-temp '#11'                                                # ISS-10 deposit, receipt
-oc card refund 2000000003 --id-doc 11010519491231002X                   # REF-1..4
+oc card refund 2000000003 --receipt 1000003 --id-doc 11010519491231002X  # REF-1..4
 for n in 2026000006 2026000007 2026000008; do oc card issue-temp $n; done   # 2000000004..06
 export ONECARD_NOW=2027-06-20T10:30+08:00
 oc graduate --college 计算机科学与技术学院 --class 计科2026-2班 \

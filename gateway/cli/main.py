@@ -741,18 +741,58 @@ def card_check_printed(opts: Options, serial: str, passed: bool, uid: str | None
 
 @card.command("hand-over")
 @click.argument("serial")
-@click.option("--temp-returned", "returned_temp_serial")
+@click.option(
+    "--temp-returned",
+    "returned_temp_serial",
+    help="ISS-4: 交回的临时卡（卡号或UID） / the temp card handed in (serial or UID)",
+)
 @click.option("--temp-lost", is_flag=True, help="ISS-4: the temp card is lost; collect the fee")
-@ID_DOC
+@click.option(
+    "--receipt",
+    "receipt_no",
+    type=int,
+    help="REP-4: 补卡费收费票据号 / receipt number of the replacement fee",
+)
+@click.option(
+    "--old-card",
+    "returned_card",
+    help="EXC-5: 交回的原卡（卡号或UID） / the original card handed back (serial or UID)",
+)
+@click.option(
+    "--collector",
+    "collector_name",
+    help="代领人姓名（证件不是持卡人本人的） / name of the person collecting, if not the holder",
+)
+@click.option(
+    "--signed", is_flag=True, help="领卡人已签字 / the person collecting signed the register"
+)
+@click.option(
+    "--id-doc",
+    "presented_id",
+    help="领卡人证件号（身份证号或学号/工号） / ID number shown by the person collecting",
+)
 @pass_opts
 def card_hand_over(
     opts: Options,
     serial: str,
     returned_temp_serial: str | None,
     temp_lost: bool,
+    receipt_no: int | None,
+    returned_card: str | None,
+    collector_name: str | None,
+    signed: bool,
     presented_id: str | None,
 ) -> None:
-    """ISS-4/ISS-7/REP-4/EXC-5: hand a ready card to its holder."""
+    """ISS-4/ISS-7/REP-4/EXC-5: 发放待领取的卡并登记领卡人 / hand a ready card over and record
+    who collected it.
+
+    \b
+    补办的智能卡凭补卡费票据、换卡的智能卡凭原卡，领卡人出示证件并签字领取：
+    a replacement smart card is collected against the fee receipt, an exchanged one against the
+    original card; the person collecting shows an ID and signs:
+      onecard card hand-over 1000000000 --receipt 1000001 --id-doc 2026000001 --signed
+      onecard card hand-over 1000000001 --old-card 1000000000 --id-doc 2026000002 --signed
+    """
     r = run_as(
         opts,
         lambda c, a: c.cards.hand_over(
@@ -761,6 +801,10 @@ def card_hand_over(
             returned_temp_serial=returned_temp_serial,
             temp_card_lost=temp_lost,
             presented_id=presented_id,
+            receipt_no=receipt_no,
+            returned_card=returned_card,
+            collector_name=collector_name,
+            signed=signed,
         ),
     )
     _emit_card(opts, r)
@@ -810,26 +854,74 @@ def card_replace(
 
 @card.command("fault")
 @click.argument("serial")
+@click.option(
+    "--finding",
+    required=True,
+    help="EXC-3: 检查结果（故障现象） / the finding of the card check",
+)
+@click.option(
+    "--holder-damaged",
+    is_flag=True,
+    help="人为损坏：按补卡收费办理 / damaged by the holder: goes the paid route (REP)",
+)
+@click.option("--repairable", is_flag=True, help="可以修复：不换卡 / can be repaired: no exchange")
 @ID_DOC
 @pass_opts
-def card_fault(opts: Options, serial: str, presented_id: str | None) -> None:
-    """EXC-3: faulty card, balance frozen for 48 hours."""
+def card_fault(
+    opts: Options,
+    serial: str,
+    finding: str,
+    holder_damaged: bool,
+    repairable: bool,
+    presented_id: str | None,
+) -> None:
+    """EXC-3: 故障卡登记，余额冻结48小时 / a faulty card: balance frozen for 48 hours.
+
+    Only a fault the holder did not cause and that cannot be repaired is accepted; the finding
+    is recorded either way.
+    """
     _emit_card(
-        opts, run_as(opts, lambda c, a: c.cards.report_fault(a, serial, presented_id=presented_id))
+        opts,
+        run_as(
+            opts,
+            lambda c, a: c.cards.report_fault(
+                a,
+                serial,
+                presented_id=presented_id,
+                finding=finding,
+                holder_damaged=holder_damaged,
+                repairable=repairable,
+            ),
+        ),
     )
+
+
+OLD_CARD_RETURNED = click.option(
+    "--old-card-returned",
+    is_flag=True,
+    help="EXC-5: 原卡已交回中心（新智能卡领取时不再凭原卡） / the center takes the old card now",
+)
 
 
 @card.command("exchange")
 @click.argument("serial")
 @click.option("--kind", type=click.Choice([k.value for k in CardKind]))
 @click.option("--uid")
+@OLD_CARD_RETURNED
 @pass_opts
-def card_exchange(opts: Options, serial: str, kind: str | None, uid: str | None) -> None:
+def card_exchange(
+    opts: Options, serial: str, kind: str | None, uid: str | None, old_card_returned: bool
+) -> None:
     """EXC-3/5: complete a faulty-card exchange after the 48 h freeze."""
     k = CardKind(kind) if kind else None
     _emit_card(
         opts,
-        run_as(opts, lambda c, a: c.cards.complete_faulty_exchange(a, serial, kind=k, uid=uid)),
+        run_as(
+            opts,
+            lambda c, a: c.cards.complete_faulty_exchange(
+                a, serial, kind=k, uid=uid, old_card_returned=old_card_returned
+            ),
+        ),
     )
 
 
@@ -843,6 +935,7 @@ def card_exchange(opts: Options, serial: str, kind: str | None, uid: str | None)
 )
 @click.option("--set", "pairs", multiple=True, required=True, help="field=value")
 @click.option("--kind", type=click.Choice([k.value for k in CardKind]))
+@OLD_CARD_RETURNED
 @ID_DOC
 @pass_opts
 def card_exchange_data(
@@ -851,6 +944,7 @@ def card_exchange_data(
     document_ref: str,
     pairs: tuple[str, ...],
     kind: str | None,
+    old_card_returned: bool,
     presented_id: str | None,
 ) -> None:
     """EXC-4: holder data changed: update the record and exchange at once."""
@@ -867,6 +961,7 @@ def card_exchange_data(
                 document_ref=document_ref,
                 changes=changes,
                 kind=k,
+                old_card_returned=old_card_returned,
             ),
         ),
     )
@@ -889,12 +984,27 @@ def card_extend(opts: Options, serial: str, valid_through: str) -> None:
 @card.command("refund")
 @click.argument("serial")
 @click.option("--damaged", is_flag=True, help="REF-3: the card failed the check; no deposit refund")
+@click.option(
+    "--receipt",
+    "receipt_no",
+    type=int,
+    help="REF-3: 押金收费票据号（原始凭证） / number of the original deposit receipt",
+)
 @ID_DOC
 @pass_opts
-def card_refund(opts: Options, serial: str, damaged: bool, presented_id: str | None) -> None:
-    """REF-1..4: a temp card comes back; deposit refund slip for finance."""
+def card_refund(
+    opts: Options, serial: str, damaged: bool, receipt_no: int | None, presented_id: str | None
+) -> None:
+    """REF-1..4: a temp card comes back with the deposit receipt; refund slip for finance.
+
+    \b
+    例 example: onecard card refund 2000000003 --receipt 1000003 --id-doc 11010519491231002X
+    """
     slip = run_as(
-        opts, lambda c, a: c.cards.refund(a, serial, card_ok=not damaged, presented_id=presented_id)
+        opts,
+        lambda c, a: c.cards.refund(
+            a, serial, card_ok=not damaged, presented_id=presented_id, receipt_no=receipt_no
+        ),
     )
     text = card_line(slip.card) + (
         f"\n押金退款单 deposit refund slip No.{slip.slip_no}: {yuan(slip.amount)} 元"
@@ -941,6 +1051,16 @@ def card_terminate(opts: Options, serial: str, reason: str, presented_id: str | 
 def card_scrap(opts: Options, serial: str) -> None:
     """SCR-1: enter a recovered card in the scrap register."""
     _emit_card(opts, run_as(opts, lambda c, a: c.cards.scrap(a, serial)))
+
+
+@card.command("hand-in")
+@click.argument("serial")
+@pass_opts
+def card_hand_in(opts: Options, serial: str) -> None:
+    """SCR-1: 登记交回中心的卡（补卡后找回的挂失卡、自动终止的临时卡等） / record a card brought
+    back after its procedure (a found lost card after the replacement, an auto-terminated temp
+    card, an exchanged card); it may then be scrapped."""
+    _emit_card(opts, run_as(opts, lambda c, a: c.cards.hand_in(a, serial)))
 
 
 @card.command("dispose")

@@ -13,11 +13,13 @@ from gateway.services.common import (
     allocate_serials,
     apply_event,
     archive_and_deregister,
+    cashier_name,
     collect_fee,
     default_uid,
     live_card,
     new_card,
     pending_card,
+    record_hand_in,
     require_active_holder,
     verify_identity,
 )
@@ -68,6 +70,7 @@ class RefundSlip:
     slip_no: int  # the deposit_out transfer id
     amount: int
     holder_name: str
+    deposit_receipt_no: int | None = None  # REF-3: the original receipt, to finance with the slip
 
 
 @dataclass
@@ -250,7 +253,7 @@ class CardService:
                     item="临时卡押金 / deposit",
                     amount=self.ctx.fees.deposit,
                     at=now,
-                    cashier=actor.name,
+                    cashier=await cashier_name(tx, actor),
                     transfer_id=(await tx.transfers_of(deposit(holder.id), 1))[0].id,
                 )
                 receipts.append(receipt)
@@ -426,12 +429,20 @@ class CardService:
         returned_temp_serial: str | None = None,
         temp_card_lost: bool = False,
         presented_id: str | None = None,
+        receipt_no: int | None = None,
+        returned_card: str | None = None,
+        collector_name: str | None = None,
+        signed: bool = False,
     ) -> CardResult:
-        """Hand a ready card to its holder.
+        """Hand a ready card to whoever collects it, and record who did (签字领取).
 
         ISS-4: a student hands in the temp card (or pays for a lost one); ISS-6: staff likewise;
-        ISS-7: staff collect in person with their national ID; REP-4/EXC-5: a replacement or
-        exchange smart card only after two working days.
+        ISS-7: staff collect in person with their national ID. REP-4: a replacement smart card
+        after two working days, against the receipt of the replacement fee (``receipt_no``);
+        EXC-5: an exchanged smart card after two working days, against the original card
+        (``returned_card``, serial or UID, unless the center took it at the exchange). For both
+        the collector shows an ID (``presented_id``: the holder's, or a named ``collector_name``'s)
+        and signs the collection register (``signed``).
         """
         actor.require(Permission.CARD_HANDLING)
         now = self.ctx.clock.now()
@@ -439,24 +450,28 @@ class CardService:
             card = await tx.card_by_serial(serial)
             holder = await tx.get_holder(card.holder_id)
             require_active_holder(holder)
+            previous = await tx.get_card(card.replaces_card_id) if card.replaces_card_id else None
+            rule = await _successor_rule(tx, card)
             if card.ready_on is not None and local(now).date() < card.ready_on:
-                # exchanges also link the new card to the old one: only a replaced card is REP-4
-                previous = (
-                    await tx.get_card(card.replaces_card_id) if card.replaces_card_id else None
-                )
                 raise RuleViolation(
                     f"智能卡须两个工作日后领取，可领取日期：{card.ready_on}",
                     f"the smart card can be collected from {card.ready_on} (two working days)",
                     code=ErrorCode.TOO_EARLY,
-                    rule="REP-4"
-                    if previous is not None and previous.state is CardState.REPLACED
-                    else "EXC-5",
+                    rule=rule or "EXC-5",
                 )
             if holder.kind is HolderKind.STAFF:
                 verify_identity(holder, presented_id, "ISS-7")
+            if rule == "REP-4":
+                receipt_no = await self._check_replacement_receipt(tx, card, receipt_no)
+            elif rule is not None and previous is not None:
+                previous = await self._take_back_original(tx, previous, returned_card, now, actor)
+            collector = _collector(
+                holder, presented_id, collector_name, signed, rule or "ISS-4", strict=bool(rule)
+            )
             receipts: list[Receipt] = []
             temp = live_card(await tx.cards_of_holder(holder.id))
             note = ""
+            returned_id = previous.id if rule is not None and previous is not None else None
             if temp is not None and temp.kind is CardKind.TEMP and temp.id != card.id:
                 if returned_temp_serial is not None:
                     if not _names_card(returned_temp_serial, temp):
@@ -468,6 +483,7 @@ class CardService:
                         )
                     await apply_event(tx, temp, CardEvent.RECOVER, now=now, actor=actor)
                     note = "temp card recovered"
+                    returned_id = temp.id
                 elif temp_card_lost:
                     receipt = await collect_fee(
                         tx, self.ctx, holder, FeeItem.LOST_TEMP_CARD, now=now, actor=actor
@@ -497,7 +513,87 @@ class CardService:
                     rule="EXC-5",
                 )
             updated = await apply_event(tx, card, CardEvent.HAND_OVER, now=now, actor=actor)
+            await tx.insert(
+                "hand_overs",
+                {
+                    "card_id": card.id,
+                    "rule": rule or ("ISS-7" if holder.kind is HolderKind.STAFF else "ISS-4"),
+                    "at": now,
+                    "actor": actor.name,
+                    "collector_name": collector[0],
+                    "collector_doc": collector[1],
+                    "collector_is_holder": collector[2],
+                    "signed": signed,
+                    "receipt_no": receipt_no,
+                    "returned_card_id": returned_id,
+                },
+            )
+            if not collector[2]:
+                note = "；".join(x for x in (note, f"代领 collected by {collector[0]}") if x)
             return CardResult(card=updated, receipts=receipts, old_card=temp, note=note)
+
+    async def _check_replacement_receipt(
+        self, tx: Tx, card: Card, receipt_no: int | None
+    ) -> int | None:
+        """REP-4 "凭收费票据": the receipt shown is the one issued for this card's replacement
+        fee (none is asked for when the fee was waived)."""
+        item = f"/ {FeeItem.REPLACEMENT_SMART.value}"
+        paid = [
+            r
+            for r in await tx.find("receipts", holder_id=card.holder_id, order_by="id")
+            if r["at"] == card.created_at and str(r["item"]).endswith(item)
+        ]
+        if not paid:
+            return None
+        if receipt_no is None:
+            raise RuleViolation(
+                "补办的智能卡须凭补卡费收费票据领取，请输入票据号",
+                "a replacement smart card is collected against the replacement fee receipt: "
+                "give the receipt number",
+                code=ErrorCode.INVALID_INPUT,
+                rule="REP-4",
+            )
+        if int(paid[-1]["receipt_no"]) != receipt_no:
+            raise RuleViolation(
+                f"票据号 {receipt_no} 不是这张补办卡的补卡费票据",
+                f"receipt No. {receipt_no} is not the replacement fee receipt of this card",
+                code=ErrorCode.INVALID_INPUT,
+                rule="REP-4",
+            )
+        return receipt_no
+
+    async def _take_back_original(
+        self, tx: Tx, original: Card, returned: str | None, now: datetime, actor: Actor
+    ) -> Card:
+        """EXC-5 "申请人退回原卡后，方可领取新卡": the original card comes back (serial or UID as
+        read), unless the center took it at the exchange already."""
+        if original.in_custody:
+            if returned is not None and not _names_card(returned, original):
+                raise RuleViolation(
+                    f"交回的卡 {returned} 不是换卡前的原卡",
+                    f"card {returned} is not the card this one was exchanged for",
+                    code=ErrorCode.INVALID_INPUT,
+                    rule="EXC-5",
+                )
+            return original
+        if returned is None:
+            raise RuleViolation(
+                f"须先交回原卡（{original.serial}）方可领取新卡",
+                f"the original card ({original.serial}) must be handed back before the new one "
+                "is handed over",
+                code=ErrorCode.NOT_ELIGIBLE,
+                rule="EXC-5",
+            )
+        if not _names_card(returned, original):
+            raise RuleViolation(
+                f"交回的卡 {returned} 不是换卡前的原卡（{original.serial}）",
+                f"card {returned} is not the original card ({original.serial})",
+                code=ErrorCode.INVALID_INPUT,
+                rule="EXC-5",
+            )
+        return await record_hand_in(
+            tx, original, now=now, actor=actor, rule="EXC-5", detail="original card returned"
+        )
 
     # --- loss and unlock (LOSS) -------------------------------------------------------------
     async def report_loss(
@@ -632,38 +728,115 @@ class CardService:
         )
 
     # --- exchange (EXC) ---------------------------------------------------------------------
-    async def report_fault(self, actor: Actor, serial: str, *, presented_id: str | None) -> Card:
-        """EXC-3: a faulty card not damaged by the holder: its balance is frozen for 48 hours."""
+    async def report_fault(
+        self,
+        actor: Actor,
+        serial: str,
+        *,
+        presented_id: str | None,
+        finding: str,
+        holder_damaged: bool = False,
+        repairable: bool = False,
+    ) -> Card:
+        """EXC-3: the clerk checks the card and records the finding; only a fault the holder did
+        not cause and that cannot be repaired is accepted: its balance is frozen for 48 hours.
+        A repairable card is repaired; a card the holder damaged goes the paid route (loss
+        report, then replacement with the fee, REP-1/2). The inspection is recorded (audited)
+        whatever the outcome."""
         actor.require(Permission.CARD_HANDLING)
+        if not finding.strip():
+            raise RuleViolation(
+                "须登记卡片检查结果（故障现象、是否人为损坏、能否修复）",
+                "record the finding of the card check (the fault, whether the holder damaged it, "
+                "whether it can be repaired)",
+                code=ErrorCode.INVALID_INPUT,
+                rule="EXC-3",
+            )
         now = self.ctx.clock.now()
+        refusal: RuleViolation | None = None
+        if repairable:
+            refusal = RuleViolation(
+                "卡片故障可以修复：修复后交还持卡人，不办理换卡",
+                "the fault can be repaired: repair the card and give it back; no exchange",
+                code=ErrorCode.NOT_ELIGIBLE,
+                rule="EXC-3",
+            )
+        elif holder_damaged:
+            refusal = RuleViolation(
+                "人为损坏的卡不按故障换卡办理：请按补卡流程挂失，满48小时后缴纳补卡费补卡",
+                "a card damaged by the holder is not a faulty-card exchange: it goes the paid "
+                "route: report it lost, then replace it after 48 hours with the fee (REP-1/2)",
+                code=ErrorCode.NOT_ELIGIBLE,
+                rule="EXC-3",
+            )
         async with self.ctx.registry.transaction() as tx:
             card = await tx.card_by_serial(serial)
             holder = await tx.get_holder(card.holder_id)
             verify_identity(holder, presented_id, "EXC-3")
-            card = await apply_event(tx, card, CardEvent.REPORT_FAULT, now=now, actor=actor)
-            balance = await tx.balance(purse(holder.id))
-            if balance > 0:
-                await tx.post(
-                    freeze(holder.id, balance),
-                    at=now,
-                    actor=actor.name,
-                    card_id=card.id,
-                    holder_id=holder.id,
+            await tx.audit(
+                now,
+                actor.name,
+                "card.fault_inspection",
+                "card",
+                card.id,
+                None,
+                {
+                    "finding": finding.strip(),
+                    "holder_damaged": holder_damaged,
+                    "repairable": repairable,
+                    "accepted": refusal is None,
+                },
+            )
+            if refusal is None:
+                card = await apply_event(
+                    tx,
+                    card,
+                    CardEvent.REPORT_FAULT,
+                    now=now,
+                    actor=actor,
+                    detail=f"finding: {finding.strip()}"[:500],
                 )
-            return card
+                balance = await tx.balance(purse(holder.id))
+                if balance > 0:
+                    await tx.post(
+                        freeze(holder.id, balance),
+                        at=now,
+                        actor=actor.name,
+                        card_id=card.id,
+                        holder_id=holder.id,
+                    )
+        if refusal is not None:
+            raise refusal  # after the commit: the inspection stays recorded
+        return card
 
     async def complete_faulty_exchange(
-        self, actor: Actor, serial: str, *, kind: CardKind | None = None, uid: str | None = None
+        self,
+        actor: Actor,
+        serial: str,
+        *,
+        kind: CardKind | None = None,
+        uid: str | None = None,
+        old_card_returned: bool = False,
     ) -> CardResult:
         """EXC-3/5: after the 48 h freeze the exchange is done and the frozen balance moves to
-        the new card. The faulty card stays with the center for the vendor (EXC-6)."""
+        the new card. The faulty card comes back to the center (for the vendor, EXC-6): at once
+        for a new temp card, else now (``old_card_returned``) or when the smart card is
+        collected."""
         actor.require(Permission.CARD_HANDLING)
         now = self.ctx.clock.now()
         async with self.ctx.registry.transaction() as tx:
             old = await tx.card_by_serial(serial)
             holder = await tx.get_holder(old.holder_id)
             require_active_holder(holder)
-            old = await apply_event(tx, old, CardEvent.EXCHANGE, now=now, actor=actor)
+            new_kind = kind or old.kind
+            old = await apply_event(
+                tx,
+                old,
+                CardEvent.EXCHANGE,
+                now=now,
+                actor=actor,
+                card_returned=new_kind is CardKind.TEMP or old_card_returned,
+            )
             require_complete(holder.data, "EXC-5")
             receipts = await self._exchange_fee(tx, holder, now, actor)
             held = await tx.balance(hold(holder.id))
@@ -676,7 +849,7 @@ class CardService:
                     holder_id=holder.id,
                 )
             card = await self._successor(
-                tx, holder, old, kind or old.kind, now=now, actor=actor, rule="EXC-5", uid=uid
+                tx, holder, old, new_kind, now=now, actor=actor, rule="EXC-5", uid=uid
             )
             return CardResult(card=card, receipts=receipts, old_card=old)
 
@@ -699,9 +872,11 @@ class CardService:
         changes: dict[str, str],
         kind: CardKind | None = None,
         uid: str | None = None,
+        old_card_returned: bool = False,
     ) -> CardResult:
         """EXC-4: the operator checks the official documents, updates the holder record and
-        exchanges at once; EXC-5: the old card is handed back first."""
+        exchanges at once; EXC-5: the old card is handed back first (at once for a new temp
+        card; for a smart card now, ``old_card_returned``, or when the new card is collected)."""
         actor.require(Permission.CARD_HANDLING)
         allowed = {"name", "college", "class_name", "department", "photo_ref", "number"}
         if not document_ref.strip():
@@ -736,6 +911,7 @@ class CardService:
                 {**changes, "document": document_ref},
             )
             holder = await tx.get_holder(holder.id)
+            new_kind = kind or old.kind
             old = await apply_event(
                 tx,
                 old,
@@ -743,11 +919,12 @@ class CardService:
                 now=now,
                 actor=actor,
                 exchange_reason=ExchangeReason.DATA_CHANGE,
+                card_returned=new_kind is CardKind.TEMP or old_card_returned,
             )
             require_complete(holder.data, "EXC-4")
             receipts = await self._exchange_fee(tx, holder, now, actor)
             card = await self._successor(
-                tx, holder, old, kind or old.kind, now=now, actor=actor, rule="EXC-4", uid=uid
+                tx, holder, old, new_kind, now=now, actor=actor, rule="EXC-4", uid=uid
             )
             return CardResult(card=card, receipts=receipts, old_card=old)
 
@@ -798,11 +975,18 @@ class CardService:
 
     # --- refund (REF) ------------------------------------------------------------------------
     async def refund(
-        self, actor: Actor, serial: str, *, card_ok: bool, presented_id: str | None
+        self,
+        actor: Actor,
+        serial: str,
+        *,
+        card_ok: bool,
+        presented_id: str | None,
+        receipt_no: int | None = None,
     ) -> RefundSlip:
-        """REF-1..4: temp cards of other people; balance settled first; the card and receipt come
-        back; if the card passes the check the deposit is refunded (a damaged card forfeits it);
-        the holder's data is archived and the holder deregistered."""
+        """REF-1..4: temp cards of other people; balance settled first; the card and the
+        original deposit receipt (``receipt_no``) come back; if the card passes the check the
+        deposit is refunded (a damaged card forfeits it); the holder's data is archived and the
+        holder deregistered."""
         actor.require(Permission.CARD_HANDLING)
         now = self.ctx.clock.now()
         async with self.ctx.registry.transaction() as tx:
@@ -815,6 +999,7 @@ class CardService:
                     "只有临时卡可以退卡", "only temp cards are refunded", rule="REF-1"
                 )
             require_settled(await tx.balance(purse(holder.id)), "REF-2")
+            await _check_deposit_receipt(tx, holder, receipt_no)
             card = await apply_event(
                 tx,
                 card,
@@ -854,7 +1039,13 @@ class CardService:
                 if c.state in PENDING_STATES or c.state in {CardState.ACTIVE, CardState.LOST}
             ]:
                 await archive_and_deregister(tx, holder, reason="refund", now=now, actor=actor)
-            return RefundSlip(card=card, slip_no=slip_no, amount=refunded, holder_name=holder.name)
+            return RefundSlip(
+                card=card,
+                slip_no=slip_no,
+                amount=refunded,
+                holder_name=holder.name,
+                deposit_receipt_no=receipt_no,
+            )
 
     # --- termination (TERM) -------------------------------------------------------------------
     async def terminate(
@@ -881,7 +1072,13 @@ class CardService:
                 await tx.balance(purse(holder.id)) + await tx.balance(hold(holder.id)), "TERM-4"
             )
             card = await apply_event(
-                tx, card, CardEvent.TERMINATE, now=now, actor=actor, detail=reason
+                tx,
+                card,
+                CardEvent.TERMINATE,
+                now=now,
+                actor=actor,
+                detail=reason,
+                card_returned=True,  # TERM-1: the holder hands the card back
             )
             await self._end_holder(tx, holder, reason=reason, now=now, actor=actor)
             return card
@@ -977,6 +1174,7 @@ class CardService:
                         actor=actor,
                         rule="TERM-5",
                         detail="graduation",
+                        card_returned=card_back,
                     )
                 await self._end_holder(tx, student, reason="graduation", now=now, actor=actor)
                 certificate = f"GC{local(now):%Y}-{student.id:06d}"
@@ -1006,20 +1204,14 @@ class CardService:
 
     # --- scrapping (SCR) ----------------------------------------------------------------------
     async def scrap(self, actor: Actor, serial: str) -> Card:
-        """SCR-1: cards recovered by refund, termination or data-change exchange (and temp cards
-        handed in, ISS-4) enter the scrap register one to one. Faulty cards go back to the
-        vendor under warranty instead (EXC-6)."""
+        """SCR-1/2: cards the center has back, recovered by refund, termination or data-change
+        exchange (and temp cards handed in, ISS-4; lost cards found and handed in), enter the
+        scrap register one to one; a card still out (lost, or ended while the holder keeps it)
+        is refused. Faulty cards go back to the vendor under warranty instead (EXC-6)."""
         actor.require(Permission.CARD_HANDLING)
         now = self.ctx.clock.now()
         async with self.ctx.registry.transaction() as tx:
             card = await tx.card_by_serial(serial)
-            if card.exchange_reason is ExchangeReason.FAULTY and card.state is CardState.EXCHANGED:
-                raise RuleViolation(
-                    "故障卡满100张统一发回厂家质保，不报废",
-                    "faulty cards go back to the vendor under warranty, not to scrap",
-                    code=ErrorCode.NOT_ELIGIBLE,
-                    rule="EXC-6",
-                )
             reason = card.state.value
             card = await apply_event(tx, card, CardEvent.SCRAP, now=now, actor=actor)
             await tx.insert(
@@ -1034,6 +1226,16 @@ class CardService:
                 },
             )
             return card
+
+    async def hand_in(self, actor: Actor, serial: str) -> Card:
+        """SCR-1: a card still out after its procedure is brought to the counter (a lost card
+        found after the replacement, an auto-terminated temp card, an exchanged card): the center
+        has it now, and it may go to the scrap register."""
+        actor.require(Permission.CARD_HANDLING)
+        now = self.ctx.clock.now()
+        async with self.ctx.registry.transaction() as tx:
+            card = await tx.card_by_serial(serial)
+            return await record_hand_in(tx, card, now=now, actor=actor, rule="SCR-1")
 
     async def dispose(self, actor: Actor, year: int) -> int:
         """SCR-2: the yearly disposal of everything on the scrap register not yet disposed."""
@@ -1074,6 +1276,89 @@ class CardService:
                 now, actor.name, "scrap.dispose", "disposal", year, None, {"count": len(rows)}
             )
             return len(rows)
+
+
+async def _check_deposit_receipt(tx: Tx, holder: Holder, receipt_no: int | None) -> None:
+    """REF-3 "检查收费原始凭证": the receipt shown is the holder's deposit receipt (ISS-10)."""
+    deposits = {
+        int(r["receipt_no"])
+        for r in await tx.find("receipts", holder_id=holder.id)
+        if str(r["item"]).endswith(f"/ {FeeItem.DEPOSIT.value}")
+    }
+    if not deposits:
+        return  # no deposit was taken (a waived deposit): nothing to show
+    if receipt_no is None:
+        raise RuleViolation(
+            "退卡须交回押金收费票据（原始凭证），请输入票据号",
+            "a refund needs the original deposit receipt: give its number",
+            code=ErrorCode.INVALID_INPUT,
+            rule="REF-3",
+        )
+    if receipt_no not in deposits:
+        raise RuleViolation(
+            f"票据号 {receipt_no} 不是该持卡人的押金收费票据",
+            f"receipt No. {receipt_no} is not this holder's deposit receipt",
+            code=ErrorCode.INVALID_INPUT,
+            rule="REF-3",
+        )
+
+
+async def _successor_rule(tx: Tx, card: Card) -> str | None:
+    """REP-4 for a replacement, EXC-5 for an exchanged card, None for a first card (ISS)."""
+    if card.replaces_card_id is None:
+        return None
+    issued = await tx.find("card_events", card_id=card.id, event="issue", limit=1)
+    return "REP-4" if issued and issued[0]["rule"] == "REP-4" else "EXC-5"
+
+
+def _collector(
+    holder: Holder,
+    presented_id: str | None,
+    collector_name: str | None,
+    signed: bool,
+    rule: str,
+    *,
+    strict: bool,
+) -> tuple[str, str | None, bool]:
+    """Who collects the card: (name, document number shown, whether it is the holder).
+
+    ``strict`` (REP-4 / EXC-5, "签字领取"): an ID is shown and the register signed; someone
+    other than the holder gives a name too. Otherwise the holder is taken to collect.
+    """
+    doc = (presented_id or "").strip() or None
+    own = {x.upper() for x in (holder.national_id, holder.number) if x}
+    is_holder = doc is None or doc.upper() in own
+    name = (collector_name or "").strip()
+    if strict:
+        if doc is None:
+            raise RuleViolation(
+                "领卡人须出示有效证件（身份证号或学号/工号）",
+                "the person collecting shows a valid ID: give its number",
+                code=ErrorCode.AUTH_FAILED,
+                rule=rule,
+            )
+        if not signed:
+            raise RuleViolation(
+                "领卡人须在领卡登记上签字",
+                "the person collecting signs the collection register",
+                code=ErrorCode.INVALID_INPUT,
+                rule=rule,
+            )
+        if not is_holder and not name:
+            raise RuleViolation(
+                "证件不是持卡人本人的：代领须登记代领人姓名",
+                "the ID shown is not the holder's: give the name of the person collecting",
+                code=ErrorCode.INVALID_INPUT,
+                rule=rule,
+            )
+    if is_holder and name and name != holder.name:
+        raise RuleViolation(
+            "证件号是持卡人本人的，姓名却不是",
+            "the ID shown is the holder's but the name given is not",
+            code=ErrorCode.INVALID_INPUT,
+            rule=rule,
+        )
+    return (holder.name if is_holder else name or "—"), doc, is_holder
 
 
 def _names_card(typed: str, card: Card) -> bool:

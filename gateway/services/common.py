@@ -15,6 +15,7 @@ from protocol.cards.lifecycle import (
     FINAL_STATES,
     CardEvent,
     ExchangeReason,
+    hand_in,
     tap_refusal,
     transition,
 )
@@ -58,10 +59,18 @@ async def apply_event(
     new_valid_until: datetime | None = None,
     exchange_reason: ExchangeReason | None = None,
     extra: dict[str, Any] | None = None,
+    card_returned: bool = False,
 ) -> Card:
-    """The one way a card changes state: table check, row update, history, deny-list change."""
+    """The one way a card changes state: table check, row update, history, deny-list change.
+
+    ``card_returned``: the counter takes the card back with this event (SCR-1 custody)."""
     result = transition(
-        card.facts, event, now, new_valid_until=new_valid_until, exchange_reason=exchange_reason
+        card.facts,
+        event,
+        now,
+        new_valid_until=new_valid_until,
+        exchange_reason=exchange_reason,
+        card_returned=card_returned,
     )
     after = result.after
     values: dict[str, Any] = {
@@ -70,6 +79,7 @@ async def apply_event(
         "loss_reported_at": after.loss_reported_at,
         "frozen_at": after.frozen_at,
         "exchange_reason": after.exchange_reason.value if after.exchange_reason else None,
+        "in_custody": after.in_custody,
         "updated_at": now,
         **(extra or {}),
     }
@@ -109,6 +119,44 @@ async def apply_event(
     return updated
 
 
+async def record_hand_in(
+    tx: Tx, card: Card, *, now: datetime, actor: Actor, rule: str, detail: str | None = None
+) -> Card:
+    """A card still out comes back to the center after its procedure (SCR-1 custody): no new
+    state, one history line, audited."""
+    hand_in(card.facts)  # refuses a card that is not out, or not in a state to come back
+    await tx.update("cards", card.id, {"in_custody": True, "updated_at": now})
+    await tx.insert(
+        "card_events",
+        {
+            "card_id": card.id,
+            "event": "hand_in",
+            "from_state": card.state.value,
+            "to_state": card.state.value,
+            "rule": rule,
+            "at": now,
+            "actor": actor.name,
+            "channel": actor.channel,
+            "detail": detail,
+        },
+    )
+    await tx.audit(
+        now, actor.name, "card.hand_in", "card", card.id, {"in_custody": False}, {"rule": rule}
+    )
+    return await tx.get_card(card.id)
+
+
+async def cashier_name(tx: Tx, actor: Actor) -> str:
+    """FEE-2/3: the receipt's 收款人 is the operator's real name, not the login."""
+    if actor.real_name:
+        return actor.real_name
+    if actor.operator_id is not None:
+        row = await tx.get("operators", actor.operator_id)
+        if row is not None and row["username"] == actor.name:
+            return str(row["real_name"])
+    return actor.name
+
+
 async def collect_fee(
     tx: Tx, ctx: Context, holder: Holder, item: FeeItem, *, now: datetime, actor: Actor
 ) -> Receipt | None:
@@ -125,7 +173,7 @@ async def collect_fee(
         item=f"{FEE_NAMES_ZH[item]} / {item.value}",
         amount=amount,
         at=now,
-        cashier=actor.name,
+        cashier=await cashier_name(tx, actor),
         transfer_id=transfer_id,
     )
 
@@ -201,6 +249,7 @@ async def new_card(
             "created_at": now,
             "handed_over_at": now if state is CardState.ACTIVE else None,
             "updated_at": now,
+            "in_custody": state is CardState.READY,  # made at the center, waiting there
         },
     )
     await tx.insert(

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from gateway.services.alerts import record_topup, topup_row
 from gateway.services.base import Actor, Context
 from gateway.services.common import require_active_holder
+from protocol.cards.lifecycle import topup_refusal
 from protocol.errors import ErrorCode, OnecardError, RuleViolation
 from protocol.ledger import (
     TransferKind,
@@ -17,8 +18,8 @@ from protocol.ledger import (
     topup,
 )
 from protocol.ledger.postings import TransferSpec
-from protocol.types import CardState, Permission
-from storage.records import Holder, Transfer
+from protocol.types import Permission
+from storage.records import Card, Holder, Transfer
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,13 +42,9 @@ class MoneyService:
             card = await tx.card_by_serial(serial)
             holder = await tx.get_holder(card.holder_id)
             require_active_holder(holder)
-            if card.state in {CardState.TERMINATED, CardState.SCRAPPED, CardState.REFUNDED}:
-                raise RuleViolation(
-                    "卡片已终止，不能充值",
-                    "the card has ended: no top-up",
-                    code=ErrorCode.CARD_TERMINATED,
-                    rule="TERM-1",
-                )
+            refusal = topup_refusal(card.facts)  # LOSS-4: a replaced card is void, and its kin
+            if refusal is not None:
+                raise refusal
             tid = await tx.post(
                 topup(holder.id, amount, cash(point)),
                 at=now,
@@ -81,6 +78,10 @@ class MoneyService:
                 raise OnecardError(
                     f"无此卡号 {missing[0]}", f"no card {missing[0]}", code=ErrorCode.CARD_UNKNOWN
                 )
+            for serial in serials:
+                refusal = topup_refusal(Card.from_row(cards[serial]).facts)
+                if refusal is not None:
+                    raise refusal
             specs = [
                 topup(int(cards[serial]["holder_id"]), amount, cash(point))
                 for serial, amount in amounts

@@ -93,7 +93,25 @@ TRANSITIONS: dict[tuple[CardState, CardEvent], tuple[CardState, str]] = {
     (S.TERMINATED, E.SCRAP): (S.SCRAPPED, "SCR-1"),
     (S.EXCHANGED, E.SCRAP): (S.SCRAPPED, "SCR-1"),
     (S.RECOVERED, E.SCRAP): (S.SCRAPPED, "SCR-1"),
+    (S.REPLACED, E.SCRAP): (S.SCRAPPED, "SCR-1"),  # a found lost card handed in: still void
 }
+
+#: Where the card physically is after an event that settles it (SCR-1 "回收的校园卡"): True = in the
+#: center's hands. A printed card waits at the center (ISS-3), a reprint goes back to the vendor,
+#: a handed-over card is the holder's; a temp card handed in for the smart card (ISS-4) and a
+#: refunded card (REF-3) always come back. Every other event keeps custody as it was unless the
+#: counter records the card handed back with it (``card_returned``: termination, exchange).
+CUSTODY_AFTER: dict[CardEvent, bool] = {
+    E.PRINTED: True,
+    E.REPRINT: False,
+    E.HAND_OVER: False,
+    E.RECOVER: True,
+    E.REFUND: True,
+}
+
+#: States in which a card that is still out may be handed in to the center later (a found lost
+#: card after its replacement, a terminated or exchanged card brought back): custody only.
+HAND_IN_STATES: frozenset[CardState] = frozenset({S.REPLACED, S.EXCHANGED, S.TERMINATED})
 
 #: States a card never leaves except to the scrap register.
 FINAL_STATES: frozenset[CardState] = frozenset(
@@ -144,6 +162,7 @@ class CardFacts:
     loss_reported_at: datetime | None = None
     frozen_at: datetime | None = None
     exchange_reason: ExchangeReason | None = None
+    in_custody: bool = False  # the card is physically back in the center's hands (SCR-1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,12 +202,14 @@ def transition(
     *,
     new_valid_until: datetime | None = None,
     exchange_reason: ExchangeReason | None = None,
+    card_returned: bool = False,
 ) -> Transition:
     """Apply ``event`` to ``facts`` at ``now``.
 
     ``new_valid_until`` is required for :attr:`CardEvent.EXTEND`; ``exchange_reason`` for
     :attr:`CardEvent.REPORT_FAULT` is implied (faulty) and for :attr:`CardEvent.EXCHANGE` from an
-    active card must be ``DATA_CHANGE``.
+    active card must be ``DATA_CHANGE``. ``card_returned``: the counter takes the card back with
+    this event (termination, exchange); see :data:`CUSTODY_AFTER`.
     """
     require_aware(now)
     key = (facts.state, event)
@@ -198,7 +219,8 @@ def transition(
     ):
         raise _refuse(facts, event)
     to_state, rule = TRANSITIONS[key]
-    after = replace(facts, state=to_state)
+    custody = CUSTODY_AFTER.get(event, facts.in_custody or card_returned)
+    after = replace(facts, state=to_state, in_custody=custody)
 
     if event is E.REPORT_LOSS:
         after = replace(after, loss_reported_at=now)
@@ -228,7 +250,76 @@ def transition(
     elif event is E.AUTO_TERMINATE:
         due = auto_termination_at(facts)
         _guard_due(due, now, "TERM-3", "未到自动终止时间", "not yet due for automatic termination")
+    elif event is E.SCRAP:
+        _guard_scrap(facts)
     return Transition(before=facts, after=after, event=event, rule=rule)
+
+
+def _guard_scrap(facts: CardFacts) -> None:
+    """SCR-1/2: only a card the center has back enters the scrap register (one line per card in
+    the center's hands); EXC-6: a faulty card goes back to the vendor under warranty instead."""
+    if facts.state is S.EXCHANGED and facts.exchange_reason is ExchangeReason.FAULTY:
+        raise RuleViolation(
+            "故障卡满100张统一发回厂家质保，不报废",
+            "faulty cards go back to the vendor under warranty, not to scrap",
+            code=ErrorCode.NOT_ELIGIBLE,
+            rule="EXC-6",
+        )
+    if not facts.in_custody:
+        raise RuleViolation(
+            f"{STATE_NAMES_ZH[facts.state]}的卡片不在智能卡中心手中，不能报废："
+            "报废登记表只登记回收的校园卡，与报废卡片一一对应",
+            f"a {facts.state} card the center does not have back cannot be scrapped: the scrap "
+            "register lists only recovered cards, one to one with the cards",
+            code=ErrorCode.NOT_ELIGIBLE,
+            rule="SCR-1",
+        )
+
+
+def hand_in(facts: CardFacts) -> CardFacts:
+    """A card still out comes back to the center after its procedure (a found lost card after
+    the replacement, an exchanged or terminated card brought in): custody only, no new state."""
+    if facts.state not in HAND_IN_STATES:
+        raise RuleViolation(
+            f"{STATE_NAMES_ZH[facts.state]}的卡片不办理交回登记",
+            f"a {facts.state} card is not handed in this way",
+            code=ErrorCode.TRANSITION_NOT_ALLOWED,
+            rule="SCR-1",
+        )
+    if facts.in_custody:
+        raise RuleViolation(
+            "该卡片已在智能卡中心",
+            "the center has this card already",
+            code=ErrorCode.DUPLICATE,
+            rule="SCR-1",
+        )
+    return replace(facts, in_custody=True)
+
+
+#: Why a card takes no top-up (the purse belongs to the holder: top up through the card in use).
+_TOPUP_REFUSALS: dict[CardState, tuple[ErrorCode, str]] = {
+    S.REPLACED: (ErrorCode.CARD_VOID, "LOSS-4"),
+    S.EXCHANGED: (ErrorCode.CARD_VOID, "EXC-5"),
+    S.RECOVERED: (ErrorCode.CARD_VOID, "ISS-4"),
+    S.REFUNDED: (ErrorCode.CARD_VOID, "REF-3"),
+    S.TERMINATED: (ErrorCode.CARD_TERMINATED, "TERM-1"),
+    S.SCRAPPED: (ErrorCode.CARD_VOID, "SCR-1"),
+}
+
+
+def topup_refusal(facts: CardFacts) -> RuleViolation | None:
+    """LOSS-4 and its kin: a void or ended card takes no top-up at the counter, a kiosk or the
+    web; None if the card may be topped up."""
+    refusal = _TOPUP_REFUSALS.get(facts.state)
+    if refusal is None:
+        return None
+    code, rule = refusal
+    return RuleViolation(
+        f"{STATE_NAMES_ZH[facts.state]}的卡片已作废或终止，不能充值；请使用持卡人在用的卡",
+        f"a {facts.state} card is void or ended: no top-up; use the holder's card in use",
+        code=code,
+        rule=rule,
+    )
 
 
 def _guard_due(due: datetime | None, now: datetime, rule: str, zh: str, en: str) -> None:

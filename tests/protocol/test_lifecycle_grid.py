@@ -33,7 +33,9 @@ from protocol.cards.lifecycle import (
     ExchangeReason,
     Transition,
     allowed_events,
+    hand_in,
     tap_refusal,
+    topup_refusal,
     transition,
 )
 from protocol.errors import ErrorCode, RuleViolation
@@ -49,6 +51,7 @@ GUARDED_EVENTS = frozenset(
         CardEvent.EXTEND,  # TERM-2 / TERM-3
         CardEvent.EXPIRE,  # TERM-2
         CardEvent.AUTO_TERMINATE,  # TERM-3
+        CardEvent.SCRAP,  # SCR-1: only a card the center has back; EXC-6: faulty to the vendor
     }
 )
 
@@ -70,6 +73,7 @@ def facts_times(draw: st.DrawFn) -> tuple[CardFacts, CardFacts, datetime, dateti
         loss_reported_at=draw(maybe_aware),
         frozen_at=draw(maybe_aware),
         exchange_reason=draw(reasons),
+        in_custody=draw(st.booleans()),
     )
     temp = CardFacts(
         kind=CardKind.TEMP,
@@ -78,6 +82,7 @@ def facts_times(draw: st.DrawFn) -> tuple[CardFacts, CardFacts, datetime, dateti
         loss_reported_at=smart.loss_reported_at,
         frozen_at=smart.frozen_at,
         exchange_reason=smart.exchange_reason,
+        in_custody=smart.in_custody,
     )
     return smart, temp, draw(aware), draw(maybe_aware)
 
@@ -97,6 +102,7 @@ def _with_state(facts: CardFacts, state: CardState) -> CardFacts:
         loss_reported_at=facts.loss_reported_at,
         frozen_at=facts.frozen_at,
         exchange_reason=facts.exchange_reason,
+        in_custody=facts.in_custody,
     )
 
 
@@ -216,12 +222,80 @@ def test_final_states_only_allow_scrap() -> None:
         for kind in (None, *CardKind):
             assert set(allowed_events(state, kind)) <= {CardEvent.SCRAP}, state
     assert allowed_events(CardState.SCRAPPED) == []
-    # LOSS-4: a replaced card is not even scrapped through the lifecycle: it stays void
-    assert allowed_events(CardState.REPLACED) == []
+    # LOSS-4: a replaced card stays void; found and handed in, it goes only to the scrap register
+    assert allowed_events(CardState.REPLACED) == [CardEvent.SCRAP]
     for (state, event), (target, _rule) in TRANSITIONS.items():
         if state in FINAL_STATES:
             assert event is CardEvent.SCRAP
             assert target is CardState.SCRAPPED
+
+
+def test_scr1_only_cards_the_center_has_back_are_scrapped() -> None:
+    """SCR-1/2: every state that may be scrapped is refused (SCR-1, not eligible) while the card
+    is out (a lost card after its replacement, an auto-terminated temp card in the holder's
+    pocket) and scrapped once the center has it; EXC-6: a faulty card never is."""
+    now = datetime(2026, 11, 23, 2, 5, tzinfo=UTC)
+    scrappable = [state for (state, event) in TRANSITIONS if event is CardEvent.SCRAP]
+    assert set(scrappable) == FINAL_STATES - {CardState.SCRAPPED}
+    for state in scrappable:
+        for kind in CardKind:
+            out = CardFacts(kind=kind, state=state)
+            with pytest.raises(RuleViolation) as info:
+                transition(out, CardEvent.SCRAP, now)
+            assert (info.value.rule, info.value.code) == ("SCR-1", ErrorCode.NOT_ELIGIBLE)
+            back = CardFacts(kind=kind, state=state, in_custody=True)
+            assert transition(back, CardEvent.SCRAP, now).after.state is CardState.SCRAPPED
+    faulty = CardFacts(
+        kind=CardKind.SMART,
+        state=CardState.EXCHANGED,
+        exchange_reason=ExchangeReason.FAULTY,
+        in_custody=True,
+    )
+    with pytest.raises(RuleViolation) as info:
+        transition(faulty, CardEvent.SCRAP, now)
+    assert info.value.rule == "EXC-6"
+
+
+def test_scr1_custody_follows_the_card() -> None:
+    """SCR-1: a printed card waits at the center, a handed-over card is the holder's; a temp card
+    handed in (ISS-4) or refunded (REF-3) comes back; termination and exchange bring it back only
+    when the counter records it returned; a found card is handed in once."""
+    now = datetime(2026, 11, 23, 2, 5, tzinfo=UTC)
+    printing = CardFacts(kind=CardKind.SMART, state=CardState.PRINTING)
+    ready = transition(printing, CardEvent.PRINTED, now).after
+    assert ready.in_custody
+    active = transition(ready, CardEvent.HAND_OVER, now).after
+    assert not active.in_custody
+    assert not transition(active, CardEvent.TERMINATE, now).after.in_custody
+    assert transition(active, CardEvent.TERMINATE, now, card_returned=True).after.in_custody
+    temp = CardFacts(kind=CardKind.TEMP, state=CardState.ACTIVE)
+    assert transition(temp, CardEvent.RECOVER, now).after.in_custody
+    assert transition(temp, CardEvent.REFUND, now, card_returned=False).after.in_custody
+    lost = transition(active, CardEvent.REPORT_LOSS, now).after
+    replaced = transition(lost, CardEvent.REPLACE, now + timedelta(hours=48)).after
+    assert not replaced.in_custody
+    found = hand_in(replaced)
+    assert found.in_custody and found.state is CardState.REPLACED
+    with pytest.raises(RuleViolation) as info:
+        hand_in(found)
+    assert (info.value.rule, info.value.code) == ("SCR-1", ErrorCode.DUPLICATE)
+    with pytest.raises(RuleViolation) as info:
+        hand_in(lost)  # a lost card found before its replacement is unlocked (LOSS-3)
+    assert info.value.code is ErrorCode.TRANSITION_NOT_ALLOWED
+
+
+def test_loss4_void_and_ended_cards_take_no_topup() -> None:
+    """LOSS-4: a replaced card is void forever: no top-up (nor on any other void/ended card)."""
+    for state in CardState:
+        refusal = topup_refusal(CardFacts(kind=CardKind.TEMP, state=state))
+        if state in FINAL_STATES:
+            assert refusal is not None, state
+            assert refusal.message_zh and refusal.message_en
+        else:
+            assert refusal is None, state
+    replaced = topup_refusal(CardFacts(kind=CardKind.SMART, state=CardState.REPLACED))
+    assert replaced is not None
+    assert (replaced.rule, replaced.code) == ("LOSS-4", ErrorCode.CARD_VOID)
 
 
 @given(
@@ -360,6 +434,8 @@ class CardWalk(RuleBasedStateMachine):
             assert self.now >= add_months(before.valid_until, 3)  # TERM-3
         if event is CardEvent.REPORT_LOSS:
             assert after.loss_reported_at == self.now
+        if event is CardEvent.SCRAP:
+            assert before.in_custody  # SCR-1: only a card the center has back
         self.history.append((before.state, event, after.state))
         self.facts = after
         if after.state is CardState.REPLACED:

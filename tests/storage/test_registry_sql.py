@@ -110,6 +110,18 @@ async def seed_append_only(tx: SqlTx, at: datetime = T0) -> dict[str, int]:
             "transfer_id": ids["transfers"],
         },
     )
+    ids["hand_overs"] = await tx.insert(
+        "hand_overs",
+        {
+            "card_id": card,
+            "rule": "REP-4",
+            "at": at,
+            "actor": "tester",
+            "collector_name": "测试",
+            "collector_is_holder": True,
+            "signed": True,
+        },
+    )
     return ids
 
 

@@ -176,6 +176,23 @@ async def visitor_with_temp(
     return await holder(c, registered.id), issued.card
 
 
+async def deposit_receipt_no(c: Counter, holder_id: int) -> int:
+    """The number of the deposit receipt the holder was given (ISS-10), shown again at the
+    refund (REF-3)."""
+    (receipt,) = [
+        r for r in await find(c, "receipts", holder_id=holder_id) if r["item"].endswith("deposit")
+    ]
+    return int(receipt["receipt_no"])
+
+
+async def fee_receipt_no(c: Counter, holder_id: int, item: str) -> int:
+    """The number of the holder's latest receipt for ``item`` (a FeeItem value)."""
+    receipts = [
+        r for r in await find(c, "receipts", holder_id=holder_id) if r["item"].endswith(item)
+    ]
+    return int(receipts[-1]["receipt_no"])
+
+
 async def lose(c: Counter, who: Holder, serial: str, *, hours: float = 48) -> None:
     """Report the card lost at the counter and let ``hours`` pass."""
     await c.center.cards.report_loss(c.op, serial, presented_id=who.national_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from protocol.cards.fees import FeeSchedule
 from protocol.errors import ErrorCode, InvalidInput, OnecardError
 from protocol.ledger import deposit, fee_income
-from protocol.types import CardState
+from protocol.types import CardState, HolderCategory, Permission
 from storage.records import Card, Holder
 from storage.sql import SqlRegistry
 from tests.conftest import Counter
@@ -176,3 +177,40 @@ async def test_fee4_reconcile_only_after_10_used_up_books(
     with pytest.raises(OnecardError) as err:
         await c.center.receipts.reconcile(c.admin)
     assert err.value.rule == "FEE-4"
+
+
+@pytest.mark.asyncio
+async def test_fee2_the_receipt_names_the_cashier_by_real_name(counter: Counter) -> None:
+    """FEE-2/FEE-3: every receipt names the cashier (收款人) — the operator's real name from the
+    account register (ACC-2), not the login."""
+    c = counter
+    await c.center.operators.create(
+        c.admin,
+        username="cashier07",
+        real_name="周收费",
+        department="智能卡中心",
+        permissions=[Permission.CARD_HANDLING],
+        approved_by="网管中心主任 张",
+        application_ref="卡中心〔2026〕3号",
+        initial_password="Init-2026-pass",
+    )
+    session = await c.center.operators.login("cashier07", "Init-2026-pass")
+    await c.center.operators.change_password(session.token, "Init-2026-pass", "Better-pass-77")
+    clerk = await c.center.operators.authenticate(session.token)
+    assert (clerk.name, clerk.real_name) == ("cashier07", "周收费")
+    registered = await c.center.cards.register_temporary_holder(
+        clerk,
+        name="访客甲",
+        national_id="11010519491231002X",
+        category=HolderCategory.VISITING_PROFESSOR,
+        valid_through=date(2027, 6, 30),
+        application_ref="申请表-1",
+    )
+    issued = await c.center.cards.issue_temp(clerk, registered.id)
+    assert issued.receipts[0].cashier == "周收费"
+    student, card = await h.student_with_temp(c)
+    await h.lose(c, student, card.serial)
+    replaced = await c.center.cards.replace(clerk, card.serial, presented_id=student.number)
+    assert replaced.receipts[0].cashier == "周收费"
+    cashiers = {r["cashier"] for r in await h.find(c, "receipts")}
+    assert cashiers == {"周收费"}

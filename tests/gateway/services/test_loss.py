@@ -158,3 +158,24 @@ async def test_loss4_replaced_card_is_void_forever(counter: Counter) -> None:
         ("report_loss", True),
         ("replace", True),
     ]
+
+
+@pytest.mark.asyncio
+async def test_loss4_void_card_takes_no_topup(counter: Counter) -> None:
+    """LOSS-4: a lost card replaced is void forever: a top-up on it is refused (card_void,
+    citing LOSS-4) and moves no money; the new card takes the top-up. The same holds for every
+    other void or ended card (a batch top-up included)."""
+    c = counter
+    student, card = await h.student_with_temp(c)
+    await c.center.money.topup(c.op, card.serial, 1000)
+    await h.lose(c, student, card.serial)
+    new = (await c.center.cards.replace(c.op, card.serial, presented_id=student.number)).card
+    with pytest.raises(OnecardError) as err:
+        await c.center.money.topup(c.op, card.serial, 500)
+    assert (err.value.rule, err.value.code) == ("LOSS-4", ErrorCode.CARD_VOID)
+    assert err.value.message_zh.startswith("补卡作废")
+    with pytest.raises(OnecardError) as err:
+        await c.center.money.topup_batch(c.op, [(new.serial, 100), (card.serial, 100)])
+    assert err.value.rule == "LOSS-4"
+    assert await h.balance(c, f"purse:{student.id}") == 1000
+    assert (await c.center.money.topup(c.op, new.serial, 500)).balance == 1500

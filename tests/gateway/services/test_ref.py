@@ -27,7 +27,11 @@ async def test_ref1_only_temp_cards_of_other_people(counter: Counter) -> None:
         await c.center.cards.refund(c.op, vcard.serial, card_ok=True, presented_id=None)
     assert (err.value.rule, err.value.code) == ("REF-3", ErrorCode.AUTH_FAILED)
     slip = await c.center.cards.refund(
-        c.op, vcard.serial, card_ok=True, presented_id=visitor.national_id
+        c.op,
+        vcard.serial,
+        card_ok=True,
+        presented_id=visitor.national_id,
+        receipt_no=await h.deposit_receipt_no(c, visitor.id),
     )
     assert slip.card.state is CardState.REFUNDED
 
@@ -55,7 +59,11 @@ async def test_ref2_balance_settled_at_a_cash_point_first(counter: Counter) -> N
         await c.center.money.cash_out(c.op, card.serial)
     assert (err.value.rule, err.value.code) == ("REF-2", ErrorCode.INVALID_AMOUNT)
     slip = await c.center.cards.refund(
-        c.op, card.serial, card_ok=True, presented_id=visitor.national_id
+        c.op,
+        card.serial,
+        card_ok=True,
+        presented_id=visitor.national_id,
+        receipt_no=await h.deposit_receipt_no(c, visitor.id),
     )
     assert slip.amount == 3000
 
@@ -71,7 +79,11 @@ async def test_ref3_deposit_refunded_for_a_good_card_forfeited_for_a_damaged_one
     bad, bad_card = await h.visitor_with_temp(c, seq=2)
 
     slip = await c.center.cards.refund(
-        c.op, good_card.serial, card_ok=True, presented_id=good.national_id
+        c.op,
+        good_card.serial,
+        card_ok=True,
+        presented_id=good.national_id,
+        receipt_no=await h.deposit_receipt_no(c, good.id),
     )
     assert (slip.amount, slip.holder_name) == (3000, good.name)
     assert slip.card.state is CardState.REFUNDED
@@ -84,7 +96,11 @@ async def test_ref3_deposit_refunded_for_a_good_card_forfeited_for_a_damaged_one
     ]
 
     lost_deposit = await c.center.cards.refund(
-        c.op, bad_card.serial, card_ok=False, presented_id=bad.national_id
+        c.op,
+        bad_card.serial,
+        card_ok=False,
+        presented_id=bad.national_id,
+        receipt_no=await h.deposit_receipt_no(c, bad.id),
     )
     assert (lost_deposit.amount, lost_deposit.slip_no) == (0, 0)
     assert await h.balance(c, deposit(bad.id)) == 0
@@ -103,7 +119,13 @@ async def test_ref4_holder_data_archived_then_deregistered(counter: Counter) -> 
     visitor, card = await h.visitor_with_temp(c)
     assert visitor.number is not None
     assert visitor.national_id is not None
-    await c.center.cards.refund(c.op, card.serial, card_ok=True, presented_id=visitor.number)
+    await c.center.cards.refund(
+        c.op,
+        card.serial,
+        card_ok=True,
+        presented_id=visitor.number,
+        receipt_no=await h.deposit_receipt_no(c, visitor.id),
+    )
 
     gone = await h.holder(c, visitor.id)
     assert gone.status is HolderStatus.DEREGISTERED
@@ -127,3 +149,28 @@ async def test_ref4_holder_data_archived_then_deregistered(counter: Counter) -> 
     with pytest.raises(OnecardError) as refused:
         await c.center.cards.issue_temp(c.op, visitor.id)
     assert refused.value.rule == "TERM-6"
+
+
+@pytest.mark.asyncio
+async def test_ref3_the_original_deposit_receipt_comes_back(counter: Counter) -> None:
+    """REF-3 "检查收费原始凭证后": the refund is refused without the deposit receipt, or with a
+    receipt that is not this holder's deposit receipt; nothing changes until it is shown, and
+    the slip names the receipt for finance."""
+    c = counter
+    visitor, card = await h.visitor_with_temp(c, seq=1)
+    other, _ = await h.visitor_with_temp(c, seq=2)
+    mine = await h.deposit_receipt_no(c, visitor.id)
+    for wrong in (None, await h.deposit_receipt_no(c, other.id), 99999):
+        with pytest.raises(OnecardError) as err:
+            await c.center.cards.refund(
+                c.op, card.serial, card_ok=True, presented_id=visitor.number, receipt_no=wrong
+            )
+        assert (err.value.rule, err.value.code) == ("REF-3", ErrorCode.INVALID_INPUT)
+        if wrong is not None:
+            assert str(wrong) in str(err.value)  # what was typed is shown
+    assert (await h.card(c, card.serial)).state is CardState.ACTIVE
+    assert await h.balance(c, deposit(visitor.id)) == 3000
+    slip = await c.center.cards.refund(
+        c.op, card.serial, card_ok=True, presented_id=visitor.number, receipt_no=mine
+    )
+    assert (slip.amount, slip.deposit_receipt_no) == (3000, mine)

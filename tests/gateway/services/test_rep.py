@@ -138,7 +138,13 @@ async def test_rep4_temp_at_once_smart_after_two_working_days(counter: Counter) 
     assert (err.value.rule, err.value.code) == ("REP-4", ErrorCode.TOO_EARLY)
     assert "2026-12-01" in str(err.value)
     c.clock.advance(days=1)
-    handed = await c.center.cards.hand_over(c.op, smart.card.serial)
+    handed = await c.center.cards.hand_over(
+        c.op,
+        smart.card.serial,
+        receipt_no=smart.receipts[0].receipt_no,
+        presented_id=b.national_id,
+        signed=True,
+    )
     assert handed.card.state is CardState.ACTIVE
 
 
@@ -161,3 +167,73 @@ async def test_rep5_balance_follows_the_holder_to_the_new_card(counter: Counter)
     # conservation: every fen is somewhere
     total = await h.rows(c, "SELECT sum(balance) AS s FROM accounts")
     assert total[0]["s"] == 0
+
+
+@pytest.mark.asyncio
+async def test_rep4_smart_card_collected_against_the_fee_receipt_and_signed_for(
+    counter: Counter,
+) -> None:
+    """REP-4 "两个工作日后凭收费票据到智能卡中心签字领取": the replacement smart card is handed over
+    only against the receipt of its replacement fee, to someone who shows an ID and signs; a
+    proxy is named. Who collected it is registered, with the receipt (which serves once)."""
+    c = counter
+    student, card = await h.student_with_temp(c)
+    other, other_card = await h.student_with_temp(c, start=2)
+    await h.lose(c, student, card.serial)
+    smart = await c.center.cards.replace(
+        c.op, card.serial, presented_id=student.number, kind=CardKind.SMART
+    )
+    receipt_no = smart.receipts[0].receipt_no
+    await h.lose(c, other, other_card.serial)
+    other_receipt = (
+        await c.center.cards.replace(c.op, other_card.serial, presented_id=other.number)
+    ).receipts[0]
+    c.clock.advance(days=5)
+
+    attempts: list[tuple[dict[str, object], ErrorCode, str | None]] = [
+        ({"presented_id": student.number, "signed": True}, ErrorCode.INVALID_INPUT, None),
+        (
+            {
+                "receipt_no": other_receipt.receipt_no,
+                "presented_id": student.number,
+                "signed": True,
+            },
+            ErrorCode.INVALID_INPUT,
+            str(other_receipt.receipt_no),
+        ),
+        ({"receipt_no": receipt_no, "signed": True}, ErrorCode.AUTH_FAILED, None),
+        ({"receipt_no": receipt_no, "presented_id": student.number}, ErrorCode.INVALID_INPUT, None),
+        (
+            {"receipt_no": receipt_no, "presented_id": "510104198001010000", "signed": True},
+            ErrorCode.INVALID_INPUT,
+            None,
+        ),
+    ]
+    for kwargs, code, shown in attempts:
+        with pytest.raises(OnecardError) as err:
+            await c.center.cards.hand_over(c.op, smart.card.serial, **kwargs)  # type: ignore[arg-type]
+        assert (err.value.rule, err.value.code) == ("REP-4", code), kwargs
+        assert err.value.message_zh and err.value.message_en
+        if shown is not None:
+            assert shown in str(err.value)
+    assert (await h.card(c, smart.card.serial)).state is CardState.READY
+    assert await h.count(c, "hand_overs") == 0
+
+    handed = await c.center.cards.hand_over(
+        c.op,
+        smart.card.serial,
+        receipt_no=receipt_no,
+        presented_id="510104198001010000",
+        collector_name="王同学（室友）",
+        signed=True,
+    )
+    assert handed.card.state is CardState.ACTIVE
+    assert "王同学（室友）" in handed.note
+    (row,) = await h.find(c, "hand_overs", card_id=smart.card.id)
+    assert (row["rule"], row["receipt_no"], row["signed"]) == ("REP-4", receipt_no, True)
+    assert (row["collector_name"], row["collector_doc"], row["collector_is_holder"]) == (
+        "王同学（室友）",
+        "510104198001010000",
+        False,
+    )
+    assert row["actor"] == c.op.name

@@ -28,6 +28,7 @@ from protocol.ledger import fee, purchase, subsidy_grant
 from protocol.types import CardKind, CardState, HolderCategory, Permission
 from storage.sql import SqlRegistry
 from tests.conftest import T0, Counter, import_students, student_rows
+from tests.gateway.services import helpers as h
 
 PG_ADMIN_URL = os.environ.get(
     "ONECARD_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -135,7 +136,13 @@ async def build_world(c: Counter) -> World:
 
     # --- Tuesday 1 Dec 10:00 campus: refund, scrap, graduation, a faulty card -------------------
     c.clock.set(utc(2026, 12, 1, 2, 0))
-    await cards.refund(op, w.temp[v1], card_ok=True, presented_id=nid1)
+    await cards.refund(
+        op,
+        w.temp[v1],
+        card_ok=True,
+        presented_id=nid1,
+        receipt_no=await h.deposit_receipt_no(c, v1),
+    )
     await cards.scrap(op, w.temp[v1])
     await cards.scrap(op, w.temp[h1])  # the temp card handed in for the smart card (ISS-4)
     s4, s5 = w.graduates
@@ -150,7 +157,9 @@ async def build_world(c: Counter) -> World:
     )
     w.receipt_nos.append(grad.receipts[0].receipt_no)
     await cards.scrap(op, w.temp[s4])
-    await cards.report_fault(op, w.smart[h1], presented_id="2026000001")
+    await cards.report_fault(
+        op, w.smart[h1], presented_id="2026000001", finding="读卡无响应，外观完好"
+    )
 
     # --- Thursday 3 Dec: the exchange after 48 h, the yearly disposal, one more scrap ----------
     c.clock.set(utc(2026, 12, 3, 2, 0))
@@ -158,12 +167,20 @@ async def build_world(c: Counter) -> World:
     w.renewed_smart = exchanged.card.serial
     w.receipt_nos.append(exchanged.receipts[0].receipt_no)
     assert await cards.dispose(op, 2026) == 3
-    await cards.refund(op, w.temp[v2], card_ok=True, presented_id=nid2)
+    await cards.refund(
+        op,
+        w.temp[v2],
+        card_ok=True,
+        presented_id=nid2,
+        receipt_no=await h.deposit_receipt_no(c, v2),
+    )
     await cards.scrap(op, w.temp[v2])
 
     # --- Monday 7 Dec: two working days later the exchanged smart card is handed over ----------
     c.clock.set(utc(2026, 12, 7, 2, 0))
-    await cards.hand_over(op, w.renewed_smart)
+    await cards.hand_over(
+        op, w.renewed_smart, returned_card=w.smart[h1], presented_id="2026000001", signed=True
+    )
     return w
 
 

@@ -159,7 +159,9 @@ async def test_term4_balance_settled_first_and_lost_card_replaced_first(
 
     c.clock.advance(hours=47)
     new = (await c.center.cards.replace(c.op, card.serial, presented_id=student.number)).card
-    await c.center.cards.report_fault(c.op, new.serial, presented_id=student.number)
+    await c.center.cards.report_fault(
+        c.op, new.serial, presented_id=student.number, finding="读卡无响应，外观完好"
+    )
     assert await h.balance(c, hold(student.id)) == 800
     with pytest.raises(OnecardError) as err:
         await c.center.cards.terminate(
