@@ -624,6 +624,10 @@ def _parse_row(
                 )
             continue
         doc_type = values.get("id_doc_type")
+        if fld == "national_id" and "id_doc_type" in columns and doc_type is None:
+            type_cell = columns["id_doc_type"][0]
+            if type_cell < len(raw) and not _is_blank(raw[type_cell]):
+                continue  # an unknown document type: its number cannot be checked
         try:
             if fld == "national_id" and isinstance(doc_type, IdDocType):
                 values[fld] = _as_national_id(cell, doc_type)

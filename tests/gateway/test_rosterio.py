@@ -15,7 +15,7 @@ import pytest
 from openpyxl import Workbook, load_workbook
 
 from gateway.rosterio import HEADER_ROW, RosterResult, read_roster, write_table
-from protocol.cards.identity import make_national_id
+from protocol.cards.identity import IdDocType, make_national_id
 from protocol.types import HolderCategory
 
 STUDENT_HEADERS_ZH = ["姓名", "学号", "学院", "班级", "身份证号", "照片编号", "有效期"]
@@ -416,3 +416,29 @@ def test_thirty_thousand_rows(tmp_path: Path, suffix: str) -> None:
     assert result.rows[-1].row_number == n + 1
     assert result.rows[-1].national_id == nid(n - 1)
     assert done[-1] == n
+
+
+def test_document_type_column_validates_each_number_by_its_type(tmp_path: Path) -> None:
+    """ISS-8/11: a 证件类型 column names the document in the 证件号码 column; blank is a resident
+    ID; each number is validated and normalised by its own format, a bad type or number is a row
+    error naming the column."""
+    path = write_xlsx(
+        tmp_path / "staff.xlsx",
+        [
+            ["姓名", "工号", "部门", "证件类型", "证件号码"],
+            ["李老师", "T1", "数学系", None, nid(1)],
+            ["John Smith", "T2", "外语学院", "护照", "e1234 5678"],
+            ["陈先生", "T3", "外语学院", "回乡证", "H1234567801"],
+            ["王先生", "T4", "外语学院", "台胞证", "1234567"],
+            ["Ivan", "T5", "外语学院", "驾驶证", "E7654321"],
+        ],
+    )
+    result = read_roster(path, "staff")
+    assert [(r.id_doc_type, r.national_id) for r in result.rows] == [
+        (None, nid(1)),
+        (IdDocType.PASSPORT, "E12345678"),
+        (IdDocType.HK_MACAU_PERMIT, "H12345678"),
+    ]
+    assert [(e.row_number, e.column) for e in result.errors] == [(5, "证件号码"), (6, "证件类型")]
+    assert "Taiwan permit" in result.errors[0].reason
+    assert "unknown ID document type" in result.errors[1].reason
