@@ -139,7 +139,9 @@ async def faulty_exchange_freeze(ctx: ScenarioContext) -> ScenarioResult:
     async with pos, kiosk:
         await asyncio.gather(pos.wait_synced(ctx.wait_s), kiosk.wait_synced(ctx.wait_s))
         before = await _balance(kiosk, card.number, card.password)
-        code, body = await cli.run("card", "fault", card.uid, "--id-doc", card.number, at=t0)
+        code, body = await cli.run(
+            "card", "fault", card.uid, "--id-doc", card.number, "--finding", "芯片无响应", at=t0
+        )
         result.check("fault registered, balance frozen", code == 0, body.get("error"))
         frozen = await _balance(kiosk, card.number, card.password)
         result.check("the purse shows 0 while frozen", frozen == 0, frozen)
