@@ -17,6 +17,7 @@ from gateway.services.center import CardCenter
 from gateway.services.reports import Table
 from protocol.cards.fees import yuan
 from protocol.cards.identity import mask_name
+from protocol.errors import ErrorCode
 
 pass_opts = click.make_pass_decorator(Options)
 
@@ -47,7 +48,7 @@ def _report(opts: Options, report: BatchReport, out: Path | None = None) -> None
             emit(opts, body)
         else:
             error = {
-                "code": "not_eligible",
+                "code": ErrorCode.NOT_ELIGIBLE.value,
                 "rule": report.refused[0].rule,
                 "message": "有不符合条件的学生，未办理 / some lines are refused: nothing done",
             }
@@ -101,6 +102,7 @@ def batch_issue_temp(
 ) -> None:
     """为全班制作临时卡 ISS-1: a temp CPU card for every student of the class without a card.
 
+    \b
     Example: onecard batch issue-temp --college 计算机科学与技术学院 --class 计科2026-1班
     --out 计科2026-1班-临时卡.xlsx
     """
@@ -141,6 +143,7 @@ def batch_order_smart(
     """为全班订制智能卡并导出制卡批次 ISS-2: every student of the class into the vendor's print
     batch (photo and data complete); --out writes the class's print batch.
 
+    \b
     Example: onecard batch order-smart --college 计算机科学与技术学院 --class 计科2026-1班
     --out 制卡-计科2026-1班.xlsx
     """
@@ -194,6 +197,7 @@ def batch_exchange(
     """班长统一以临时卡换领智能卡 ISS-4: the temp cards handed in are recovered and each student's
     ready smart card handed over; a lost temp card is paid for (30 yuan, receipt).
 
+    \b
     Example: onecard batch exchange --college 计算机科学与技术学院 --class 计科2026-1班
     --returned 2000000000,2000000001 --temp-lost 2026000003 --collected-by 张班长
     """
