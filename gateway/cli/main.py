@@ -1334,6 +1334,15 @@ def report_scrap(opts: Options, year: int | None, out: Path | None) -> None:
     _show(opts, run_as(opts, lambda c, a: c.reports.scrap_register(a, year=year)), out)
 
 
+@report.command("hand-overs")
+@click.option("--year", type=int)
+@OUT
+@pass_opts
+def report_hand_overs(opts: Options, year: int | None, out: Path | None) -> None:
+    """REP-4/EXC-5: 领卡登记表 / the hand-over register: who collected each card, signed."""
+    _show(opts, run_as(opts, lambda c, a: c.reports.hand_overs(a, year=year)), out)
+
+
 @report.command("clearances")
 @click.option("--college", required=True)
 @click.option("--class", "class_name", required=True)

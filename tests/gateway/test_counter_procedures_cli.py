@@ -101,6 +101,14 @@ def test_rep4_loss4_scr1_fee2_replacement_collected_against_the_receipt(tmp_path
         env, "card", "hand-over", smart, "--receipt", receipt, "--id-doc", "2026000001", "--signed"
     )
     assert handed["card"]["state"] == "active"
+    (line,) = data(env, "report", "hand-overs")
+    assert (line["serial"], line["rule"], line["receipt"], line["collector"]) == (
+        smart,
+        "REP-4",
+        int(receipt),
+        "王芳",
+    )
+    assert line["signed"] == line["in person"] == "是 / yes"
 
     receipts = data(env, "report", "receipts", "--since", "2026-11-01", "--until", "2026-12-31")
     assert {r["cashier"] for r in receipts if r.get("cashier")} == {"王科长"}

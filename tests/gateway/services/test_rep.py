@@ -7,6 +7,7 @@ from datetime import date
 
 import pytest
 
+from gateway.services.reports import NO, YES
 from protocol.errors import ErrorCode, OnecardError
 from protocol.ledger import fee_income, purse
 from protocol.types import CardKind, CardState, HolderKind
@@ -237,3 +238,7 @@ async def test_rep4_smart_card_collected_against_the_fee_receipt_and_signed_for(
         False,
     )
     assert row["actor"] == c.op.name
+    register = await c.center.reports.hand_overs(c.op)
+    (line,) = register.rows
+    assert line[2] == smart.card.serial
+    assert line[6:12] == ["REP-4", "王同学（室友）", "5101**********0000", NO, YES, receipt_no]
