@@ -562,7 +562,10 @@ class TerminalService:
         )
 
     def _open_hold(self, tx: TapTx, t: Terminal, hold_id: str) -> Row:
-        row = tx.get("water_holds", int(hold_id)) if hold_id.isdigit() else None
+        # a hold id is a row id: ASCII digits within SQL's 64-bit integers (a 64-digit id from
+        # the fuzzer used to overflow into `internal`)
+        number = int(hold_id) if hold_id.isascii() and hold_id.isdigit() else None
+        row = tx.get("water_holds", number) if number is not None and number < 2**63 else None
         if row is None or row["terminal_id"] != t.id:
             raise Refused("无此预授权", "no such hold at this terminal", code=ErrorCode.NOT_FOUND)
         if row["state"] != "held":

@@ -95,15 +95,6 @@ async def _ask(site: Site, tid: str, op: str, data: dict[str, object]) -> dict[s
     return None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "found by `make fuzz` (seed 21, 300 s): a hold id of digits beyond SQLite's "
-        "64-bit integers (gateway/services/taps.py _open_hold: int(hold_id)) raises "
-        "OverflowError in the writer and answers `internal`"
-    ),
-)
 @pytest.mark.parametrize("op", ["water_release", "water_settle"])
 async def test_a_hold_id_beyond_64_bits_is_not_found_not_internal(site: Site, op: str) -> None:
     data: dict[str, object] = {"hold_id": str(2**63)}  # the contract allows 1-64 such characters
