@@ -258,7 +258,9 @@ class ClassBatchService:
         student's ready smart card is handed over; a student whose temp card is lost (by number)
         pays the fee instead. ``collected_by`` is the class monitor who collects the smart cards.
         A replacement or exchange smart card is not handed over here (REP-4, EXC-5: one by one,
-        against the receipt or the old card)."""
+        against the receipt or the old card). Each smart card handed over is entered in the
+        collection register (``hand_overs``) as collected by the monitor, with the temp card
+        returned for it."""
         actor.require(Permission.CARD_HANDLING)
         if not collected_by.strip():
             raise InvalidInput(
@@ -368,6 +370,21 @@ class ClassBatchService:
                     )
                 await apply_event(
                     tx, smart, CardEvent.HAND_OVER, now=now, actor=actor, detail=detail
+                )
+                await tx.insert(  # the collection register: the monitor collected it
+                    "hand_overs",
+                    {
+                        "card_id": smart.id,
+                        "rule": "ISS-4",
+                        "at": now,
+                        "actor": actor.name,
+                        "collector_name": collected_by.strip(),
+                        "collector_doc": None,
+                        "collector_is_holder": False,
+                        "signed": False,
+                        "receipt_no": None,
+                        "returned_card_id": None if lost else temp.id,
+                    },
                 )
                 report.lines.append(
                     _line(

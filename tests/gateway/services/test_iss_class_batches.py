@@ -135,6 +135,17 @@ async def test_iss4_class_monitor_exchanges_the_class_temp_cards(counter: Counte
     assert receipt.amount == c.center.ctx.fees.amount(FeeItem.LOST_TEMP_CARD) == 3000
     (audit,) = await h.audit(c, "batch.exchange")
     assert h.loads(audit["after"])["collected_by"] == "张班长"
+    register = await h.rows(
+        c,
+        "SELECT c.serial, o.rule, o.collector_name, o.collector_is_holder, r.serial AS back"
+        " FROM hand_overs o JOIN cards c ON c.id = o.card_id"
+        " LEFT JOIN cards r ON r.id = o.returned_card_id ORDER BY c.serial",
+    )
+    assert [(r["serial"], r["rule"], r["collector_name"], r["back"]) for r in register] == [
+        (smart[0], "ISS-4", "张班长", temps[0]),
+        (smart[1], "ISS-4", "张班长", temps[1]),
+        (smart[2], "ISS-4", "张班长", None),  # lost, paid for
+    ]
 
 
 @pytest.mark.asyncio
