@@ -436,8 +436,10 @@ class Site:
         while time.monotonic() < deadline:
             if not unsettled():
                 return []
-            for terminal in self.terminals:  # nudge idle terminals: hello, retries, upload
-                if terminal.online and (terminal.in_doubt or getattr(terminal, "backlog", None)):
+            # nudge idle terminals (hello, retries, upload), also those in a sync back-off
+            # after the fault answered their hello `unavailable`
+            for terminal in self.terminals:
+                if terminal.in_doubt or getattr(terminal, "backlog", None):
                     terminal._poke(sync=True)
             await asyncio.sleep(0.25)
         return unsettled()
