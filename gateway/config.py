@@ -24,7 +24,9 @@ class MqttConfig(BaseModel):
     client_id: str = "onecard-gateway-1"
     #: MQTT v5 shared-subscription group; several gateways with the same group share the load.
     shared_group: str | None = None
-    keepalive_s: int = 30
+    #: Keep-alive with the broker: its last will (the retained `offline`) is published about
+    #: 1.5 × this after the gateway goes silent (docs/reliability.md, partition).
+    keepalive_s: int = 10
 
 
 class HttpConfig(BaseModel):

@@ -184,12 +184,15 @@ class Gateway:
             await self.http.close()
 
     def is_ready(self) -> bool:
-        """``/readyz``: connected to the broker, the registry writer alive, and no batch stuck
-        in the router (a wedged gateway must not look healthy to its supervisor)."""
+        """``/readyz``: connected to the broker, the registry writer alive and able to commit
+        (not failing on a full disk or a held lock), and no batch stuck in the router (a wedged
+        gateway must not look healthy to its supervisor)."""
         if not self.ready:
             return False
         if not getattr(self.executor, "alive", True):
             return False
+        if getattr(self.executor, "failing_since", None) is not None:
+            return False  # the registry refuses writes (disk full, lock held): taps are refused
         now = time.monotonic()
         busy_since = getattr(self.executor, "busy_since", None)
         if busy_since is not None and now - busy_since > _STALL_S:

@@ -482,6 +482,9 @@ class SqliteTapWriter:
         self.failure: BaseException | None = None
         #: ``time.monotonic()`` when the batch now running started, or None when idle.
         self.busy_since: float | None = None
+        #: ``time.monotonic()`` of the first of the batches that failed in a row (registry
+        #: locked for too long, disk full), None once one commits: ``/readyz`` says 503 meanwhile.
+        self.failing_since: float | None = None
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._checkpoint_thread: threading.Thread | None = None
@@ -658,7 +661,10 @@ class SqliteTapWriter:
             )
             for job in batch:
                 job.future.set_exception(failure)
+            if self.failing_since is None:
+                self.failing_since = time.monotonic()
             return
+        self.failing_since = None
         self.batches += 1
         for job, results in zip(batch, outcomes, strict=True):
             if results is _GAVE_UP:

@@ -216,3 +216,32 @@ async def test_a_job_past_its_deadline_never_commits(tmp_path: Path) -> None:
         other.close()
         await writer.close()
         await registry.close()
+
+
+async def test_failing_batches_are_visible_until_one_commits(tmp_path: Path) -> None:
+    """``failing_since`` (what ``/readyz`` reads) is set while batches fail (a held lock here,
+    a full disk in the chaos suite) and cleared by the next commit."""
+    from protocol.errors import OnecardError
+
+    registry = await SqlRegistry.open(tmp_path / "r.sqlite3", migrate=True)
+    holder = await _seed(registry)
+    writer = SqliteTapWriter(tmp_path / "r.sqlite3", lock_wait_s=0.1)
+    writer.start()
+    other = sqlite3.connect(tmp_path / "r.sqlite3", isolation_level=None)
+    try:
+        assert _failing(writer) is None
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(OnecardError):
+            await writer.run(lambda tx: tx.balance(ledger.purse(holder)))
+        assert _failing(writer) is not None
+        other.execute("ROLLBACK")
+        assert await writer.run(lambda tx: tx.balance(ledger.purse(holder))) == 1_000
+        assert _failing(writer) is None
+    finally:
+        other.close()
+        await writer.close()
+        await registry.close()
+
+
+def _failing(writer: SqliteTapWriter) -> float | None:
+    return writer.failing_since
