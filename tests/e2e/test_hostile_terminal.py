@@ -15,6 +15,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
@@ -58,6 +59,25 @@ async def _reply(client: TerminalClient, rid: str, timeout: float = 5.0) -> dict
     client.replies[rid] = future
     async with asyncio.timeout(timeout):
         return await future
+
+
+def _lock_holder(
+    db: Path, *, hold_s: float
+) -> tuple[threading.Event, threading.Event, threading.Thread]:
+    """A thread holding SQLite's write lock (``BEGIN IMMEDIATE``, as a slow counter transaction
+    does) from ``locked`` until ``release`` is set or ``hold_s`` passed; start it yourself."""
+    locked = threading.Event()
+    release = threading.Event()
+
+    def hold_lock() -> None:
+        conn = sqlite3.connect(db, isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        locked.set()
+        release.wait(hold_s)
+        conn.execute("ROLLBACK")
+        conn.close()
+
+    return locked, release, threading.Thread(target=hold_lock)
 
 
 def _reconnects(campus: Campus) -> float:
@@ -162,18 +182,7 @@ async def test_a_request_that_outlived_its_message_expiry_is_not_executed(
     gateway could not decide it in time) is answered ``expired`` and debits nothing."""
     student = campus.students[0]
     before = await campus.balance(student)
-    locked = threading.Event()
-    release = threading.Event()
-
-    def hold_lock() -> None:
-        conn = sqlite3.connect(tmp_path / "campus.sqlite3", isolation_level=None)
-        conn.execute("BEGIN IMMEDIATE")
-        locked.set()
-        release.wait(10)
-        conn.execute("ROLLBACK")
-        conn.close()
-
-    holder = threading.Thread(target=hold_lock)
+    locked, release, holder = _lock_holder(tmp_path / "campus.sqlite3", hold_s=10)
     holder.start()
     try:
         await asyncio.to_thread(locked.wait, 5)
@@ -199,18 +208,7 @@ async def test_a_slow_counter_transaction_costs_terminals_a_fast_unavailable(
     ``unavailable`` after the bounded lock wait (not after the lock), and its retry is decided."""
     student = campus.students[0]
     before = await campus.balance(student)
-    locked = threading.Event()
-    release = threading.Event()
-
-    def hold_lock() -> None:
-        conn = sqlite3.connect(tmp_path / "campus.sqlite3", isolation_level=None)
-        conn.execute("BEGIN IMMEDIATE")
-        locked.set()
-        release.wait(6)
-        conn.execute("ROLLBACK")
-        conn.close()
-
-    holder = threading.Thread(target=hold_lock)
+    locked, release, holder = _lock_holder(tmp_path / "campus.sqlite3", hold_s=6)
     holder.start()
     try:
         await asyncio.to_thread(locked.wait, 5)
@@ -262,18 +260,7 @@ async def test_a_burst_beyond_the_broker_receive_maximum_loses_no_reply(
     while the broker stalls (SIGSTOP, as a broker saturated at lunch peak), so more QoS 1
     replies wait for a PUBACK than the broker's receive maximum of 1,000. gmqtt used to raise
     ``OverflowError`` and lose them; every one is answered."""
-    locked = threading.Event()
-    release = threading.Event()
-
-    def hold_lock() -> None:
-        conn = sqlite3.connect(tmp_path / "campus.sqlite3", isolation_level=None)
-        conn.execute("BEGIN IMMEDIATE")
-        locked.set()
-        release.wait(10)
-        conn.execute("ROLLBACK")
-        conn.close()
-
-    holder = threading.Thread(target=hold_lock)
+    locked, release, holder = _lock_holder(tmp_path / "campus.sqlite3", hold_s=10)
     async with campus.terminal("pos-001") as pos:
         futures = {}
         for i in range(3000):
