@@ -39,7 +39,7 @@ from gateway.services.base import SYSTEM, Context
 from gateway.services.cards import CardService
 from gateway.services.offline import SettlementRules
 from gateway.services.taps import Outcome, TerminalService
-from protocol.errors import ErrorCode, OnecardError
+from protocol.errors import ErrorCode, OnecardError, registry_busy
 from protocol.wire import (
     DENYLIST_DELTA_TOPIC,
     DENYLIST_SNAPSHOT_TOPIC,
@@ -395,9 +395,7 @@ class Gateway:
         except TimeoutError:
             log.warning("registry writer did not decide %d requests in %.1fs", len(batch), timeout)
             self.metrics.dropped.labels(reason="writer_timeout").inc(len(batch))
-            failure: BaseException = OnecardError(
-                "系统繁忙，请重试", "registry busy: retry", code=ErrorCode.UNAVAILABLE
-            )
+            failure: BaseException = registry_busy()
         except OnecardError as exc:
             failure = exc
         except Exception as exc:  # noqa: BLE001 - answered `internal` per request by _outcome
@@ -466,12 +464,7 @@ class Gateway:
                 timeout=self.settings.requests.writer_timeout_ms / 1000 * 2,
             )
         except TimeoutError:
-            outcome = self._outcome(
-                pending,
-                OnecardError(
-                    "系统繁忙，请重试", "registry busy: retry", code=ErrorCode.UNAVAILABLE
-                ),
-            )
+            outcome = self._outcome(pending, registry_busy())
         except Exception as exc:  # noqa: BLE001 - turned into a reply by _outcome
             outcome = self._outcome(pending, exc)
         if outcome.denylist_version is not None:
@@ -647,14 +640,6 @@ def _deny_changes_after(
     tx: TapTx, version: int, limit: int | None = 10_000
 ) -> list[dict[str, Any]]:
     return tx.deny_changes_after(version, limit=limit if limit is not None else -1)
-
-
-def _peek_id(payload: bytes) -> str | None:
-    try:
-        value = json.loads(payload).get("request_id")
-    except (ValueError, AttributeError):
-        return None
-    return value if isinstance(value, str) and len(value) <= 64 else None
 
 
 def _request_id(payload: bytes) -> str:

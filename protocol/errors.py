@@ -137,6 +137,12 @@ class OnecardError(Exception):
         return f"{prefix}{self.message_zh} / {self.message_en}"
 
 
+def registry_busy() -> OnecardError:
+    """``unavailable``: the registry could not decide in time (lock held, disk full); nothing was
+    done for this copy of the request — retry it with the same request id (contract §6.1)."""
+    return OnecardError("系统繁忙，请重试", "registry busy: retry", code=ErrorCode.UNAVAILABLE)
+
+
 class RuleViolation(OnecardError):
     """A published card-center rule refuses the request; ``rule`` names it (e.g. ``LOSS-3``)."""
 

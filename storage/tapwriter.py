@@ -31,7 +31,13 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Boolean
 
-from protocol.errors import ErrorCode, InsufficientFunds, NotFound, OnecardError
+from protocol.errors import (
+    ErrorCode,
+    InsufficientFunds,
+    NotFound,
+    OnecardError,
+    registry_busy,
+)
 from protocol.ledger import NON_NEGATIVE_KINDS, TransferSpec, account_kind
 from protocol.types import CardState
 from storage import schema as s
@@ -459,10 +465,6 @@ class _Job:
 _GAVE_UP = object()
 
 
-def _too_late() -> OnecardError:
-    return OnecardError("系统繁忙，请重试", "registry busy: retry", code=ErrorCode.UNAVAILABLE)
-
-
 class SqliteTapWriter:
     """One writer thread, group commit. ``await writer.run(job)`` -> the job's result, durable."""
 
@@ -668,7 +670,7 @@ class SqliteTapWriter:
         self.batches += 1
         for job, results in zip(batch, outcomes, strict=True):
             if results is _GAVE_UP:
-                job.future.set_exception(_too_late())
+                job.future.set_exception(registry_busy())
                 continue
             self.jobs += len(results)
             if job.many:
