@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import json
 import stat
-import subprocess
 from pathlib import Path
 
-from tests.cli import ONECARD, onecard, operator_site
+from tests.cli import invoke, onecard, operator_site
 
 SAMPLE = Path(__file__).parents[2] / "docs" / "samples" / "students-2026.csv"
 
@@ -24,14 +23,7 @@ def test_counter_uids_are_normalised_or_refused_and_the_registry_is_private(
     onecard(
         env, "holder", "import", str(SAMPLE), "--kind", "student", "--valid-through", "2030-07-31"
     )
-    refused = subprocess.run(
-        [ONECARD, "--json", "card", "issue-temp", "2026000001", "--uid", "04a1b2c"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    refused = invoke(env, "--json", "card", "issue-temp", "2026000001", "--uid", "04a1b2c")
     assert refused.returncode != 0
     assert "UID" in refused.stdout + refused.stderr
     assert "物理号" in refused.stdout + refused.stderr

@@ -4,20 +4,17 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
-from tests.cli import ONECARD, onecard, operator_site
+from tests.cli import invoke, onecard, operator_site
 
 SAMPLE = Path(__file__).parents[2] / "docs" / "samples" / "students-2026.csv"
 
 
 def refused(env: dict[str, str], *args: str) -> str:
     """Run ``onecard ARGS``; the command must be refused. Returns stdout + stderr."""
-    done = subprocess.run(
-        [ONECARD, *args], env=env, capture_output=True, text=True, timeout=60, check=False
-    )
+    done = invoke(env, *args)
     assert done.returncode != 0, done.stdout + done.stderr
     return done.stdout + done.stderr
 

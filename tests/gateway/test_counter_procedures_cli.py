@@ -8,13 +8,12 @@ life cycle (ACC-2 approval recorded).
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.cli import ONECARD, onecard, operator_site
+from tests.cli import invoke, onecard, operator_site
 
 pytestmark = pytest.mark.slow  # some 20 `onecard` runs each
 
@@ -33,15 +32,7 @@ def data(env: dict[str, str], *args: str, stdin: str | None = None) -> Any:
 
 def refused(env: dict[str, str], *args: str, stdin: str | None = None) -> dict[str, Any]:
     """``onecard --json ARGS`` is refused (exit status 2): the error (code, rule, message)."""
-    done = subprocess.run(
-        [ONECARD, "--json", *args],
-        env=env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = invoke(env, "--json", *args, stdin=stdin)
     assert done.returncode == 2, done.stdout + done.stderr
     reply = json.loads(done.stdout)
     assert reply["ok"] is False

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
 from pathlib import Path
 
-from tests.cli import ONECARD, onecard, operator_site
+from tests.cli import invoke, onecard, operator_site
 
 SAMPLE = Path(__file__).parents[2] / "docs" / "samples" / "students-2026.csv"
 
@@ -27,14 +26,7 @@ def test_a_whole_ledger_verifies_and_a_tampered_balance_is_named(tmp_path: Path)
 
     with sqlite3.connect(tmp_path / "r.sqlite3") as conn:
         conn.execute("UPDATE accounts SET balance = balance + 1 WHERE id LIKE 'purse:%'")
-    done = subprocess.run(
-        [ONECARD, "--json", "ledger", "verify"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = invoke(env, "--json", "ledger", "verify")
     assert done.returncode == 1, done.stdout + done.stderr
     broken = json.loads(done.stdout)["data"]
     checks = {f["check"] for f in broken["findings"]}
