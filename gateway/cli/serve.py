@@ -1,0 +1,147 @@
+"""``onecard serve|web|demo|scheduler``: the long-running processes and due time rules."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import click
+
+from gateway.cli.common import (
+    card_line,
+    pass_opts,
+)
+from gateway.cli.runtime import (
+    Options,
+    emit,
+    fail,
+    run_as,
+)
+from protocol.errors import OnecardError
+
+
+@click.command()
+@click.option(
+    "--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option("--migrate", is_flag=True, help="bring the schema to head first")
+@pass_opts
+def serve(opts: Options, config_path: Path | None, migrate: bool) -> None:
+    """Run the terminal gateway (MQTT) with /metrics, /livez and /readyz."""
+    import asyncio
+    import signal
+
+    from gateway.bootstrap import open_gateway
+    from gateway.config import load_settings
+    from gateway.logs import setup_logging
+
+    overrides = {} if "ONECARD_DB" not in os.environ and config_path else {"db": opts.db}
+    settings = load_settings(config_path, **overrides)
+    setup_logging(settings.log_level)
+
+    async def main() -> None:
+        async with open_gateway(settings, migrate=migrate) as gateway:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, gateway.stop.set)
+            await gateway.run()
+
+    runner = asyncio.run
+    if settings.event_loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            logging.getLogger("onecard.gateway").info("uvloop not installed: asyncio loop")
+        else:
+            runner = uvloop.run
+    try:
+        runner(main())
+    except OnecardError as exc:
+        fail(opts, exc)
+
+
+@click.command()
+@click.option(
+    "--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@pass_opts
+def web(opts: Options, config_path: Path | None) -> None:
+    """Run the cardholder web platform (uvicorn; the [web] section of the config)."""
+    import uvicorn
+
+    from gateway.bootstrap import web_app
+    from gateway.config import load_settings
+    from gateway.logs import setup_logging
+    from gateway.web.app import server_logging
+
+    overrides = {} if "ONECARD_DB" not in os.environ and config_path else {"db": opts.db}
+    settings = load_settings(config_path, **overrides)
+    setup_logging(settings.log_level)
+    server_logging()
+    w = settings.web
+    scheme = "https" if w.cookie_secure else "http"
+    click.echo(f"持卡人自助服务 cardholder portal: {scheme}://{w.host}:{w.port}/")
+    uvicorn.run(
+        web_app(settings),
+        host=w.host,
+        port=w.port,
+        proxy_headers=w.proxy_headers,
+        forwarded_allow_ips=w.forwarded_allow_ips,
+        server_header=False,
+        log_config=None,
+        access_log=False,
+    )
+
+
+@click.group()
+def demo() -> None:
+    """The demo: broker + gateway on SQLite + simulated fleet (make demo)."""
+
+
+@demo.command("run")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default="var/demo-live",
+    show_default=True,
+)
+@click.option("--students", type=int, default=20_000, show_default=True)
+@click.option("--staff", type=int, default=2_000, show_default=True)
+@click.option("--visitors", type=int, default=200, show_default=True)
+@click.option("--terminals", type=int, default=200, show_default=True)
+@click.option("--duration", type=float, help="seconds; default: until Ctrl-C")
+@click.option("--no-dashboard", is_flag=True, help="plain log lines instead of the live dashboard")
+def demo_run(
+    directory: Path,
+    students: int,
+    staff: int,
+    visitors: int,
+    terminals: int,
+    duration: float | None,
+    no_dashboard: bool,
+) -> None:
+    """Seed a synthetic campus, start mosquitto, the gateway and the fleet; Ctrl-C stops all."""
+    from gateway.demo.launcher import DemoSize, run_demo
+
+    size = DemoSize(students=students, staff=staff, visitors=visitors, terminals=terminals)
+    raise SystemExit(run_demo(directory, size, duration=duration, dashboard=not no_dashboard))
+
+
+# --- scheduler ------------------------------------------------------------------------------
+@click.group()
+def scheduler() -> None:
+    """Due time rules."""
+
+
+@scheduler.command("run-due")
+@pass_opts
+def scheduler_run_due(opts: Options) -> None:
+    """TERM-2/3: expire temp cards past validity, terminate those expired 3 months ago."""
+    changed = run_as(opts, lambda c, a: c.cards.run_due(a))
+    emit(
+        opts,
+        changed,
+        f"处理 changed {len(changed)} 张 cards" + "".join(f"\n  {card_line(x)}" for x in changed),
+    )

@@ -1,0 +1,207 @@
+"""``onecard terminal|broker``: terminal provisioning and the Mosquitto files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from gateway.cli.common import (
+    pass_opts,
+)
+from gateway.cli.runtime import (
+    Options,
+    emit,
+    emit_table,
+    read_secret,
+    run_as,
+)
+from protocol.wire import TerminalKind
+
+
+@click.group()
+def terminal() -> None:
+    """Terminal provisioning (POS, kiosks, door readers, water controllers)."""
+
+
+@terminal.command("add")
+@click.argument("terminal_id")
+@click.option("--kind", type=click.Choice([k.value for k in TerminalKind]), required=True)
+@click.option("--merchant", "merchant_id")
+@click.option("--location", default="")
+@click.option(
+    "--password-stdin", is_flag=True, help="read the broker password instead of generating one"
+)
+@pass_opts
+def terminal_add(
+    opts: Options,
+    terminal_id: str,
+    kind: str,
+    merchant_id: str | None,
+    location: str,
+    password_stdin: bool,
+) -> None:
+    """Register a terminal; prints its broker password once (only the hash is kept)."""
+    from gateway.mqtt.broker_files import mosquitto_password_hash, new_password
+
+    password = read_secret("terminal password", True) if password_stdin else new_password()
+    digest = mosquitto_password_hash(password)
+    run_as(
+        opts,
+        lambda c, a: c.terminals.add(
+            a,
+            terminal_id,
+            TerminalKind(kind),
+            password_hash=digest,
+            merchant_id=merchant_id,
+            location=location,
+        ),
+    )
+    shown = None if password_stdin else password
+    emit(
+        opts,
+        {"terminal_id": terminal_id, "password": shown},
+        f"终端已登记 terminal {terminal_id} registered"
+        + (
+            ""
+            if password_stdin
+            else f"\n  MQTT 用户名 username: {terminal_id}"
+            f"\n  密码 password (只显示一次 shown once): {password}"
+        )
+        + "\n  请运行 onecard broker render 并重载 mosquitto"
+        " / then run `onecard broker render` and reload mosquitto",
+    )
+
+
+@terminal.command("disable")
+@click.argument("terminal_id")
+@pass_opts
+def terminal_disable(opts: Options, terminal_id: str) -> None:
+    """Refuse the terminal at once (every request checks the registry)."""
+    run_as(opts, lambda c, a: c.terminals.set_enabled(a, terminal_id, False))
+    emit(opts, {"disabled": terminal_id}, f"终端已停用 terminal {terminal_id} disabled")
+
+
+@terminal.command("enable")
+@click.argument("terminal_id")
+@pass_opts
+def terminal_enable(opts: Options, terminal_id: str) -> None:
+    run_as(opts, lambda c, a: c.terminals.set_enabled(a, terminal_id, True))
+    emit(opts, {"enabled": terminal_id}, f"终端已启用 terminal {terminal_id} enabled")
+
+
+@terminal.command("list")
+@pass_opts
+def terminal_list(opts: Options) -> None:
+    rows = run_as(opts, lambda c, a: c.terminals.list(a))
+    emit_table(
+        opts,
+        "终端 / terminals",
+        [
+            "编号 / id",
+            "类型 / kind",
+            "商户 / merchant",
+            "位置 / location",
+            "启用 / enabled",
+            "黑名单版本 / denylist_version",
+            "最近 / last_seen_at",
+        ],
+        [
+            [
+                r["id"],
+                r["kind"],
+                r["merchant_id"],
+                r["location"],
+                bool(r["enabled"]),
+                r["denylist_version"],
+                r["last_seen_at"],
+            ]
+            for r in rows
+        ],
+    )
+
+
+@click.group()
+def broker() -> None:
+    """Mosquitto files generated from the terminal registry."""
+
+
+@broker.command("render")
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--port", type=int, default=1883, show_default=True)
+@click.option("--bind", default="127.0.0.1", show_default=True)
+@click.option("--gateway-user", default="gateway", show_default=True)
+@click.option("--gateway-password-stdin", is_flag=True, help="set the gateway account's password")
+@click.option("--no-persistence", is_flag=True)
+@click.option(
+    "--tls-port", type=int, help="a TLS listener for terminals on the campus network (e.g. 8883)"
+)
+@click.option("--tls-bind", help="address of the TLS listener (default: all)")
+@click.option("--certfile", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--keyfile", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--cafile", type=click.Path(dir_okay=False, path_type=Path))
+@pass_opts
+def broker_render(
+    opts: Options,
+    directory: Path,
+    port: int,
+    bind: str,
+    gateway_user: str,
+    gateway_password_stdin: bool,
+    no_persistence: bool,
+    tls_port: int | None,
+    tls_bind: str | None,
+    certfile: Path | None,
+    keyfile: Path | None,
+    cafile: Path | None,
+) -> None:
+    """Write mosquitto.conf, the password file and the ACL; then `kill -HUP` mosquitto."""
+    from gateway.mqtt import broker_files as bf
+
+    existing: dict[str, str] = {}
+    pw_file = directory / bf.PASSWORD_NAME
+    if pw_file.exists():
+        for line in pw_file.read_text().splitlines():
+            name, _, digest = line.partition(":")
+            existing[name] = digest
+    if gateway_password_stdin:
+        existing[gateway_user] = bf.mosquitto_password_hash(read_secret("gateway password", True))
+    if gateway_user not in existing:
+        raise click.UsageError("no gateway password yet: pass --gateway-password-stdin once")
+    tls = None
+    if tls_port is not None:
+        if certfile is None or keyfile is None:
+            raise click.UsageError("--tls-port needs --certfile and --keyfile")
+        tls = bf.TlsListener(
+            port=tls_port,
+            certfile=certfile.resolve(),
+            keyfile=keyfile.resolve(),
+            bind=tls_bind,
+            cafile=cafile.resolve() if cafile else None,
+        )
+    rows = run_as(opts, lambda c, a: c.terminals.list(a))
+    terminals = [_TerminalRow(r["id"], bool(r["enabled"]), r["mqtt_password_hash"]) for r in rows]
+    entries = bf.password_entries(terminals, {gateway_user: existing[gateway_user]})
+    files = bf.write_broker_files(
+        directory,
+        entries=entries,
+        gateway_users=[gateway_user],
+        port=port,
+        bind=bind,
+        persistence=not no_persistence,
+        persistence_dir=None if no_persistence else Path("/var/lib/mosquitto"),
+        tls=tls,
+    )
+    emit(
+        opts,
+        {"conf": str(files.conf), "accounts": len(entries)},
+        f"已生成 wrote {files.conf} ({len(entries)} accounts); 请 kill -HUP mosquitto",
+    )
+
+
+@dataclass(frozen=True)
+class _TerminalRow:
+    id: str
+    enabled: bool
+    mqtt_password_hash: str
