@@ -132,6 +132,30 @@ class WebConfig(BaseModel):
     proxy_headers: bool = False
 
 
+class ConsoleConfig(BaseModel):
+    """``onecard console``: the operator console (issue 11), a sibling of ``onecard web`` bound to
+    the counter network; ``onecard reader-agent`` runs on each counter PC."""
+
+    host: str = "127.0.0.1"
+    port: int = 8090
+    cookie_secure: bool = True
+    #: An operator idle this long is logged out.
+    idle_timeout_s: int = Field(default=600, ge=30, le=86_400)
+    max_failures_per_address: int = Field(default=20, ge=1, le=10_000)
+    address_window_s: int = Field(default=600, ge=1, le=86_400)
+    #: Where the counter PC's browser reaches its reader agent (loopback only).
+    reader_agent_url: str = "http://127.0.0.1:8765"
+    #: The console's own origin, the only one the reader agent answers (CORS).
+    origin: str = "http://127.0.0.1:8090"
+    #: Mass-block guard-rail: more cards than this onto the deny list at once needs approval.
+    mass_block_threshold: int = Field(default=50, ge=0, le=1_000_000)
+    #: A read-only broker account (monitor) for the terminals' retained status.
+    mqtt_username: str | None = None
+    mqtt_password: str | None = None
+    #: The gateways' /metrics URLs for the live page.
+    gateway_metrics_urls: list[str] = Field(default_factory=list)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="ONECARD_", env_nested_delimiter="__", extra="forbid"
@@ -150,6 +174,7 @@ class Settings(BaseSettings):
     offline: OfflineConfig = OfflineConfig()
     requests: RequestConfig = RequestConfig()
     web: WebConfig = WebConfig()
+    console: ConsoleConfig = ConsoleConfig()
     alerts: AlertsConfig = AlertsConfig()
     payments: PaymentsConfig = PaymentsConfig()
 
