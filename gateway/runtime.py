@@ -150,6 +150,8 @@ class Gateway:
         self._published = asyncio.Condition()
         self._published_version = -1
         self._snapshot_at = 0.0
+        #: when the retained delta got its first change (compaction clock, contract 1.1 §8.2)
+        self._delta_since: float | None = None
         self._in_flight: dict[asyncio.Task[None], float] = {}
         self._in_flight_items = 0
         self._capacity = asyncio.Event()
@@ -277,8 +279,7 @@ class Gateway:
         group = self.settings.mqtt.shared_group
         requests = shared_subscription(REQUEST_FILTER, group) if group else REQUEST_FILTER
         await session.subscribe([requests, TERMINAL_STATUS_FILTER])
-        online = GatewayStatus(state=Presence.ONLINE, denylist_version=self.deny.version)
-        await session.publish(GATEWAY_STATUS_TOPIC, online.model_dump_json().encode(), retain=True)
+        # the snapshot first, then the retained `online` status naming its version
         await self._publish_snapshot(session)
         self.ready = True
         log.info("connected to the broker; deny list version %d", self.deny.version)
@@ -573,20 +574,26 @@ class Gateway:
                 continue
             changes = self.deny.apply_rows(rows)
             session = self.session
-            if (changes or self.deny.needs_snapshot) and session is not None:
+            compact = (
+                self._delta_since is not None
+                and time.monotonic() - self._delta_since > self.settings.denylist.snapshot_max_age_s
+            )
+            if (changes or self.deny.needs_snapshot or compact) and session is not None:
                 try:
-                    await self._publish_changes(session)
+                    await self._publish_changes(session, compact=compact and not changes)
                 except MqttError:
                     self.metrics.dropped.labels(reason="denylist_publish_failed").inc()
             self.metrics.denylist_version.set(self.deny.version)
             self.metrics.denylist_size.set(len(self.deny.codes))
 
-    async def _publish_changes(self, session: Session) -> None:
+    async def _publish_changes(self, session: Session, *, compact: bool = False) -> None:
+        """Contract 1.1 §8.2: every change goes out as a delta first. A snapshot replaces the
+        delta only when the log has a hole a delta cannot express (``needs_snapshot``), when the
+        delta would carry ``snapshot_every_changes`` changes, or as compaction once the delta is
+        ``snapshot_max_age_s`` old (then at the delta's own version: nothing new for terminals)."""
         cfg = self.settings.denylist
-        too_old = time.monotonic() - self._snapshot_at > cfg.snapshot_max_age_s
-        # needs_snapshot: a hole in the log (skipped row, version jump) a delta cannot express
         full = self.deny.needs_snapshot or len(self.deny.pending) >= cfg.snapshot_every_changes
-        if full or too_old:
+        if full or compact:
             await self._publish_snapshot(session)
             return
         delta = self.deny.cumulative_delta()
@@ -594,7 +601,9 @@ class Gateway:
             await session.publish(
                 DENYLIST_DELTA_TOPIC, delta.model_dump_json().encode(), retain=True
             )
-        await self._mark_published(self.deny.version)
+            if self._delta_since is None:
+                self._delta_since = time.monotonic()
+        await self._mark_published(session, self.deny.version)
 
     async def _publish_snapshot(self, session: Session) -> None:
         snapshot = self.deny.snapshot(int(self.ctx.clock.now().timestamp() * 1000))
@@ -604,9 +613,13 @@ class Gateway:
         # an empty retained payload clears the old cumulative delta
         await session.publish(DENYLIST_DELTA_TOPIC, b"", retain=True)
         self._snapshot_at = time.monotonic()
-        await self._mark_published(snapshot.version)
+        self._delta_since = None
+        await self._mark_published(session, snapshot.version)
 
-    async def _mark_published(self, version: int) -> None:
+    async def _mark_published(self, session: Session, version: int) -> None:
+        # the retained gateway status names the newest version published (contract 1.1 §8)
+        online = GatewayStatus(state=Presence.ONLINE, denylist_version=version)
+        await session.publish(GATEWAY_STATUS_TOPIC, online.model_dump_json().encode(), retain=True)
         async with self._published:
             self._published_version = version
             self._published.notify_all()

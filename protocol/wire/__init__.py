@@ -30,7 +30,15 @@ from protocol.wire.denylist import (
     denylist_sha256,
     make_snapshot,
 )
-from protocol.wire.envelope import WIRE_VERSION, ErrorBody, Reply, Request, error_body
+from protocol.wire.envelope import (
+    CONTRACT_VERSION,
+    WIRE_VERSION,
+    ErrorBody,
+    Reply,
+    Request,
+    error_body,
+    message_conforms,
+)
 from protocol.wire.exceptions import (
     DenyListGap,
     MalformedMessage,
@@ -112,6 +120,7 @@ from protocol.wire.topics import (
 )
 
 __all__ = [
+    "CONTRACT_VERSION",
     "DENYLIST_DELTA_TOPIC",
     "DENYLIST_SNAPSHOT_TOPIC",
     "GATEWAY_STATUS_TOPIC",
@@ -199,6 +208,7 @@ __all__ = [
     "is_valid_terminal_id",
     "make_snapshot",
     "mask_card",
+    "message_conforms",
     "parse_request_topic",
     "parse_topic",
     "request_topic",

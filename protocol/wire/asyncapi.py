@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
-from protocol.errors import MESSAGES, ErrorCode, bilingual
+from protocol.errors import MESSAGES, ErrorCode, OnecardError, bilingual
 from protocol.wire.denylist import (
     DenyChange,
     DenyChangeKind,
@@ -25,7 +25,7 @@ from protocol.wire.denylist import (
     DenySnapshot,
     make_snapshot,
 )
-from protocol.wire.envelope import WIRE_VERSION
+from protocol.wire.envelope import CONTRACT_VERSION, WIRE_VERSION, error_body
 from protocol.wire.fields import TerminalKind
 from protocol.wire.messages import GatewayStatus, Presence, TerminalStatus
 from protocol.wire.registry import OPERATIONS, OpSpec
@@ -52,7 +52,8 @@ _EXAMPLE_TERMINAL = {
     TerminalKind.WATER: "water-b12-03",
 }
 _DESCRIPTION = """\
-Campus one-card (校园一卡通) terminal contract, version 1.
+Campus one-card (校园一卡通) terminal contract, version 1.1 (wire version 1: `v: 1`, topics
+`onecard/v1`; 1.1 is backwards compatible with 1.0 terminals, see CHANGELOG.md).
 
 MQTT v5, QoS 1, JSON payloads (UTF-8). Money is integer fen; timestamps are integer milliseconds
 since the Unix epoch (UTC); card identifiers are the card UID in upper-case hex.
@@ -62,6 +63,8 @@ Requests may set the MQTT v5 Response Topic and Correlation Data; the gateway th
 reply there with the same Correlation Data, otherwise on the op's `resp` topic.
 `request_id` is the idempotency key per terminal: a retry with the same id and content gets the
 stored reply again; the same id with other content gets `idempotency_conflict`.
+Error `message`: the code's default text `zh / en` (x-messages), optionally `: detail`.
+After applying a deny-list change a terminal sends `heartbeat` with the new version within 1 s.
 Human-readable guide: docs/terminal-contract.md."""
 
 
@@ -120,11 +123,9 @@ def _op_messages(spec: OpSpec, key_map: Any) -> dict[str, Any]:
             }
         )
     if spec.refusal is not None:
-        error: dict[str, Any] = {
-            "code": spec.refusal.code.value,
-            "message": f"{spec.refusal.message_zh} / {spec.refusal.message_en}",
-            "rule": spec.refusal.rule,
-        }
+        r = spec.refusal
+        refused = OnecardError(r.message_zh, r.message_en, code=r.code, rule=r.rule)
+        error: dict[str, Any] = error_body(refused).model_dump(mode="json", exclude_none=True)
     elif spec.errors:
         error = {"code": spec.errors[0].value, "message": bilingual(spec.errors[0])}
     else:
@@ -257,7 +258,9 @@ def build_asyncapi() -> dict[str, Any]:
             GatewayStatus,
             "send",
             True,
-            "Gateway presence, retained; `offline` on orderly shutdown and as last will.",
+            "Gateway presence, retained; `offline` on orderly shutdown and as last will. "
+            "`denylist_version` is the newest version published (updated with every snapshot "
+            "or delta, contract 1.1).",
             GatewayStatus(state=Presence.ONLINE, denylist_version=1043).model_dump(mode="json"),
         ),
         (
@@ -279,7 +282,8 @@ def build_asyncapi() -> dict[str, Any]:
             True,
             "Consecutive deny-list changes from_version+1 .. to_version, in order, retained and "
             "cumulative since the current snapshot (an empty retained payload: none). Skip "
-            "changes at or below the version held; on a gap re-read the snapshot.",
+            "changes at or below the version held; on a gap re-read the snapshot. Every change "
+            "is published as a delta first unless the log has a hole (then a snapshot).",
             delta.model_dump(mode="json"),
         ),
     ]
@@ -314,7 +318,7 @@ def build_asyncapi() -> dict[str, Any]:
         "id": "urn:onecard:terminal-contract:v1",
         "info": {
             "title": "onecard terminal contract",
-            "version": f"{WIRE_VERSION}.0.0",
+            "version": f"{CONTRACT_VERSION}.0",
             "description": _DESCRIPTION,
             "license": {"name": "Apache-2.0"},
         },

@@ -31,14 +31,19 @@ from protocol.errors import ErrorCode, OnecardError, bilingual
 from protocol.wire.fields import EpochMs, RequestId, RuleId, WireModel
 
 __all__ = [
+    "CONTRACT_VERSION",
     "WIRE_VERSION",
     "ErrorBody",
     "Reply",
     "Request",
     "error_body",
+    "message_conforms",
 ]
 
 WIRE_VERSION = 1
+#: The published contract's version (docs/terminal-contract.md, docs/asyncapi.json). Minor
+#: versions are backwards compatible on the wire: ``v`` stays 1 and the topics ``onecard/v1``.
+CONTRACT_VERSION = "1.1"
 
 DataT = TypeVar("DataT", bound=BaseModel)
 EnvelopeVersion = Annotated[int, Field(ge=WIRE_VERSION, le=WIRE_VERSION)]
@@ -79,6 +84,15 @@ class Reply(WireModel, Generic[DataT]):
         return self
 
 
+def message_conforms(code: ErrorCode, message: str) -> bool:
+    """Contract §9: ``message`` is the default text of ``code`` (``卡片已挂失 / card reported
+    lost``), optionally followed by ``": "`` and detail."""
+    default = bilingual(code)
+    return message == default or (
+        message.startswith(default + ": ") and len(message) > len(default) + 2
+    )
+
+
 def error_body(
     error: OnecardError | ErrorCode, *, detail: str | None = None, rule: str | None = None
 ) -> ErrorBody:
@@ -89,7 +103,10 @@ def error_body(
     """
     if isinstance(error, OnecardError):
         code = error.code
-        message = f"{error.message_zh} / {error.message_en}"
+        own = f"{error.message_zh} / {error.message_en}"
+        # contract 1.1 (§9): the default text of the code first, the error's own words after
+        # a colon as detail
+        message = own if message_conforms(code, own) else f"{bilingual(code)}: {own}"
         rule = rule or error.rule
     else:
         code = error

@@ -205,6 +205,8 @@ class RecentTransaction(WireModel):
     kind: TransactionKind
     direction: Direction
     amount_fen: Fen
+    #: The id of the terminal where it happened (``pos-001``); null for the counter and online
+    #: channels. Show it as is or map it to a place name of your own (contract 1.1, §7).
     place: Annotated[str, StringConstraints(max_length=64)] | None = None
 
 

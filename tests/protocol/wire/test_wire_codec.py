@@ -70,7 +70,8 @@ def test_unlock_is_always_refused_loss_3() -> None:
     reply = decode_reply("unlock", encode_error(info.value.request_id, info.value))
     assert reply.error is not None
     assert reply.error.rule == "LOSS-3"
-    assert reply.error.message.startswith("解挂")
+    # contract 1.1 §9: the default text first, the rule's own words as detail
+    assert reply.error.message.startswith("无此权限 / permission denied: 解挂")
     with pytest.raises(TypeError):
         encode_reply("unlock", "kiosk-1-7", OPERATIONS["unlock"].response())
 
