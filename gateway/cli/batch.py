@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from gateway.cli.common import OutFile
 from gateway.cli.runtime import EXIT_REFUSED, Options, emit, emit_table, run_as, to_jsonable
 from gateway.services.base import Actor
 from gateway.services.batches import NOT_HANDED_IN, OK, BatchReport
@@ -93,7 +94,7 @@ def _report(opts: Options, report: BatchReport, out: Path | None = None) -> None
 @SKIP_BAD
 @click.option(
     "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=OutFile(),
     help="发卡清单（.xlsx/.csv）交学院发放 the hand-out list for the college",
 )
 @pass_opts
@@ -133,7 +134,7 @@ def batch_issue_temp(
 @SKIP_BAD
 @click.option(
     "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=OutFile(),
     help="制卡批次（.xlsx/.csv）交制卡公司 the print batch for the vendor (ISS-2)",
 )
 @pass_opts

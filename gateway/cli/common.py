@@ -3,14 +3,14 @@ how a holder or a day is typed."""
 
 from __future__ import annotations
 
+import os
 from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import NoReturn
 
 import click
 
-from gateway.cli.runtime import (
-    Options,
-    emit,
-)
+from gateway.cli.runtime import Options, emit, emit_table, refuse
 from gateway.services.cards import CardResult
 from protocol.cards.clock import local
 from protocol.cards.fees import yuan
@@ -84,3 +84,46 @@ OLD_CARD_RETURNED = click.option(
 
 def split_list(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
+
+
+BAD_ROW_HEADERS = ["行 / row", "列 / column", "原因 / reason"]
+
+
+def refuse_bad_rows(
+    opts: Options, rows: list[tuple[int, str, str]], *, rule: str, skip_hint: bool
+) -> NoReturn:
+    """An import refused for its bad rows: the rows (a table, or ``data.rows`` in JSON), then
+    the refusal citing the rule; nothing was imported."""
+    if not opts.json:
+        emit_table(opts, "错误行 / bad rows (nothing imported)", BAD_ROW_HEADERS, rows)
+    hint_zh = "；改正后重试，或用 --skip-bad 只导入无误的行" if skip_hint else "；改正后重试"
+    hint_en = ": fix them, or use --skip-bad to import the others" if skip_hint else ": fix them"
+    refuse(
+        opts,
+        f"{len({r[0] for r in rows})} 行有误，未导入任何一行{hint_zh}",
+        f"{len({r[0] for r in rows})} bad rows, nothing imported{hint_en}",
+        rule=rule,
+        data={"rows": [{"row": r[0], "column": r[1], "reason": r[2]} for r in rows]},
+    )
+
+
+class OutFile(click.ParamType[Path, object]):
+    """``--out FILE``: a .xlsx or .csv in a directory that exists and can be written, checked
+    before anything is done (a batch must not be applied and then fail to write its list)."""
+
+    name = "FILE.xlsx|FILE.csv"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> Path:
+        path = Path(str(value)).expanduser()
+        if path.suffix.lower() not in {".xlsx", ".csv"}:
+            self.fail(f"须为 .xlsx 或 .csv 文件 / must end in .xlsx or .csv: {value}", param, ctx)
+        parent = path.parent if str(path.parent) else Path(".")
+        if not parent.is_dir():
+            self.fail(f"目录不存在 / no such directory: {parent}", param, ctx)
+        if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+            self.fail(f"无写入权限 / cannot write: {path}", param, ctx)
+        if path.is_dir():
+            self.fail(f"是目录 / is a directory: {path}", param, ctx)
+        return path

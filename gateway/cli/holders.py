@@ -13,9 +13,9 @@ from gateway.cli.common import (
     last_valid_day,
     parse_day,
     pass_opts,
+    refuse_bad_rows,
 )
 from gateway.cli.runtime import (
-    EXIT_REFUSED,
     Options,
     emit,
     emit_table,
@@ -58,13 +58,9 @@ def holder_import(
         result = read_roster(path, "student" if kind == "student" else "staff", progress=tick)
     bad = [(e.row_number, e.column or "", e.reason) for e in result.errors]
     if bad and (not skip_bad or any(e.row_number <= 1 for e in result.errors)):
-        emit_table(
-            opts,
-            "错误行 / bad rows (nothing imported)",
-            ["行 / row", "列 / column", "原因 / reason"],
-            bad,
+        refuse_bad_rows(
+            opts, bad, rule="ISS-1" if kind == "student" else "ISS-6", skip_hint=not skip_bad
         )
-        raise SystemExit(EXIT_REFUSED)
     until = parse_day(valid_through) if valid_through else None
     report = run_as(
         opts,

@@ -12,6 +12,7 @@ import click
 
 from gateway.cli.accounts import db, init, login, logout, operator, passwd, whoami
 from gateway.cli.batch import batch
+from gateway.cli.boundary import OnecardGroup
 from gateway.cli.cards import card, graduate
 from gateway.cli.holders import holder
 from gateway.cli.ledger import ledger
@@ -24,7 +25,7 @@ from gateway.cli.stock import merchant, receipts, stock
 from gateway.cli.terminals import broker, terminal
 
 
-@click.group()
+@click.group(cls=OnecardGroup)
 @click.option(
     "--db",
     default=lambda: os.environ.get("ONECARD_DB", DEFAULT_DB),

@@ -9,12 +9,11 @@ import click
 from gateway.cli.common import (
     emit_card,
     pass_opts,
+    refuse_bad_rows,
 )
 from gateway.cli.runtime import (
-    EXIT_REFUSED,
     Options,
     emit,
-    emit_table,
     run_as,
 )
 
@@ -33,13 +32,12 @@ def meal_import(opts: Options, path: Path) -> None:
 
     result = read_roster(path, "meal")
     if result.errors:
-        emit_table(
+        refuse_bad_rows(
             opts,
-            "错误行 / bad rows (nothing imported)",
-            ["行 / row", "列 / column", "原因 / reason"],
             [(e.row_number, e.column or "", e.reason) for e in result.errors],
+            rule="MEAL-2",
+            skip_hint=False,
         )
-        raise SystemExit(EXIT_REFUSED)
     report = run_as(opts, lambda c, a: c.meal.import_quotas(a, result.rows, source=path.name))
     emit(opts, {"updated": report.updated}, f"已更新 updated {report.updated}")
 

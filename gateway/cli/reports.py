@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from gateway.cli.common import (
+    OutFile,
     parse_day,
     pass_opts,
 )
@@ -29,7 +30,7 @@ def report() -> None:
 
 
 OUT = click.option(
-    "--out", "out", type=click.Path(dir_okay=False, path_type=Path), help="write .xlsx or .csv"
+    "--out", "out", type=OutFile(), help="写出 .xlsx 或 .csv 文件 / write .xlsx or .csv"
 )
 
 

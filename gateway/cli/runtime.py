@@ -21,7 +21,8 @@ from rich.table import Table as RichTable
 from gateway.services.base import Actor, Clock, Context, FixedClock, SystemClock
 from gateway.services.center import CardCenter
 from protocol.cards.clock import fmt_local
-from protocol.errors import OnecardError
+from protocol.cards.identity import mask_id_doc
+from protocol.errors import ErrorCode, OnecardError
 from storage.sql import SqlRegistry
 
 T = TypeVar("T")
@@ -76,16 +77,93 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
-def fail(opts: Options, exc: OnecardError) -> NoReturn:
-    if opts.json:
-        error = {
-            "code": exc.code.value,
-            "rule": exc.rule,
-            "message": f"{exc.message_zh} / {exc.message_en}",
+#: options whose value is an identity document number: shown back masked
+MASKED_PARAMS = frozenset({"presented_id", "national_id", "id_no"})
+
+
+def typed_args() -> dict[str, str]:
+    """What the operator typed for the running command (a mistyped card number is no secret;
+    identity document numbers are shown masked, flags and empty options left out)."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return {}
+    typed: dict[str, str] = {}
+    for param in ctx.command.params:
+        name = param.name
+        if name is None or name == "help":
+            continue
+        value = ctx.params.get(name)
+        if value is None or isinstance(value, bool) or value in ((), ""):
+            continue
+        text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+        typed[name] = mask_id_doc(text) if name in MASKED_PARAMS else text
+    return typed
+
+
+def print_error(
+    as_json: bool,
+    code: str,
+    message_zh: str,
+    message_en: str,
+    *,
+    rule: str | None = None,
+    typed: dict[str, str] | None = None,
+    usage: str | None = None,
+    data: Any = None,
+) -> None:
+    """A refusal, error or usage error: one JSON object on standard output (``"ok": false``)
+    with ``--json``, else ``错误 / error: RULE: 中文 / English`` and what was typed on stderr."""
+    if as_json:
+        error: dict[str, Any] = {
+            "code": code,
+            "rule": rule,
+            "message": f"{message_zh} / {message_en}",
+            "message_zh": message_zh,
+            "message_en": message_en,
         }
-        click.echo(json.dumps({"ok": False, "error": error}, ensure_ascii=False))
-    else:
-        click.echo(f"错误 / error: {exc}", err=True)
+        if typed:
+            error["typed"] = typed
+        if usage:
+            error["usage"] = usage
+        body: dict[str, Any] = {"ok": False, "error": error}
+        if data is not None:
+            body["data"] = to_jsonable(data)
+        click.echo(json.dumps(body, ensure_ascii=False, default=str))
+        return
+    if usage:
+        click.echo(usage, err=True)
+    prefix = f"{rule}: " if rule else ""
+    click.echo(f"错误 / error: {prefix}{message_zh} / {message_en}", err=True)
+    if typed:
+        shown = ", ".join(f"{k}={v}" for k, v in typed.items())
+        click.echo(f"  您输入的 you typed: {shown}", err=True)
+
+
+def fail(opts: Options, exc: OnecardError) -> NoReturn:
+    print_error(
+        opts.json,
+        exc.code.value,
+        exc.message_zh,
+        exc.message_en,
+        rule=exc.rule,
+        typed=typed_args(),
+    )
+    sys.exit(EXIT_REFUSED)
+
+
+def refuse(
+    opts: Options,
+    message_zh: str,
+    message_en: str,
+    *,
+    code: ErrorCode = ErrorCode.INVALID_INPUT,
+    rule: str | None = None,
+    data: Any = None,
+) -> NoReturn:
+    """Refuse the running command (exit status 2), with ``data`` (e.g. the bad rows) in JSON."""
+    print_error(
+        opts.json, code.value, message_zh, message_en, rule=rule, typed=typed_args(), data=data
+    )
     sys.exit(EXIT_REFUSED)
 
 
@@ -125,9 +203,13 @@ def read_token(opts: Options) -> str:
     try:
         data = json.loads(path.read_text())
         return str(data["token"])
-    except (OSError, ValueError, KeyError):
-        click.echo("请先登录 / not logged in: run `onecard login USER`", err=True)
-        sys.exit(EXIT_REFUSED)
+    except (OSError, ValueError, KeyError, TypeError):
+        refuse(
+            opts,
+            "请先登录：onecard login 账号",
+            "not logged in: run `onecard login USER`",
+            code=ErrorCode.AUTH_FAILED,
+        )
 
 
 def write_token(opts: Options, token: str, username: str) -> None:
