@@ -14,10 +14,12 @@ from gateway.cli.accounts import db, init, login, logout, operator, passwd, whoa
 from gateway.cli.batch import batch
 from gateway.cli.boundary import OnecardGroup
 from gateway.cli.cards import card, graduate
+from gateway.cli.find import find
 from gateway.cli.holders import holder
 from gateway.cli.ledger import ledger
 from gateway.cli.meal import meal
 from gateway.cli.money import money
+from gateway.cli.reader import console, reader_agent
 from gateway.cli.reports import report
 from gateway.cli.runtime import DEFAULT_DB, Options
 from gateway.cli.serve import demo, scheduler, serve, web
@@ -50,6 +52,7 @@ for command in (
     stock,
     receipts,
     merchant,
+    find,
     holder,
     card,
     graduate,
@@ -64,8 +67,11 @@ for command in (
     scheduler,
 ):
     cli.add_command(command)
+holder.add_command(find, "find")
 cli.add_command(ledger)
 cli.add_command(batch)
+cli.add_command(console)
+cli.add_command(reader_agent)
 
 
 def main() -> None:
