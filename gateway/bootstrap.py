@@ -7,12 +7,15 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 from gateway.config import Settings
+from gateway.leader import LeaseLeader, SoleLeader
 from gateway.metrics import Metrics
 from gateway.mqtt.client import MqttSession, SessionFactory
 from gateway.runtime import Gateway
 from gateway.services.base import Clock, Context, SystemClock
 from protocol.errors import ErrorCode, OnecardError
 from storage.engine import database_url
+from storage.lease import PgLease
+from storage.pgtap import PgTapExecutor
 from storage.sql import SqlRegistry
 from storage.tapwriter import SqliteTapWriter
 
@@ -50,23 +53,41 @@ async def open_gateway(
     clock: Clock | None = None,
     metrics: Metrics | None = None,
 ) -> AsyncIterator[Gateway]:
-    """Registry, batching tap writer and gateway, closed in reverse order."""
+    """Registry, batching tap executor and gateway, closed in reverse order.
+
+    SQLite: the batching writer thread, and this gateway is the only one (always the leader).
+    PostgreSQL: group commit on asyncpg, and leadership through an advisory lock, so several
+    gateways can share the registry behind a shared subscription (issue 12)."""
     registry = await SqlRegistry.open(settings.db, migrate=migrate)
-    writer = SqliteTapWriter(
-        sqlite_path(settings.db), lock_wait_s=settings.requests.lock_wait_ms / 1000
-    )
+    lock_wait_s = settings.requests.lock_wait_ms / 1000
+    executor: SqliteTapWriter | PgTapExecutor
+    leader: SoleLeader | LeaseLeader
     try:
-        writer.start()
+        if database_url(settings.db).startswith("postgresql"):
+            executor = PgTapExecutor(
+                settings.db, max_batch=settings.ha.max_batch, lock_wait_s=lock_wait_s
+            )
+            await executor.start()
+            leader = LeaseLeader(PgLease(settings.db), retry_s=settings.ha.leader_retry_s)
+        else:
+            executor = SqliteTapWriter(sqlite_path(settings.db), lock_wait_s=lock_wait_s)
+            executor.start()
+            leader = SoleLeader()
+    except BaseException:
+        await registry.close()
+        raise
+    try:
         ctx = Context(registry=registry, clock=clock or SystemClock())
         yield Gateway(
             settings,
             ctx,
-            executor=writer,
+            executor=executor,
             metrics=metrics,
             session_factory=session_factory(settings),
+            leader=leader,
         )
     finally:
-        await writer.close()
+        await executor.close()
         await registry.close()
 
 

@@ -69,6 +69,19 @@ class RequestConfig(BaseModel):
     writer_timeout_ms: int = Field(default=4000, ge=100, le=120_000)
 
 
+class HaConfig(BaseModel):
+    """Several gateways on one PostgreSQL registry (issue 12, docs/operations.md)."""
+
+    #: This instance's name in its retained status topic, logs and metrics; default: the MQTT
+    #: client id (which must differ between instances anyway).
+    instance_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    #: How often a follower asks for the leader lock and the leader checks it still holds it:
+    #: the deny-list publisher and the scheduler move to a survivor within about this long.
+    leader_retry_s: float = Field(default=1.0, gt=0, le=60)
+    #: Group commit on PostgreSQL: at most this many requests per transaction.
+    max_batch: int = Field(default=128, ge=1, le=1024)
+
+
 class AlertsConfig(BaseModel):
     """Cardholder alerts (gateway/services/alerts.py)."""
 
@@ -173,10 +186,15 @@ class Settings(BaseSettings):
     denylist: DenyListConfig = DenyListConfig()
     offline: OfflineConfig = OfflineConfig()
     requests: RequestConfig = RequestConfig()
+    ha: HaConfig = HaConfig()
     web: WebConfig = WebConfig()
     console: ConsoleConfig = ConsoleConfig()
     alerts: AlertsConfig = AlertsConfig()
     payments: PaymentsConfig = PaymentsConfig()
+
+    @property
+    def instance_id(self) -> str:
+        return self.ha.instance_id or self.mqtt.client_id
 
     @classmethod
     def settings_customise_sources(

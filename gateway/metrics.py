@@ -59,6 +59,18 @@ class Metrics:
             "Decisions committed by the tap writer since start",
             registry=r,
         )
+        self.instance = Gauge(
+            "onecard_gateway_instance",
+            "1 for this gateway instance (its id as the label; issue 12)",
+            ["instance"],
+            registry=r,
+        )
+        self.leader = Gauge(
+            "onecard_gateway_leader",
+            "1 while this instance publishes the deny list and runs the scheduler",
+            ["instance"],
+            registry=r,
+        )
         self.replays = Counter(
             "onecard_idempotent_replays", "Retries answered from the stored reply", registry=r
         )

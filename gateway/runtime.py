@@ -24,6 +24,7 @@ from typing import Any
 from gateway.config import Settings
 from gateway.denylist import DenyState, Fleet
 from gateway.http import OpsServer
+from gateway.leader import Leadership, SoleLeader
 from gateway.metrics import Metrics
 from gateway.mqtt.client import (
     Inbound,
@@ -102,8 +103,12 @@ class Gateway:
         executor: TapExecutor,
         metrics: Metrics | None = None,
         session_factory: SessionFactory | None = None,
+        leader: Leadership | None = None,
     ) -> None:
         self.executor = executor
+        #: Who publishes the deny list and runs the scheduler (several gateways: issue 12).
+        self.leader = leader or SoleLeader()
+        self.instance = settings.instance_id
         self.session_factory: SessionFactory = session_factory or (
             lambda s, will: MqttSession(s, will=will)
         )
@@ -182,6 +187,8 @@ class Gateway:
                 tg.create_task(self._deny_watch(), name="denylist")
                 tg.create_task(self._scheduler(), name="scheduler")
                 tg.create_task(self._gauges(), name="gauges")
+                tg.create_task(self.leader.run(self.stop), name="leader")
+                tg.create_task(self._leadership(), name="leadership")
         finally:
             await self.http.close()
 
@@ -269,18 +276,32 @@ class Gateway:
                 self.metrics.mqtt_connected.set(0)
 
     async def _say_offline(self, session: Session, offline: bytes) -> None:
-        task = asyncio.ensure_future(session.publish(GATEWAY_STATUS_TOPIC, offline, retain=True))
+        task = asyncio.ensure_future(self._publish_offline(session, offline))
         try:
             await asyncio.wait_for(asyncio.shield(task), timeout=2.0)
         except (MqttError, TimeoutError, asyncio.CancelledError):
             log.warning("could not publish the offline gateway status")
 
+    async def _publish_offline(self, session: Session, offline: bytes) -> None:
+        if self.settings.mqtt.shared_group:
+            topic = instance_status_topic(self.instance)
+            await session.publish(topic, self._instance_status("offline"), retain=True)
+        await session.publish(GATEWAY_STATUS_TOPIC, offline, retain=True)
+
     async def _on_connect(self, session: Session) -> None:
         group = self.settings.mqtt.shared_group
         requests = shared_subscription(REQUEST_FILTER, group) if group else REQUEST_FILTER
-        await session.subscribe([requests, TERMINAL_STATUS_FILTER])
-        # the snapshot first, then the retained `online` status naming its version
-        await self._publish_snapshot(session)
+        topics = [requests, TERMINAL_STATUS_FILTER]
+        if group:
+            # several gateways (issue 12): hear the leader's deny-list publications (a
+            # follower's kiosk loss report waits for them) and the peers' last wills
+            topics += [GATEWAY_STATUS_TOPIC, DENYLIST_SNAPSHOT_TOPIC, DENYLIST_DELTA_TOPIC]
+        await session.subscribe(topics)
+        if self.leader.is_leader:
+            # the snapshot first, then the retained `online` status naming its version
+            await self._publish_snapshot(session)
+        else:
+            await self._say_online(session)
         self.ready = True
         log.info("connected to the broker; deny list version %d", self.deny.version)
 
@@ -411,6 +432,9 @@ class Gateway:
             return None
         if topic.kind is TopicKind.TERMINAL_STATUS and topic.terminal_id is not None:
             self._on_status(topic.terminal_id, message.payload)
+            return None
+        if topic.kind in _PEER_TOPICS:
+            await self._on_peer(topic.kind, message.payload)
             return None
         if topic.kind is not TopicKind.REQUEST or topic.op is None or topic.terminal_id is None:
             self.metrics.dropped.labels(reason="unexpected_topic").inc()
@@ -574,6 +598,8 @@ class Gateway:
                 continue
             changes = self.deny.apply_rows(rows)
             session = self.session
+            if not self.leader.is_leader:
+                session = None  # the leader publishes; this instance only enforces (issue 12)
             compact = (
                 self._delta_since is not None
                 and time.monotonic() - self._delta_since > self.settings.denylist.snapshot_max_age_s
@@ -627,6 +653,8 @@ class Gateway:
     # --- time rules and gauges --------------------------------------------------------------------
     async def _scheduler(self) -> None:
         while not await self._sleep_or_stop(self.settings.scheduler_interval_s):
+            if not self.leader.is_leader:
+                continue  # one scheduler per registry: the leader's (issue 12)
             try:
                 changed = await self.cards.run_due(SYSTEM)
             except OnecardError as exc:  # the registry is busy: the next round applies them
@@ -640,6 +668,78 @@ class Gateway:
         while not await self._sleep_or_stop(1.0):
             self.update_gauges()
 
+    # --- several gateways (issue 12) ----------------------------------------------------------
+    async def _leadership(self) -> None:
+        """On becoming the leader: publish a full snapshot at once (whatever the previous leader
+        had not published yet is in it), then deltas as usual; status and metrics follow."""
+        self.metrics.instance.labels(instance=self.instance).set(1)
+        while not self.stop.is_set():
+            self.metrics.leader.labels(instance=self.instance).set(int(self.leader.is_leader))
+            session = self.session
+            if session is not None and self.ready:
+                try:
+                    if self.leader.is_leader:
+                        await self._publish_snapshot(session)
+                    else:
+                        await self._say_online(session)
+                except MqttError:
+                    self.metrics.dropped.labels(reason="denylist_publish_failed").inc()
+            waiter = asyncio.ensure_future(self.leader.changed.wait())
+            stopper = asyncio.ensure_future(self.stop.wait())
+            try:
+                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+                stopper.cancel()
+            self.leader.changed.clear()
+
+    async def _say_online(self, session: Session) -> None:
+        """The shared retained status terminals read (naming the newest version published, as
+        the leader does) and this instance's own retained status."""
+        version = max(self._published_version, 0)
+        online = GatewayStatus(state=Presence.ONLINE, denylist_version=version)
+        await session.publish(GATEWAY_STATUS_TOPIC, online.model_dump_json().encode(), retain=True)
+        await session.publish(
+            instance_status_topic(self.instance), self._instance_status("online"), retain=True
+        )
+
+    def _instance_status(self, state: str) -> bytes:
+        return json.dumps(
+            {
+                "instance": self.instance,
+                "state": state,
+                "leader": self.leader.is_leader,
+                "denylist_version": self.deny.version,
+            }
+        ).encode()
+
+    async def _on_peer(self, kind: TopicKind, payload: bytes) -> None:
+        """Another instance's publication. The leader's deny-list version tells a follower's
+        kiosk loss report that the change is out; an ``offline`` on the shared status topic (a
+        peer's last will, or its clean exit) is corrected while this instance still serves."""
+        if kind is TopicKind.GATEWAY_STATUS:
+            try:
+                status = GatewayStatus.model_validate_json(payload)
+            except ValueError:
+                return
+            session = self.session
+            offline = status.state is Presence.OFFLINE
+            if offline and self.ready and not self.stop.is_set() and session is not None:
+                await self._say_online(session)
+            return
+        if self.leader.is_leader or not payload:
+            return
+        try:
+            body = json.loads(payload)
+            field = "version" if kind is TopicKind.DENYLIST_SNAPSHOT else "to_version"
+            version = int(body[field])
+        except (ValueError, KeyError, TypeError, RecursionError):
+            return
+        async with self._published:
+            if version > self._published_version:
+                self._published_version = version
+                self._published.notify_all()
+
     def update_gauges(self) -> None:
         self.metrics.writer_commits.set(getattr(self.executor, "batches", 0))
         self.metrics.writer_jobs.set(getattr(self.executor, "jobs", 0))
@@ -647,6 +747,18 @@ class Gateway:
             self.metrics.terminals_online.labels(kind=kind).set(online)
             self.metrics.terminal_lag.labels(kind=kind).set(lag)
             self.metrics.terminals_lagging.labels(kind=kind).set(lagging)
+
+
+#: Topics only a gateway among several subscribes to (issue 12).
+_PEER_TOPICS = frozenset(
+    {TopicKind.GATEWAY_STATUS, TopicKind.DENYLIST_SNAPSHOT, TopicKind.DENYLIST_DELTA}
+)
+
+
+def instance_status_topic(instance: str) -> str:
+    """One gateway instance's own retained status (for operators; terminals read the shared
+    ``onecard/v1/gateway/status``). The gateways' ACL covers ``onecard/v1/gateway/#``."""
+    return f"onecard/v1/gateway/instance/{instance}/status"
 
 
 def _deny_changes_after(

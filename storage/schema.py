@@ -523,6 +523,18 @@ Index(
     holder_alerts.c.at,
 )
 
+#: One row: a counter that every committed change to what the tap path caches (a card's state,
+#: validity, UID or holder; a holder's status; a terminal's kind, merchant or enabled flag) moves
+#: forward. On PostgreSQL, triggers (migration 0009) bump it, and each gateway's tap executor
+#: reads it once per batch and empties its caches when it moved: several gateways on one
+#: registry see the counter's changes at the next batch (SQLite uses ``PRAGMA data_version``).
+registry_epoch = Table(
+    "registry_epoch",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("n", BigInteger, nullable=False, server_default="0"),
+)
+
 #: Tables that are append-only: UPDATE/DELETE is refused by triggers (see migrations).
 APPEND_ONLY = (
     "transfers",
@@ -561,6 +573,7 @@ __all__ = [
     "receipt_books",
     "receipts",
     "reconciliations",
+    "registry_epoch",
     "requisitions",
     "scrap_register",
     "stock_purchases",

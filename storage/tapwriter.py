@@ -41,7 +41,8 @@ from protocol.errors import (
 from protocol.ledger import NON_NEGATIVE_KINDS, TransferSpec, account_kind
 from protocol.types import CardState
 from storage import schema as s
-from storage.records import Card, Holder, Row, TapCard, Transfer
+from storage.records import Card, Row, TapCard, Transfer
+from storage.taptx import TapTxBase
 
 T = TypeVar("T")
 _STOP = object()
@@ -103,7 +104,7 @@ def _key(key: Any) -> tuple[Any, ...]:
     return tuple(key) if isinstance(key, tuple) else (key,)
 
 
-class SqliteTapTx:
+class SqliteTapTx(TapTxBase):
     """The synchronous operations a tap decision needs, on the writer's connection.
 
     Terminal and card rows are cached between batches: the writer itself never changes them,
@@ -231,38 +232,10 @@ class SqliteTapTx:
         ).fetchone()
         return Card.from_row(info.row(found)) if found is not None else None
 
-    def get_holder(self, holder_id: int) -> Holder:
-        row = self.get("holders", holder_id)
-        if row is None:
-            raise NotFound(f"无此持卡人 {holder_id}", f"no holder {holder_id}")
-        return Holder.from_row(row)
-
     # ledger
     def balance(self, account: str) -> int:
         value = self.scalar("SELECT balance FROM accounts WHERE id = ?", (account,))
         return int(value or 0)
-
-    def post(
-        self,
-        spec: TransferSpec,
-        *,
-        at: datetime,
-        actor: str,
-        card_id: int | None = None,
-        terminal_id: str | None = None,
-        request_id: str | None = None,
-        holder_id: int | None = None,
-    ) -> int:
-        """One balanced transfer with a conditional debit (no negative purse, ever)."""
-        return self.post_returning(
-            spec,
-            at=at,
-            actor=actor,
-            card_id=card_id,
-            terminal_id=terminal_id,
-            request_id=request_id,
-            holder_id=holder_id,
-        )[0]
 
     def post_returning(
         self,
@@ -337,12 +310,6 @@ class SqliteTapTx:
         )
         assert cursor.lastrowid is not None
         return int(cursor.lastrowid), int(found[0])
-
-    def get_transfer(self, transfer_id: int) -> Transfer:
-        row = self.get("transfers", transfer_id)
-        if row is None:
-            raise NotFound(f"无此交易 {transfer_id}", f"no transfer {transfer_id}")
-        return Transfer.from_row(row)
 
     def referencing_total(self, ref_id: int) -> int:
         return int(

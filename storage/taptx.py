@@ -1,0 +1,63 @@
+"""What both tap-path transactions (SQLite's :class:`storage.tapwriter.SqliteTapTx`, PostgreSQL's
+:class:`storage.pgtap.PgTapTx`) build on the few statements each writes in its own dialect."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from protocol.errors import NotFound
+from protocol.ledger import TransferSpec
+from storage.records import Holder, Row, Transfer
+
+
+class TapTxBase:
+    def get(self, table: str, key: Any) -> Row | None:
+        raise NotImplementedError
+
+    def post_returning(
+        self,
+        spec: TransferSpec,
+        *,
+        at: datetime,
+        actor: str,
+        card_id: int | None = None,
+        terminal_id: str | None = None,
+        request_id: str | None = None,
+        holder_id: int | None = None,
+    ) -> tuple[int, int]:
+        raise NotImplementedError
+
+    def post(
+        self,
+        spec: TransferSpec,
+        *,
+        at: datetime,
+        actor: str,
+        card_id: int | None = None,
+        terminal_id: str | None = None,
+        request_id: str | None = None,
+        holder_id: int | None = None,
+    ) -> int:
+        """One balanced transfer with a conditional debit (no negative purse, ever)."""
+        return self.post_returning(
+            spec,
+            at=at,
+            actor=actor,
+            card_id=card_id,
+            terminal_id=terminal_id,
+            request_id=request_id,
+            holder_id=holder_id,
+        )[0]
+
+    def get_holder(self, holder_id: int) -> Holder:
+        row = self.get("holders", holder_id)
+        if row is None:
+            raise NotFound(f"无此持卡人 {holder_id}", f"no holder {holder_id}")
+        return Holder.from_row(row)
+
+    def get_transfer(self, transfer_id: int) -> Transfer:
+        row = self.get("transfers", transfer_id)
+        if row is None:
+            raise NotFound(f"无此交易 {transfer_id}", f"no transfer {transfer_id}")
+        return Transfer.from_row(row)
