@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from starlette.applications import Starlette
 
     from gateway.web.app import WebServices
+    from gateway.web.console.app import ConsoleServices
 
 
 def sqlite_path(db: str) -> str:
@@ -126,3 +127,50 @@ def web_app(settings: Settings, *, clock: Clock | None = None) -> Starlette:
         lambda: open_web_services(settings, clock=clock),
         deny_poll_ms=settings.denylist.poll_interval_ms,
     )
+
+
+@asynccontextmanager
+async def open_console_services(
+    settings: Settings, *, clock: Clock | None = None, migrate: bool = False
+) -> AsyncIterator[ConsoleServices]:
+    """The operator console's services over its own connection to the registry, and the
+    terminals' retained status from the broker when a monitor account is configured."""
+    import asyncio
+    import contextlib
+
+    from gateway.fleetwatch import FleetWatch
+    from gateway.services.approvals import ApprovalService
+    from gateway.services.center import CardCenter
+    from gateway.services.console_view import ConsoleViews
+    from gateway.web.console.app import ConsoleServices
+
+    registry = await SqlRegistry.open(settings.db, migrate=migrate)
+    c = settings.console
+    watch = (
+        FleetWatch(settings.mqtt.host, settings.mqtt.port, c.mqtt_username, c.mqtt_password)
+        if c.mqtt_username
+        else None
+    )
+    task = asyncio.create_task(watch.run(), name="console-fleet") if watch else None
+    try:
+        ctx = Context(registry=registry, clock=clock or SystemClock(), wall_clock=SystemClock())
+        center = CardCenter.build(ctx)
+        yield ConsoleServices(
+            center=center,
+            views=ConsoleViews(ctx),
+            approvals=ApprovalService(ctx, center.cards, threshold=c.mass_block_threshold),
+            fleet=watch.snapshot if watch else None,
+        )
+    finally:
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await registry.close()
+
+
+def console_app(settings: Settings, *, clock: Clock | None = None) -> Starlette:
+    """``onecard console``: the operator console, composed over ``settings``."""
+    from gateway.web.console.app import create_console
+
+    return create_console(settings.console, lambda: open_console_services(settings, clock=clock))

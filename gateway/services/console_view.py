@@ -1,0 +1,181 @@
+"""Read models for the operator console (issue 11): the holder page, the card on the reader, and
+the audit of refused console requests. Rules stay in the procedure services; this module only
+reads, except :meth:`ConsoleViews.record_refusal` (an audit row)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from gateway.services.base import Actor, Context
+from protocol.cards.identity import mask_id_doc
+from protocol.cards.lifecycle import (
+    STATE_NAMES_ZH,
+    faulty_release_at,
+    replacement_possible_from,
+)
+from protocol.errors import AccessDenied, NotFound
+from protocol.ledger.postings import hold, purse
+from protocol.types import CardState, Permission
+from storage.records import Card, Holder, Receipt, Transfer
+
+#: Any counter duty may open a holder's page (ACC-1); each action checks its own permission.
+COUNTER_DUTIES = frozenset(
+    {
+        Permission.CARD_HANDLING,
+        Permission.TOPUP_CENTER,
+        Permission.REPORTS,
+        Permission.FEES,
+        Permission.MEAL_SUBSIDY,
+        Permission.CONSUMPTION_CORRECTION,
+    }
+)
+#: Cards a console search or a page lists at most.
+MAX_LISTED = 50
+
+
+@dataclass(frozen=True, slots=True)
+class CardEventView:
+    at: datetime
+    event: str
+    from_state: str | None
+    to_state: str
+    rule: str
+    actor: str
+    channel: str
+
+
+@dataclass(frozen=True, slots=True)
+class CardView:
+    card: Card
+    state_zh: str
+    events: list[CardEventView]
+    #: REP-1: a lost card may be replaced from this moment.
+    replaceable_from: datetime | None
+    #: EXC-3: a faulty card's frozen balance moves from this moment.
+    released_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class HolderView:
+    holder: Holder
+    id_masked: str
+    balance: int
+    frozen: int
+    cards: list[CardView]
+    transfers: list[Transfer]
+    receipts: list[Receipt]
+    alerts: int
+    meal: dict[str, Any] | None = field(default=None)
+
+
+def require_counter_duty(actor: Actor) -> None:
+    if not actor.permissions & COUNTER_DUTIES:
+        actor.require(Permission.CARD_HANDLING)  # raises with the usual message
+
+
+class ConsoleViews:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    async def holder(self, actor: Actor, holder_id: int) -> HolderView:
+        """Everything the counter sees of one holder: masked ID, cards with their full state
+        history and time guards, balance and frozen amount, recent money, receipts, alerts."""
+        require_counter_duty(actor)
+        async with self.ctx.registry.read() as tx:
+            holder = await tx.get_holder(holder_id)
+            cards = await tx.cards_of_holder(holder_id)
+            views: list[CardView] = []
+            for card in sorted(cards, key=lambda c: c.id, reverse=True):
+                rows = await tx.find("card_events", card_id=card.id, order_by="id")
+                events = [
+                    CardEventView(
+                        r["at"],
+                        str(r["event"]),
+                        r["from_state"],
+                        str(r["to_state"]),
+                        str(r["rule"]),
+                        str(r["actor"]),
+                        str(r["channel"]),
+                    )
+                    for r in rows
+                ]
+                facts = card.facts
+                views.append(
+                    CardView(
+                        card,
+                        STATE_NAMES_ZH.get(card.state, str(card.state)),
+                        events,
+                        replacement_possible_from(facts) if card.state is CardState.LOST else None,
+                        faulty_release_at(facts) if card.state is CardState.FROZEN else None,
+                    )
+                )
+            balance = await tx.balance(purse(holder_id))
+            frozen = await tx.balance(hold(holder_id))
+            transfers = await tx.transfers_of(purse(holder_id), 20)
+            receipt_rows = await tx.find(
+                "receipts", holder_id=holder_id, order_by="id", limit=MAX_LISTED
+            )
+            receipts = [Receipt.from_row(r) for r in receipt_rows]
+            alerts = await tx.count("holder_alerts", holder_id=holder_id, read_at=None)
+            meal = await tx.get("meal_quotas", holder_id)
+        return HolderView(
+            holder=holder,
+            id_masked=mask_id_doc(holder.national_id or ""),
+            balance=balance,
+            frozen=frozen,
+            cards=views,
+            transfers=transfers,
+            receipts=receipts,
+            alerts=alerts,
+            meal=dict(meal) if meal is not None else None,
+        )
+
+    async def holder_of_card_uid(self, actor: Actor, uid: str) -> Card:
+        """The card whose UID the counter's reader saw (canonical upper-case hex)."""
+        require_counter_duty(actor)
+        async with self.ctx.registry.read() as tx:
+            card = await tx.card_by_uid(uid)
+        if card is None:
+            raise NotFound("读卡器上的卡片未登记", "the card on the reader is not registered")
+        return card
+
+    async def holders_by_number(self, actor: Actor, number: str) -> list[Holder]:
+        require_counter_duty(actor)
+        async with self.ctx.registry.read() as tx:
+            return (await tx.holders_by_number(number))[:MAX_LISTED]
+
+    async def receipt(self, actor: Actor, receipt_no: int) -> tuple[Receipt, Holder | None]:
+        """A receipt to print again (FEE-2): by its number from the receipt book."""
+        require_counter_duty(actor)
+        async with self.ctx.registry.read() as tx:
+            rows = await tx.find("receipts", receipt_no=receipt_no, limit=1)
+            if not rows:
+                raise NotFound(f"无此收据 {receipt_no}", f"no receipt {receipt_no}")
+            receipt = Receipt.from_row(rows[0])
+            holder = (
+                await tx.get_holder(receipt.holder_id) if receipt.holder_id is not None else None
+            )
+        return receipt, holder
+
+    async def record_refusal(self, actor: Actor, action: str, exc: AccessDenied) -> None:
+        """A console request refused for lack of permission is audited (forged or stale form)."""
+        async with self.ctx.registry.transaction() as tx:
+            await tx.audit(
+                self.ctx.wall_now(),
+                actor.name,
+                "console.denied",
+                "console",
+                action[:64],
+                None,
+                {"code": exc.code.value, "rule": exc.rule},
+            )
+
+    async def pending_write(self, uid: str, serial: str) -> int | None:
+        """MEAL-3/4: the type group still to write onto the card with this UID and serial."""
+        async with self.ctx.registry.read() as tx:
+            card = await tx.card_by_uid(uid)
+        if card is None or card.serial != serial or not card.card_write_pending:
+            return None
+        return card.type_group

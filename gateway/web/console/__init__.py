@@ -1,0 +1,1 @@
+"""The operator console (issue 11): ``onecard console``, a sibling of the cardholder platform."""

@@ -1,0 +1,451 @@
+"""The operator console in a real browser (Debian's Chromium, Playwright), issue 11.
+
+One stack per module: a seeded SQLite registry, the console (in-process uvicorn, a clock the
+test moves for the 48 h rule), a private Mosquitto for the terminals' retained status, a real
+pcscd with the project's virtual card and ``onecard reader-agent`` (its CLI composition, in a
+thread) on loopback. Screenshots go to ``$ONECARD_SCREENSHOTS`` as ``console-*.png``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from openpyxl import load_workbook
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from gateway.bootstrap import console_app
+from gateway.cli.reader import run_agent
+from gateway.config import load_settings
+from gateway.readers.agent import ReaderAgent
+from gateway.services.base import FixedClock
+from protocol.cardfile.layout import CampusRecord
+from protocol.types import CardKind
+from simulators.vcard import VirtualCard, VpcdCard
+from storage.sql import SqlRegistry
+from tests.broker import PrivateBroker, Probe, free_port
+from tests.gateway.conftest import Pcscd, _pick_base_port
+from tests.web.console_site import (
+    CHIEF,
+    CHIEF_PASSWORD,
+    CLASS,
+    INITIAL,
+    LOCKED,
+    NOPAY,
+    SECOND,
+    THRESHOLD,
+    Desk,
+    seed_console,
+)
+from tests.web.test_browser import CHROMIUM, DESKTOP, _launch
+
+pytestmark = [pytest.mark.browser, pytest.mark.broker, pytest.mark.pcsc]
+
+READER = "Virtual PCD 00 00"
+NEW = "Counter-Desk-77!"
+
+
+@dataclass
+class Stack:
+    base: str
+    desk: Desk
+    db: Path
+    clock: FixedClock
+    broker: PrivateBroker
+    browser: Browser
+    pcscd: Pcscd
+
+    def page(self) -> Page:
+        context = self.browser.new_context(viewport=DESKTOP, locale="zh-CN", accept_downloads=True)
+        return context.new_page()
+
+
+class _Thread:
+    """An asyncio program in a thread (the console's or the agent's server)."""
+
+    def __init__(self, name: str, main: Any) -> None:
+        self.error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                asyncio.run(main())
+            except BaseException as exc:  # reported by the fixture
+                self.error = exc
+
+        self.thread = threading.Thread(target=run, name=name, daemon=True)
+        self.thread.start()
+
+
+def _wait_http(url: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(url)
+
+
+def _shot(page: Page, name: str) -> None:
+    target = os.environ.get("ONECARD_SCREENSHOTS")
+    if target:
+        Path(target).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(target) / f"console-{name}.png"), full_page=True)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip("needs Debian's chromium")
+    root = tmp_path_factory.mktemp("console")
+    db = root / "registry.sqlite3"
+    desk = asyncio.run(seed_console(db))
+    console_port, agent_port = free_port(), free_port()
+    base = f"http://127.0.0.1:{console_port}"
+    users = {"pos-001": "pw-pos-001", "gateway": "pw-gateway", "console-mon": "pw-mon"}
+    clock = FixedClock(datetime.now(UTC))
+    daemon = Pcscd(root / "pcscd", _pick_base_port())
+    daemon.start()
+    with PrivateBroker(root / "broker", users=users, monitor_users=("console-mon",)) as broker:
+        settings = load_settings(
+            None,
+            db=str(db),
+            mqtt={"host": "127.0.0.1", "port": broker.port},
+            console={
+                "port": console_port,
+                "cookie_secure": False,
+                "reader_agent_url": f"http://127.0.0.1:{agent_port}",
+                "origin": base,
+                "mass_block_threshold": THRESHOLD,
+                "mqtt_username": "console-mon",
+                "mqtt_password": "pw-mon",
+                "idle_timeout_s": 600,
+            },
+        )
+        server = uvicorn.Server(
+            uvicorn.Config(
+                console_app(settings, clock=clock),
+                host="127.0.0.1",
+                port=console_port,
+                log_config=None,
+                access_log=False,
+            )
+        )
+        web = _Thread("console", server.serve)
+        agents: list[ReaderAgent] = []
+        agent = _Thread(
+            "reader-agent",
+            lambda: run_agent(
+                str(db), origin=base, port=agent_port, readers=None, ready=agents.append
+            ),
+        )
+        try:
+            _wait_http(f"{base}/healthz")
+            _wait_http(f"http://127.0.0.1:{agent_port}/healthz")
+            with sync_playwright() as pw:
+                browser = _launch(pw)
+                try:
+                    yield Stack(base, desk, db, clock, broker, browser, daemon)
+                finally:
+                    browser.close()
+        finally:
+            server.should_exit = True
+            if agents and agents[0].server is not None:
+                agents[0].server.should_exit = True
+            web.thread.join(10)
+            agent.thread.join(10)
+            daemon.stop()
+    assert web.error is None, web.error
+    assert agent.error is None, agent.error
+
+
+def _login(page: Page, base: str, username: str, password: str) -> None:
+    page.goto(f"{base}/login")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", password)
+    page.click("form[action='/login'] button[type=submit]")
+    page.wait_for_load_state()
+
+
+def _first_login(page: Page, base: str, username: str, initial: str, new: str) -> None:
+    """ACC-3: the first login goes to the password change; nothing else opens before it."""
+    _login(page, base, username, initial)
+    assert page.url.endswith("/password"), page.url
+    page.goto(f"{base}/reports")
+    assert page.url.endswith("/password")  # no page before the change
+    page.fill("input[name=old]", initial)
+    page.fill("input[name=new]", new)
+    page.fill("input[name=repeat]", new)
+    page.click("form[action='/password'] button[type=submit]")
+    page.wait_for_url(f"{base}/")
+
+
+def _chief(stack: Stack) -> Page:
+    page = stack.page()
+    _login(page, stack.base, CHIEF, NEW)
+    if page.url.endswith("/login"):  # first test in the module: the first login
+        _first_login(page, stack.base, CHIEF, CHIEF_PASSWORD, NEW)
+    return page
+
+
+def _audit(db: Path, action: str) -> list[dict[str, Any]]:
+    """Audit rows of ``action`` (read in a thread: Playwright's sync API owns this one's loop)."""
+
+    async def read() -> list[dict[str, Any]]:
+        registry = await SqlRegistry.open(db)
+        try:
+            async with registry.read() as tx:
+                return [dict(r) for r in await tx.find("audit_log", action=action, order_by="id")]
+        finally:
+            await registry.close()
+
+    out: list[list[dict[str, Any]]] = []
+    worker = threading.Thread(target=lambda: out.append(asyncio.run(read())))
+    worker.start()
+    worker.join(10)
+    return out[0]
+
+
+def test_login_forced_password_change_weak_refused_and_lockout(stack: Stack) -> None:
+    page = stack.page()
+    _login(page, stack.base, CHIEF, CHIEF_PASSWORD)
+    assert page.url.endswith("/password")
+    _shot(page, "password")
+    page.fill("input[name=old]", CHIEF_PASSWORD)
+    page.fill("input[name=new]", "short")
+    page.fill("input[name=repeat]", "short")
+    page.click("form[action='/password'] button[type=submit]")
+    assert "ACC-3" in (page.text_content("[role=alert]") or "") or "8" in (
+        page.text_content("[role=alert]") or ""
+    )
+    page.fill("input[name=old]", CHIEF_PASSWORD)
+    page.fill("input[name=new]", NEW)
+    page.fill("input[name=repeat]", NEW)
+    page.click("form[action='/password'] button[type=submit]")
+    page.wait_for_url(f"{stack.base}/")
+    assert "陈主任" in (page.text_content("#operator") or "")
+    _shot(page, "home")
+    page.context.close()
+    # lockout: five wrong passwords, then even the right one waits
+    other = stack.page()
+    for _ in range(5):
+        _login(other, stack.base, LOCKED, "Wrong-Pass-1!")
+    _login(other, stack.base, LOCKED, INITIAL)
+    assert "锁定" in (other.text_content("[role=alert]") or "")
+    assert other.url.endswith("/login")
+    _shot(other, "login-locked")
+    other.context.close()
+
+
+def test_find_by_number_and_by_the_card_on_the_reader_with_meal3_write_back(stack: Stack) -> None:
+    page = _chief(stack)
+    alice = stack.desk.people[0]
+    page.fill("#q", alice.number)
+    page.click("form.search button")
+    page.wait_for_url("**/holders/*")
+    assert alice.number in (page.text_content("#holder-number") or "")
+    assert alice.national_id not in (page.content())  # masked
+    # the card on the reader: the staff member's card, whose type (MEAL-3) waits to be written
+    d = stack.desk
+    card = VirtualCard(
+        bytes.fromhex(d.staff_uid),
+        CampusRecord(serial=d.staff_serial, holder_number=d.staff_number, kind=CardKind.TEMP),
+    )
+    link = VpcdCard(card, port=stack.pcscd.port_of(READER))
+    page.goto(f"{stack.base}/")
+    page.wait_for_selector("#reader-status:has-text('读卡器就绪')", timeout=10_000)
+    started = time.monotonic()
+    link.insert()
+    try:
+        page.wait_for_url("**/holders/*", timeout=10_000)
+        print(f"\nconsole: card on the reader -> holder page {time.monotonic() - started:.2f} s")
+        assert d.staff_name in (page.text_content("#holder-name") or "")
+        page.wait_for_selector("#reader-status:has-text('卡类型已写入')", timeout=5_000)
+        assert card.record.type_group == 1  # MEAL-3: written onto the card ...
+        page.reload()
+        assert "待写卡" not in (page.text_content("main") or "")  # ... and the flag cleared
+        _shot(page, "holder-from-reader")
+    finally:
+        link.remove()
+    page.wait_for_selector("#reader-status:has-text('卡片已从读卡器移开')", timeout=5_000)
+    written = _audit(stack.db, "card.written")
+    assert written and written[-1]["actor"].startswith("reader-agent@")
+    page.context.close()
+
+
+def test_loss_47h_refused_with_the_time_48h_replacement_with_receipt(stack: Stack) -> None:
+    page = _chief(stack)
+    bob = stack.desk.people[1]
+    page.goto(f"{stack.base}/search?q={bob.number}")
+    page.click("#do-loss")
+    assert "***" not in (page.text_content("#whose") or "x***")  # masked name shown
+    page.fill("input[name=presented_id]", bob.national_id)
+    _shot(page, "loss-confirm")
+    page.click("#confirm-loss")
+    page.wait_for_url("**/holders/*")
+    assert "已挂失" in (page.text_content(".flash.ok") or "")
+    possible = (page.text_content("#replaceable-from") or "").strip()
+    assert possible.startswith("补卡可办理时间")
+    stack.clock.advance(hours=47)
+    page.click("#do-replace")
+    assert page.is_visible("#too-early")
+    when = (page.text_content("#possible-from") or "").strip()
+    assert when and when in possible
+    page.fill("input[name=presented_id]", bob.national_id)
+    page.click("#confirm-replace")  # the clerk tries anyway: the rule refuses, with the time
+    text = page.text_content("#refusal") or ""
+    assert "REP-1" in text and when in text, text
+    _shot(page, "replace-refused-47h")
+    stack.clock.advance(hours=1)
+    page.goto(f"{stack.base}/cards/{bob.serial}/replace")
+    assert not page.is_visible("#too-early")
+    page.fill("input[name=presented_id]", bob.national_id)
+    page.click("#confirm-replace")
+    page.wait_for_url("**/receipts/*")
+    assert (page.text_content("#receipt-no") or "").strip() == "1"  # book B1 starts at 1
+    assert "30.00" in (page.text_content("#receipt-amount") or "")  # temp card, REP-2
+    assert "陈主任" in (page.text_content("#receipt-cashier") or "")  # FEE-2: real name
+    page.emulate_media(media="print")
+    assert not page.is_visible("header.top")  # print CSS: the receipt only
+    _shot(page, "receipt-80mm")
+    page.context.close()
+
+
+def test_top_up_with_confirmation_and_a_forged_request_refused_and_audited(stack: Stack) -> None:
+    page = _chief(stack)
+    alice = stack.desk.people[0]
+    page.goto(f"{stack.base}/search?q={alice.number}")
+    before = (page.text_content("#balance") or "").strip()
+    page.click("#do-topup")
+    page.fill("input[name=amount]", "600")
+    page.click("#topup-next")
+    assert "¥600.00" in (page.text_content("#topup-confirm") or "")
+    assert "大额" in (page.text_content("main") or "")  # a large amount asks twice
+    _shot(page, "topup-confirm")
+    page.click("#topup-confirm-button")
+    page.wait_for_url("**/holders/*")
+    after = (page.text_content("#balance") or "").strip()
+    assert float(after[1:]) - float(before[1:]) == 600.0
+    page.context.close()
+    # a clerk without top-up rights: no button, and a forged POST is refused and audited
+    clerk = stack.page()
+    _first_login(clerk, stack.base, NOPAY, INITIAL, NEW)
+    clerk.goto(f"{stack.base}/search?q={alice.number}")
+    assert clerk.locator("#do-topup").count() == 0
+    csrf = clerk.locator("input[name=csrf]").first.get_attribute("value")
+    forged = clerk.request.post(
+        f"{stack.base}/cards/{alice.serial}/topup",
+        form={"csrf": csrf or "", "amount": "100", "confirm": "yes", "form_token": "x"},
+    )
+    assert forged.status == 403
+    clerk.goto(f"{stack.base}/cards/{alice.serial}/topup")
+    assert "topup_center" in (clerk.text_content("#refusal") or "")
+    _shot(clerk, "permission-denied")
+    denied = _audit(stack.db, "console.denied")
+    assert [r["actor"] for r in denied].count(NOPAY) >= 2
+    # no CSRF token: refused before anything runs
+    bare = clerk.request.post(f"{stack.base}/cards/{alice.serial}/loss", form={"x": "1"})
+    assert bare.status == 403
+    clerk.context.close()
+
+
+def test_report_download_opens_in_openpyxl(stack: Stack) -> None:
+    page = _chief(stack)
+    page.goto(f"{stack.base}/reports?name=receipts")
+    _shot(page, "reports")
+    with page.expect_download() as info:
+        page.click("#download-xlsx")
+    data = Path(info.value.path()).read_bytes()
+    ws = load_workbook(io.BytesIO(data)).active
+    assert ws is not None
+    rows = list(ws.iter_rows(values_only=True))
+    assert any("收据" in str(h) for h in rows[0]), rows[0]
+    assert len(rows) >= 2  # the replacement fee's receipt (and the seed's)
+    page.context.close()
+
+
+def _presence(page: Page, base: str, want: str, timeout: float = 5.0) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        page.goto(f"{base}/terminals")
+        text = page.text_content("#t-pos-001 .presence") or ""
+        if want in text or time.monotonic() > deadline:
+            return text
+        time.sleep(0.1)
+
+
+def test_terminals_page_shows_a_pos_going_offline_and_back(stack: Stack) -> None:
+    page = _chief(stack)
+    topic = "onecard/v1/t/pos-001/status"
+    online = json.dumps({"v": 1, "state": "online", "kind": "pos"}).encode()
+    offline = json.dumps({"v": 1, "state": "offline"}).encode()
+    with Probe(stack.broker, "pos-001", "pw-pos-001", will=(topic, offline)) as pos:
+        pos.connect()
+        pos.publish(topic, online, retain=True)
+        assert "在线" in _presence(page, stack.base, "在线")
+        _shot(page, "terminals")
+        pos.publish(topic, offline, retain=True)
+        assert "离线" in _presence(page, stack.base, "离线")
+        pos.publish(topic, online, retain=True)
+        assert "在线" in _presence(page, stack.base, "在线")
+    page.context.close()
+
+
+def test_mass_block_needs_a_second_operator(stack: Stack) -> None:
+    page = _chief(stack)
+    college, class_name = CLASS
+    page.goto(f"{stack.base}/graduation")
+    page.fill("input[name=college]", college)
+    page.fill("input[name=class_name]", class_name)
+    page.fill("textarea[name=returned]", " ".join(stack.desk.class_serials))
+    page.click("#graduate")
+    page.wait_for_url("**/approvals")
+    item = page.locator("#pending li").first
+    assert item.locator(".count").text_content() == "3"
+    assert item.locator("button.approve").count() == 0  # not by the requester
+    request_id = (item.get_attribute("id") or "").removeprefix("approval-")
+    csrf = page.locator("input[name=csrf]").first.get_attribute("value") or ""
+    self_approve = page.request.post(
+        f"{stack.base}/approvals/{request_id}",
+        form={"csrf": csrf, "decision": "approve", "form_token": page_token(page)},
+    )
+    assert self_approve.status == 403
+    page.context.close()
+    second = stack.page()
+    _first_login(second, stack.base, SECOND, INITIAL, NEW)
+    second.goto(f"{stack.base}/approvals")
+    _shot(second, "approvals")
+    second.click(f"#approval-{request_id} button.approve")
+    second.wait_for_url("**/approvals")
+    assert "离校 3 人" in (second.text_content(".flash.ok") or "")
+    assert second.is_visible("#no-pending")
+    requested = _audit(stack.db, "approval.requested")
+    approved = _audit(stack.db, "approval.approved")
+    assert requested[-1]["actor"] == CHIEF and approved[-1]["actor"] == SECOND
+    # the audit log browser, filtered by operator
+    second.goto(f"{stack.base}/audit?actor={SECOND}")
+    text = second.text_content("#audit") or ""
+    assert "approval.approved" in text and "approval.requested" not in text
+    _shot(second, "audit")
+    second.context.close()
+
+
+def page_token(page: Page) -> str:
+    """A real form token of this session (the forged approval carries one: only the rule stops
+    it, not a stale form)."""
+    page.goto(page.url.rsplit("/", 1)[0] + "/graduation")
+    return page.locator("input[name=form_token]").first.get_attribute("value") or "none"
