@@ -1,0 +1,114 @@
+"""``conformance gateway`` against the real gateway (``onecard serve``'s runtime on a real SQLite
+registry behind a private Mosquitto with the production ACL): every step passes, the report is
+written, and the kit's exit status tells CI. One campus for the whole module (test time)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from conformance import Report, Site, run_gateway_suite
+from conformance.__main__ import main
+from conformance.mqtt import Broker
+from tests.e2e.campus import TERMINALS, Campus, build_campus
+
+pytestmark = [pytest.mark.broker, pytest.mark.asyncio(loop_scope="module")]
+
+
+def site_of(campus: Campus, cards: int = 2) -> dict[str, Any]:
+    wanted = {"pos": "pos-001", "kiosk": "kiosk-001", "door": "door-001", "water": "water-001"}
+    return {
+        "terminals": {
+            kind: {"id": tid, "password": campus.broker.password(tid)}
+            for kind, tid in wanted.items()
+        },
+        "cards": [
+            {"uid": s.uid, "number": s.number, "password": s.password}
+            for s in campus.students[:cards]
+        ],
+    }
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def campus(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Campus]:
+    c = await build_campus(tmp_path_factory.mktemp("kit-campus"))
+    assert set(TERMINALS) >= {"pos-001", "kiosk-001", "door-001", "water-001"}
+    c.task = asyncio.create_task(c.gateway.run(), name="gateway")
+    try:
+        await c.wait_ready()
+        yield c
+    finally:
+        c.gateway.stop.set()
+        try:
+            async with asyncio.timeout(15):
+                await c.task
+        finally:
+            c.broker.stop()
+            if c.writer is not None:
+                await c.writer.close()
+            await c.registry.close()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def result(campus: Campus) -> Report:
+    report = Report("gateway", "campus")
+    broker = Broker(campus.broker.host, campus.broker.port)
+    return await run_gateway_suite(broker, Site.from_dict(site_of(campus)), report)
+
+
+async def test_onecard_serve_passes_every_step(result: Report) -> None:
+    failed = [f"{s.id} {s.title}: {s.detail}" for s in result.steps if s.status == "failed"]
+    assert not failed, "\n".join(failed)
+    ids = [s.id for s in result.steps]
+    assert ids == [f"G{n:02d}" for n in range(1, 41) if n not in (39,)]
+    assert result.counts()["not_applicable"] == 0
+
+
+async def test_loss_report_comes_as_a_delta_and_within_budget(result: Report) -> None:
+    """Contract 1.1 §8.5: the loss reached the kit's POS as a delta, the gateway status named
+    the version, and the kiosk reply counted the kit's acknowledging terminals."""
+    steps = {s.id: s for s in result.steps}
+    assert steps["G34"].status == "passed"
+    assert any("blacklist/delta" in e.topic for e in steps["G34"].evidence)
+    assert steps["G35"].status == "passed"
+    assert steps["G36"].status == "passed"
+
+
+async def test_evidence_has_topics_payloads_and_no_secrets(result: Report) -> None:
+    login = next(s for s in result.steps if s.id == "G28")
+    sent = [e.payload for e in login.evidence if e.topic.endswith("/req/login")]
+    assert sent
+    assert all('"password": "***"' in p for p in sent)
+    replies = [e.payload for e in login.evidence if e.topic.endswith("/resp/login")]
+    assert replies
+    assert all('"session": "***"' in p.replace('":"', '": "') for p in replies)
+    everything = json.dumps(result.as_dict(), ensure_ascii=False)
+    assert "s_conformanceNoSuchSession" not in everything  # a session field, redacted too
+
+
+async def test_cli_writes_json_and_html_and_exits_0(campus: Campus, tmp_path: Path) -> None:
+    site = tmp_path / "site.json"
+    site.write_text(json.dumps(site_of(campus, cards=1)))  # no loss card: G33..G38 n/a
+    out = tmp_path / "out"
+    args = ["gateway", "--port", str(campus.broker.port), "--site", str(site), "--out", str(out)]
+    status = await asyncio.to_thread(main, args)
+    assert status == 0
+    data = json.loads((out / "conformance-gateway.json").read_text())
+    assert data["result"] == "passed"
+    assert data["contract"] == "1.1"
+    assert data["summary"]["not_applicable"] == 6
+    html = (out / "conformance-gateway.html").read_text()
+    assert "onecard conformance report" in html
+    assert "<script" not in html
+
+
+async def test_cli_exit_status_2_without_a_usable_site(tmp_path: Path) -> None:
+    (tmp_path / "site.json").write_text('{"terminals": {}, "cards": []}')
+    args = ["gateway", "--port", "1", "--site", str(tmp_path / "site.json")]
+    assert await asyncio.to_thread(main, args) == 2
