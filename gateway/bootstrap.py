@@ -142,6 +142,7 @@ async def open_console_services(
     from gateway.services.approvals import ApprovalService
     from gateway.services.center import CardCenter
     from gateway.services.console_view import ConsoleViews
+    from gateway.services.search import SearchService
     from gateway.web.console.app import ConsoleServices
 
     registry = await SqlRegistry.open(settings.db, migrate=migrate)
@@ -159,6 +160,7 @@ async def open_console_services(
             center=center,
             views=ConsoleViews(ctx),
             approvals=ApprovalService(ctx, center.cards, threshold=c.mass_block_threshold),
+            search=SearchService(ctx),
             fleet=watch.snapshot if watch else None,
         )
     finally:

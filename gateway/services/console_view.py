@@ -141,11 +141,6 @@ class ConsoleViews:
             raise NotFound("读卡器上的卡片未登记", "the card on the reader is not registered")
         return card
 
-    async def holders_by_number(self, actor: Actor, number: str) -> list[Holder]:
-        require_counter_duty(actor)
-        async with self.ctx.registry.read() as tx:
-            return (await tx.holders_by_number(number))[:MAX_LISTED]
-
     async def receipt(self, actor: Actor, receipt_no: int) -> tuple[Receipt, Holder | None]:
         """A receipt to print again (FEE-2): by its number from the receipt book."""
         require_counter_duty(actor)

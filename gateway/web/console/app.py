@@ -41,6 +41,7 @@ from gateway.services.base import Actor
 from gateway.services.center import CardCenter
 from gateway.services.console_view import ConsoleViews
 from gateway.services.reports import Table, campus_today
+from gateway.services.search import MATCHED_NAMES, SearchService
 from gateway.web.app import SecurityHeaders
 from gateway.web.sessions import AddressLimiter, SessionStore, WebSession
 from protocol.cards.clock import local
@@ -76,6 +77,7 @@ class ConsoleServices:
     center: CardCenter
     views: ConsoleViews
     approvals: ApprovalService
+    search: SearchService
     #: () -> FleetSnapshot of the terminals' retained status (None: no broker account set).
     fleet: Callable[[], Any] | None = None
 
@@ -434,12 +436,13 @@ class Console:
         holders = await self._search(actor, q) if q else []
         if len(holders) == 1:
             return RedirectResponse(f"/holders/{holders[0].id}", status_code=303)
-        return self.render(request, "console_search.html", q=q, holders=holders)
+        return self.render(
+            request, "console_search.html", q=q, holders=holders, matched=MATCHED_NAMES
+        )
 
     async def _search(self, actor: Actor, q: str) -> list[Any]:
-        """The clerk's search (gateway.services.search, issue 10) once it lands; by number until
-        then (one search for the CLI and the console, never a second one here)."""
-        return await self.services.views.holders_by_number(actor, q)
+        """The counter's one search (gateway.services.search, shared with ``onecard find``)."""
+        return list((await self.services.search.find(actor, q)).hits)
 
     async def reader(self, request: Request, form: FormData) -> Response:
         """The reader agent saw a card (the page's script posts its UID): open its holder."""
