@@ -235,6 +235,9 @@ class Gateway:
             password=m.password,
             client_id=m.client_id,
             keepalive=m.keepalive_s,
+            # several gateways: no session kept for a dead member, or Mosquitto goes on dealing
+            # it its round-robin share of the requests (queued for an hour) after a kill -9
+            **({"session_expiry_s": 0} if m.shared_group else {}),
         )
 
     async def _mqtt_loop(self) -> None:

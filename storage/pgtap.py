@@ -405,9 +405,9 @@ class PgTapTx(TapTxBase):
     ) -> bool:
         status = self.execute(
             "INSERT INTO holder_alerts (holder_id, card_id, kind, at, terminal_id, detail)"
-            " SELECT $1, $2, 'card_presented', $3, $4, $5 WHERE NOT EXISTS ("
-            " SELECT 1 FROM holder_alerts WHERE card_id = $2 AND terminal_id = $4"
-            " AND at > $6 AND kind = 'card_presented')",
+            " SELECT $1::integer, $2::integer, 'card_presented', $3, $4::varchar, $5"
+            " WHERE NOT EXISTS (SELECT 1 FROM holder_alerts WHERE card_id = $2::integer"
+            " AND terminal_id = $4::varchar AND at > $6 AND kind = 'card_presented')",
             holder_id,
             card_id,
             at,

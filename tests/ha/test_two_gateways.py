@@ -1,0 +1,144 @@
+"""Two gateways on one PostgreSQL registry behind a Mosquitto shared subscription (issue 12).
+
+Mosquitto 2.0 deals ``$share`` messages round-robin, so one terminal's consecutive requests,
+its retries and its offline batches land on both gateways; these tests make that happen on
+purpose and check the registry: one debit per request id, equal replies, every offline sale
+settled exactly once, balances conserved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from gateway.bootstrap import open_gateway
+from gateway.config import load_settings
+from gateway.runtime import Gateway
+from tests.broker import PrivateBroker
+from tests.ha import site
+
+pytestmark = [
+    pytest.mark.postgres,
+    pytest.mark.broker,
+    pytest.mark.asyncio(loop_scope="module"),
+]
+
+
+@dataclass
+class Pair:
+    url: str
+    broker: PrivateBroker
+    gateways: list[Gateway]
+    cards: list[site.Card]
+    tids: list[str]
+
+    def jobs(self) -> list[int]:
+        return [int(getattr(g.executor, "jobs", 0)) for g in self.gateways]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def pair(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Pair]:
+    directory: Path = tmp_path_factory.mktemp("ha")
+    async with site.pg_database() as url:
+        cards, tids = await site.seed(url, students=6, pos=2)
+        mq = site.broker(directory / "broker", tids)
+        mq.start()
+        async with contextlib.AsyncExitStack() as stack:
+            gateways = []
+            for name in site.GATEWAYS:
+                settings = load_settings(None, **site.gateway_settings(url, mq, name))
+                gateways.append(await stack.enter_async_context(open_gateway(settings)))
+            tasks = [
+                asyncio.create_task(g.run(), name=f"gateway-{i}") for i, g in enumerate(gateways)
+            ]
+            try:
+                async with asyncio.timeout(15):
+                    while not all(g.ready for g in gateways) or not any(
+                        g.leader.is_leader for g in gateways
+                    ):
+                        await asyncio.sleep(0.02)
+                yield Pair(url, mq, gateways, cards, tids)
+            finally:
+                for g in gateways:
+                    g.stop.set()
+                async with asyncio.timeout(20):
+                    await asyncio.gather(*tasks)
+                mq.stop()
+
+
+async def test_exactly_one_leader_and_both_take_requests(pair: Pair) -> None:
+    leaders = [g.leader.is_leader for g in pair.gateways]
+    assert leaders.count(True) == 1, leaders
+    before = pair.jobs()
+    card = pair.cards[0]
+    async with site.terminal(pair.broker, "pos-001") as pos:
+        balances = []
+        for i in range(8):  # consecutive requests of one terminal alternate between gateways
+            reply = await pos.request(
+                "purchase", f"alt-{i}", {"card": card.uid, "amount_fen": 100 + i}
+            )
+            assert reply["ok"], reply
+            balances.append(reply["data"]["balance_after_fen"])
+    after = pair.jobs()
+    assert all(a - b >= 3 for a, b in zip(after, before, strict=True)), (before, after)
+    # each reply saw the debits of the requests before it, whichever gateway decided them
+    expected = [site.START_FEN - sum(100 + j for j in range(i + 1)) for i in range(8)]
+    assert balances == expected
+
+
+async def test_same_request_id_on_both_gateways_debits_once(pair: Pair) -> None:
+    card = pair.cards[1]
+    before = await site.ledger(pair.url)
+    async with site.terminal(pair.broker, "pos-002") as pos:
+        for i in range(10):
+            rid = f"dup-{i}"
+            data = {"card": card.uid, "amount_fen": 250}
+            # back to back: round-robin hands one copy to each gateway, decided concurrently
+            await asyncio.gather(
+                pos.publish("purchase", rid, data), pos.publish("purchase", rid, data)
+            )
+            replies = await pos.wait(rid, count=2)
+            assert replies[0] == replies[1], replies
+            assert replies[0]["ok"], replies
+    count, fen, total = await site.ledger(pair.url)
+    assert (count - before[0], fen - before[1]) == (10, 2500)
+    assert total == before[2]  # conservation: every debit has its credit
+    replays = sum(g.metrics.replays._value.get() for g in pair.gateways)
+    assert replays >= 1
+
+
+async def test_offline_batch_split_across_both_settles_each_sale_once(pair: Pair) -> None:
+    card = pair.cards[2]
+    now_ms = int(time.time() * 1000) - 60_000
+    sales = [
+        {
+            "seq": seq,
+            "card": card.uid,
+            "amount_fen": 300,
+            "at_ms": now_ms + seq,
+            "denylist_version": 0,
+        }
+        for seq in range(1, 9)
+    ]
+    before = await site.ledger(pair.url)
+    async with site.terminal(pair.broker, "pos-001") as pos:
+        # the backlog in two halves and the whole again, all at once: two gateways race on it
+        uploads = [("up-a", sales[:4]), ("up-b", sales[4:]), ("up-all", sales)]
+        await asyncio.gather(
+            *(pos.publish("offline_upload", rid, {"sales": part}) for rid, part in uploads)
+        )
+        replies = {rid: (await pos.wait(rid))[0] for rid, _ in uploads}
+    accepted = sorted(seq for r in replies.values() if r["ok"] for seq in r["data"]["accepted"])
+    assert accepted == list(range(1, 9)), replies
+    duplicates = sorted(seq for r in replies.values() for seq in r["data"]["duplicates"])
+    assert duplicates == list(range(1, 9))
+    count, fen, total = await site.ledger(pair.url)
+    assert (count - before[0], fen - before[1]) == (8, 2400)
+    assert total == before[2]
