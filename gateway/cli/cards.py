@@ -10,9 +10,11 @@ from gateway.cli.common import (
     OLD_CARD_RETURNED,
     card_line,
     emit_card,
+    emit_owned,
     holder_ref,
     parse_day,
     pass_opts,
+    run_card,
     split_list,
 )
 from gateway.cli.runtime import (
@@ -44,7 +46,7 @@ def card_issue_temp(
 ) -> None:
     """Issue a temp CPU card (ISS-1 students, ISS-6 staff, ISS-10 others with deposit)."""
     until = parse_day(valid_through) if valid_through else None
-    r = run_as(
+    r = run_card(
         opts,
         lambda c, a: c.cards.issue_temp(
             a, holder_ref(holder), uid=uid, valid_through=until, proof_ref=proof_ref
@@ -58,7 +60,7 @@ def card_issue_temp(
 @pass_opts
 def card_order_smart(opts: Options, holder: str) -> None:
     """ISS-2: put a smart card into the vendor's print batch."""
-    emit_card(opts, run_as(opts, lambda c, a: c.cards.order_smart(a, holder_ref(holder))))
+    emit_card(opts, run_card(opts, lambda c, a: c.cards.order_smart(a, holder_ref(holder))))
 
 
 @card.command("check-printed")
@@ -69,7 +71,7 @@ def card_order_smart(opts: Options, holder: str) -> None:
 def card_check_printed(opts: Options, serial: str, passed: bool, uid: str | None) -> None:
     """ISS-3: printed card checked (print, swipe, RFID)."""
     emit_card(
-        opts, run_as(opts, lambda c, a: c.cards.check_printed(a, serial, passed=passed, uid=uid))
+        opts, run_card(opts, lambda c, a: c.cards.check_printed(a, serial, passed=passed, uid=uid))
     )
 
 
@@ -127,7 +129,7 @@ def card_hand_over(
       onecard card hand-over 1000000000 --receipt 1000001 --id-doc 2026000001 --signed
       onecard card hand-over 1000000001 --old-card 1000000000 --id-doc 2026000002 --signed
     """
-    r = run_as(
+    r = run_card(
         opts,
         lambda c, a: c.cards.hand_over(
             a,
@@ -151,7 +153,7 @@ def card_hand_over(
 def card_loss(opts: Options, serial: str, presented_id: str | None) -> None:
     """LOSS-1/2: report a card lost; refused everywhere at once."""
     emit_card(
-        opts, run_as(opts, lambda c, a: c.cards.report_loss(a, serial, presented_id=presented_id))
+        opts, run_card(opts, lambda c, a: c.cards.report_loss(a, serial, presented_id=presented_id))
     )
 
 
@@ -161,7 +163,9 @@ def card_loss(opts: Options, serial: str, presented_id: str | None) -> None:
 @pass_opts
 def card_unlock(opts: Options, serial: str, presented_id: str | None) -> None:
     """LOSS-3: lift a loss report (counter only, valid ID)."""
-    emit_card(opts, run_as(opts, lambda c, a: c.cards.unlock(a, serial, presented_id=presented_id)))
+    emit_card(
+        opts, run_card(opts, lambda c, a: c.cards.unlock(a, serial, presented_id=presented_id))
+    )
 
 
 @card.command("replace")
@@ -177,7 +181,7 @@ def card_replace(
     k = CardKind(kind) if kind else None
     emit_card(
         opts,
-        run_as(
+        run_card(
             opts,
             lambda c, a: c.cards.replace(a, serial, presented_id=presented_id, kind=k, uid=uid),
         ),
@@ -214,7 +218,7 @@ def card_fault(
     """
     emit_card(
         opts,
-        run_as(
+        run_card(
             opts,
             lambda c, a: c.cards.report_fault(
                 a,
@@ -241,7 +245,7 @@ def card_exchange(
     k = CardKind(kind) if kind else None
     emit_card(
         opts,
-        run_as(
+        run_card(
             opts,
             lambda c, a: c.cards.complete_faulty_exchange(
                 a, serial, kind=k, uid=uid, old_card_returned=old_card_returned
@@ -277,7 +281,7 @@ def card_exchange_data(
     k = CardKind(kind) if kind else None
     emit_card(
         opts,
-        run_as(
+        run_card(
             opts,
             lambda c, a: c.cards.exchange_for_changed_data(
                 a,
@@ -300,7 +304,7 @@ def card_extend(opts: Options, serial: str, valid_through: str) -> None:
     """TERM-2/3: extend a temp card (within 3 months of expiry)."""
     emit_card(
         opts,
-        run_as(
+        run_card(
             opts, lambda c, a: c.cards.extend(a, serial, valid_through=parse_day(valid_through))
         ),
     )
@@ -325,7 +329,7 @@ def card_refund(
     \b
     例 example: onecard card refund 2000000003 --receipt 1000003 --id-doc 11010519491231002X
     """
-    slip = run_as(
+    slip, owner = run_card(
         opts,
         lambda c, a: c.cards.refund(
             a, serial, card_ok=not damaged, presented_id=presented_id, receipt_no=receipt_no
@@ -336,7 +340,7 @@ def card_refund(
         if slip.amount
         else "\n押金不予退还 deposit not refunded (damaged card)"
     )
-    emit(opts, slip, text)
+    emit_owned(opts, slip, owner, text)
 
 
 @card.command("terminate")
@@ -363,7 +367,7 @@ def card_terminate(opts: Options, serial: str, reason: str, presented_id: str | 
     """TERM-1/4/6: end card function everywhere and deregister the holder."""
     emit_card(
         opts,
-        run_as(
+        run_card(
             opts,
             lambda c, a: c.cards.terminate(a, serial, reason=reason, presented_id=presented_id),
         ),
@@ -375,7 +379,7 @@ def card_terminate(opts: Options, serial: str, reason: str, presented_id: str | 
 @pass_opts
 def card_scrap(opts: Options, serial: str) -> None:
     """SCR-1: enter a recovered card in the scrap register."""
-    emit_card(opts, run_as(opts, lambda c, a: c.cards.scrap(a, serial)))
+    emit_card(opts, run_card(opts, lambda c, a: c.cards.scrap(a, serial)))
 
 
 @card.command("hand-in")
@@ -385,7 +389,7 @@ def card_hand_in(opts: Options, serial: str) -> None:
     """SCR-1: 登记交回中心的卡（补卡后找回的挂失卡、自动终止的临时卡等） / record a card brought
     back after its procedure (a found lost card after the replacement, an auto-terminated temp
     card, an exchanged card); it may then be scrapped."""
-    emit_card(opts, run_as(opts, lambda c, a: c.cards.hand_in(a, serial)))
+    emit_card(opts, run_card(opts, lambda c, a: c.cards.hand_in(a, serial)))
 
 
 @card.command("dispose")
@@ -405,7 +409,7 @@ def card_show(opts: Options, serial: str) -> None:
         async with c.ctx.registry.read() as tx:
             return await tx.card_by_serial(serial)
 
-    emit_card(opts, run_as(opts, body))
+    emit_card(opts, run_card(opts, body))
 
 
 @click.command("graduate")

@@ -4,14 +4,18 @@ how a holder or a day is typed."""
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 import click
 
-from gateway.cli.runtime import Options, emit, emit_table, refuse
+from gateway.cli.runtime import Options, emit, emit_table, refuse, run_as, to_jsonable
+from gateway.services.base import Actor
 from gateway.services.cards import CardResult
+from gateway.services.center import CardCenter
+from gateway.services.search import HolderBrief, owner_brief
 from protocol.cards.clock import local
 from protocol.cards.fees import yuan
 from protocol.cards.lifecycle import STATE_NAMES_ZH
@@ -60,11 +64,41 @@ def parse_day(text: str) -> date:
         raise click.BadParameter(f"expected YYYY-MM-DD, got {text!r}") from None
 
 
-def emit_card(opts: Options, result: CardResult | Card) -> None:
-    if isinstance(result, Card):
-        emit(opts, result, card_line(result))
-    else:
-        emit(opts, result, result_text(result))
+T = TypeVar("T")
+
+
+def run_card(
+    opts: Options, body: Callable[[CardCenter, Actor], Awaitable[T]]
+) -> tuple[T, HolderBrief | None]:
+    """Run a card procedure and, in the same registry session, find whose card it was."""
+
+    async def both(center: CardCenter, actor: Actor) -> tuple[T, HolderBrief | None]:
+        result = await body(center, actor)
+        card = result if isinstance(result, Card) else getattr(result, "card", None)
+        if not isinstance(card, Card):
+            return result, None
+        async with center.ctx.registry.read() as tx:
+            holder = await tx.get_holder(card.holder_id)
+        return result, owner_brief(holder)
+
+    return run_as(opts, both)
+
+
+def emit_card(
+    opts: Options, shown: tuple[CardResult | Card, HolderBrief | None], extra: str = ""
+) -> None:
+    """A card procedure's result: whose card (name masked, number, college and class), the card
+    and any receipts; ``holder`` beside the result in JSON."""
+    result, owner = shown
+    text = card_line(result) if isinstance(result, Card) else result_text(result)
+    emit_owned(opts, result, owner, text + extra)
+
+
+def emit_owned(opts: Options, result: object, owner: HolderBrief | None, text: str) -> None:
+    data = to_jsonable(result)
+    if isinstance(data, dict) and owner is not None:
+        data = {**data, "holder": to_jsonable(owner)}
+    emit(opts, data, f"{owner.text}\n{text}" if owner is not None else text)
 
 
 ID_DOC = click.option(

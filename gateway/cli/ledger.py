@@ -9,6 +9,7 @@ import click
 
 from gateway.cli.runtime import Options, emit, emit_table, run_as
 from gateway.services.ledger import LedgerReport
+from protocol.cards.fees import yuan
 
 pass_opts = click.make_pass_decorator(Options)
 
@@ -36,7 +37,7 @@ def ledger_verify(opts: Options) -> None:
         verdict = "账本一致 ledger whole" if report.ok else f"发现 {report.problems} 处不一致"
         click.echo(
             f"{verdict}: {report.accounts} 个账户 accounts, {report.transfers} 笔交易 transfers,"
-            f" 余额合计 Σ balances {report.total_balance} 分 fen"
+            f" 余额合计 Σ balances {yuan(report.total_balance)} 元 yuan"
         )
         if report.findings:
             emit_table(

@@ -10,6 +10,7 @@ from gateway.cli.common import (
     emit_card,
     pass_opts,
     refuse_bad_rows,
+    run_card,
 )
 from gateway.cli.runtime import (
     Options,
@@ -47,7 +48,7 @@ def meal_import(opts: Options, path: Path) -> None:
 @pass_opts
 def meal_enable(opts: Options, staff_number: str) -> None:
     """MEAL-3: into group 1; written back onto the card at the reader."""
-    emit_card(opts, run_as(opts, lambda c, a: c.meal.enable(a, staff_number)))
+    emit_card(opts, run_card(opts, lambda c, a: c.meal.enable(a, staff_number)))
 
 
 @meal.command("disable")
@@ -55,7 +56,7 @@ def meal_enable(opts: Options, staff_number: str) -> None:
 @pass_opts
 def meal_disable(opts: Options, staff_number: str) -> None:
     """MEAL-4: suspend the card until the holder brings it in."""
-    emit_card(opts, run_as(opts, lambda c, a: c.meal.disable(a, staff_number)))
+    emit_card(opts, run_card(opts, lambda c, a: c.meal.disable(a, staff_number)))
 
 
 @meal.command("brought-in")
@@ -63,4 +64,4 @@ def meal_disable(opts: Options, staff_number: str) -> None:
 @pass_opts
 def meal_brought_in(opts: Options, serial: str) -> None:
     """MEAL-4: re-enable, out of the group, written back onto the card."""
-    emit_card(opts, run_as(opts, lambda c, a: c.meal.card_brought_in(a, serial)))
+    emit_card(opts, run_card(opts, lambda c, a: c.meal.card_brought_in(a, serial)))

@@ -156,13 +156,13 @@ def refuse(
     message_zh: str,
     message_en: str,
     *,
-    code: ErrorCode = ErrorCode.INVALID_INPUT,
+    code: ErrorCode | str = ErrorCode.INVALID_INPUT,
     rule: str | None = None,
     data: Any = None,
 ) -> NoReturn:
     """Refuse the running command (exit status 2), with ``data`` (e.g. the bad rows) in JSON."""
     print_error(
-        opts.json, code.value, message_zh, message_en, rule=rule, typed=typed_args(), data=data
+        opts.json, str(code), message_zh, message_en, rule=rule, typed=typed_args(), data=data
     )
     sys.exit(EXIT_REFUSED)
 

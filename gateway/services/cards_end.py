@@ -17,7 +17,7 @@ from gateway.services.common import (
     verify_identity,
 )
 from protocol.cards.clock import end_of_validity, local
-from protocol.cards.fees import FeeItem
+from protocol.cards.fees import FeeItem, yuan
 from protocol.cards.lifecycle import CardEvent, auto_termination_at
 from protocol.cards.policy import require_refund_eligible, require_settled
 from protocol.errors import ErrorCode, OnecardError, RuleViolation
@@ -252,7 +252,11 @@ class EndProcedures(CardProcedures):
                 balance = await tx.balance(purse(student.id)) + await tx.balance(hold(student.id))
                 if balance:
                     report.blocked.append(
-                        (number, f"余额未结清 {balance} 分 / balance not settled ({balance} fen)")
+                        (
+                            number,
+                            f"余额未结清 {yuan(balance)} 元 / balance not settled"
+                            f" ({yuan(balance)} yuan)",
+                        )
                     )
                     continue
                 receipt_no: int | None = None

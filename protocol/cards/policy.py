@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from protocol.cards.fees import yuan
 from protocol.errors import ErrorCode, RuleViolation
 from protocol.types import HolderKind
 
@@ -52,8 +53,8 @@ def require_settled(balance_fen: int, rule: str) -> None:
     """REF-2 / TERM-4: the purse is cashed out before the card comes back."""
     if balance_fen != 0:
         raise RuleViolation(
-            f"请先到充值点结清余额（{balance_fen} 分）",
-            f"settle the balance at a cash point first ({balance_fen} fen)",
+            f"请先到充值点结清余额（{yuan(balance_fen)} 元）",
+            f"settle the balance at a cash point first ({yuan(balance_fen)} yuan)",
             code=ErrorCode.BALANCE_NOT_SETTLED,
             rule=rule,
         )

@@ -48,7 +48,7 @@ async def test_ref2_balance_settled_at_a_cash_point_first(counter: Counter) -> N
             c.op, card.serial, card_ok=True, presented_id=visitor.national_id
         )
     assert (err.value.rule, err.value.code) == ("REF-2", ErrorCode.BALANCE_NOT_SETTLED)
-    assert "1234" in str(err.value)
+    assert "12.34 元" in str(err.value)
     assert (await h.card(c, card.serial)).state is CardState.ACTIVE
     assert await h.balance(c, deposit(visitor.id)) == 3000
 

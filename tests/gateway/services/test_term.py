@@ -214,7 +214,7 @@ async def test_term5_graduation_per_class_with_clearance_certificates(counter: C
     )
     assert [n for n, _ in report.cleared] == [returner.number, payer.number]
     assert [n for n, _ in report.blocked] == [debtor.number, absent.number]
-    assert "500" in report.blocked[0][1]
+    assert "5.00 元" in report.blocked[0][1]
     assert (report.returned, report.missing_paid) == (1, 1)
     (receipt,) = report.receipts
     assert (receipt.amount, receipt.payer, receipt.receipt_no) == (5000, payer.name, 1)
