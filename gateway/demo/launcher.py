@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -30,6 +31,8 @@ from gateway.services.base import Actor, Context, SystemClock
 from gateway.services.center import CardCenter
 from protocol.types import Permission
 from storage.sql import SqlRegistry
+
+DEMO_OPERATOR = "counter1"
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,10 @@ async def prepare(paths: DemoPaths, size: DemoSize, *, gateway_password: str) ->
         )
         async with registry.read() as tx:
             rows = await tx.find("terminals", order_by="id")
+        # the operator console's demo account (issue 11): every permission, and like any new
+        # account it must change this password at the first login (ACC-3)
+        operator_password = f"Desk-{secrets.token_urlsafe(6)}-9x"
+        await center.operators.bootstrap(DEMO_OPERATOR, "演示操作员", operator_password)
     finally:
         await registry.close()
     # the portal's demo account (README) stays out of the fleet: no random loss report hits it
@@ -106,9 +113,18 @@ async def prepare(paths: DemoPaths, size: DemoSize, *, gateway_password: str) ->
     _write_secret(paths.terminals, seeded.terminals)
     _write_secret(paths.cards, seeded.cards)
     _write_secret(paths.root / "demo-account.json", demo_account)
+    _write_secret(
+        paths.root / "demo-operator.json",
+        {"username": DEMO_OPERATOR, "password": operator_password},
+    )
+    console_mqtt = bf.new_password()
     accounts = [_Account(r["id"], bool(r["enabled"]), r["mqtt_password_hash"]) for r in rows]
     entries = bf.password_entries(
-        accounts, {"gateway": bf.mosquitto_password_hash(gateway_password)}
+        accounts,
+        {
+            "gateway": bf.mosquitto_password_hash(gateway_password),
+            "console": bf.mosquitto_password_hash(console_mqtt),
+        },
     )
     port = free_port()
     as_root = os.geteuid() == 0
@@ -116,6 +132,7 @@ async def prepare(paths: DemoPaths, size: DemoSize, *, gateway_password: str) ->
         paths.broker,
         entries=entries,
         gateway_users=["gateway"],
+        monitor_users=["console"],
         port=port,
         persistence=False,
         persistence_dir=None,
@@ -126,6 +143,7 @@ async def prepare(paths: DemoPaths, size: DemoSize, *, gateway_password: str) ->
     http_port = free_port()
     web_port = free_port()
     pay_port = free_port()  # the sandbox payment provider (online top-up, TOP-1)
+    console_port, agent_port = free_port(), free_port()
     key_file = paths.root / "payments.key"
     fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:  # the provider's signing key: a file, never the registry
@@ -140,9 +158,22 @@ async def prepare(paths: DemoPaths, size: DemoSize, *, gateway_password: str) ->
         f'[payments]\nprovider = "sandbox"\napi_url = "http://127.0.0.1:{pay_port}"\n'
         f'notify_url = "http://127.0.0.1:{web_port}/pay/notify/sandbox"\n'
         f'merchant_id = "onecard-demo"\nkey_file = "{key_file}"\n'
+        f'[console]\nhost = "127.0.0.1"\nport = {console_port}\ncookie_secure = false\n'
+        f'origin = "http://127.0.0.1:{console_port}"\n'
+        f'reader_agent_url = "http://127.0.0.1:{agent_port}"\n'
+        f'mqtt_username = "console"\nmqtt_password = "{console_mqtt}"\n'
+        f'gateway_metrics_urls = ["http://127.0.0.1:{http_port}/metrics"]\n'
     )
     (paths.root / "ports.json").write_text(
-        json.dumps({"mqtt": port, "http": http_port, "web": web_port, "pay": pay_port})
+        json.dumps(
+            {
+                "mqtt": port,
+                "http": http_port,
+                "web": web_port,
+                "pay": pay_port,
+                "console": console_port,
+            }
+        )
     )
     print(  # noqa: T201
         f"已生成演示校园 seeded campus: {len(seeded.cards)} cards, "
@@ -207,7 +238,7 @@ def run_demo(
     ports = json.loads((paths.root / "ports.json").read_text())
     bin_dir = Path(sys.executable).parent
     env = {k: v for k, v in os.environ.items() if not k.startswith("ONECARD_")}
-    broker = gateway = fleet = web = pay = None
+    broker = gateway = fleet = web = pay = console = None
     code = 1
     try:
         mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -265,6 +296,22 @@ def run_demo(
             f"沙箱支付平台 sandbox payment provider: http://127.0.0.1:{ports['pay']}/ — "
             f"对账单 statement /statement?date=YYYY-MM-DD"
         )
+        console = subprocess.Popen(  # noqa: S603
+            [str(bin_dir / "onecard"), "console", "--config", str(paths.config)],
+            env=env,
+            stdout=(paths.root / "console.log").open("wb"),
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        _wait_ready(f"http://127.0.0.1:{ports['console']}/healthz", 30, console)
+        operator = json.loads((paths.root / "demo-operator.json").read_text())
+        print(  # noqa: T201
+            f"智能卡中心操作台 operator console: http://127.0.0.1:{ports['console']}/ — "
+            f"演示操作员 demo operator {operator['username']} / {operator['password']} "
+            "(首次登录须修改密码 change it at the first login; 读卡器 reader: "
+            f"onecard reader-agent --config {paths.config})"
+        )
         fleet_cmd = [
             *(sys.executable, "-m", "simulators", "fleet"),
             *("--host", "127.0.0.1", "--port", str(ports["mqtt"])),
@@ -289,6 +336,7 @@ def run_demo(
             code = _stop(fleet, signal.SIGINT, 60) or 0
     finally:
         _stop(fleet, signal.SIGINT, 60)
+        _stop(console, signal.SIGTERM, 15)
         _stop(web, signal.SIGTERM, 15)
         _stop(pay, signal.SIGTERM, 10)
         _stop(gateway, signal.SIGTERM, 30)
