@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from gateway.services.base import Actor, Context
@@ -15,6 +15,7 @@ from gateway.services.passwords import (
     token_hash,
     verify_password,
 )
+from protocol.cards.clock import fmt_local
 from protocol.errors import AccessDenied, Duplicate, ErrorCode, InvalidInput, NotFound
 from protocol.types import Permission
 from storage.ports import Tx
@@ -23,6 +24,31 @@ from storage.records import Row
 SESSION_TTL = timedelta(hours=12)
 MAX_FAILED_LOGINS = 5
 LOCKOUT = timedelta(minutes=15)
+
+
+def _disabled(username: str) -> AccessDenied:
+    return AccessDenied(
+        f"账号 {username} 已停用；重新启用须书面申请并经负责人审批（onecard operator enable）",
+        f"account {username} is disabled; re-enabling needs a written application and the"
+        " center head's approval (`onecard operator enable`)",
+        code=ErrorCode.ACCOUNT_LOCKED,
+        rule="ACC-2",
+    )
+
+
+def _locked(
+    username: str, until: datetime, *, code: ErrorCode = ErrorCode.ACCOUNT_LOCKED
+) -> AccessDenied:
+    """Locked after wrong passwords, with the lockout's end in campus time."""
+    end = fmt_local(until)
+    return AccessDenied(
+        f"密码错误次数过多，账号 {username} 锁定至 {end}；到时再试，或请账号管理员解锁"
+        "（onecard operator unlock）",
+        f"too many wrong passwords: account {username} is locked until {end}; try again then,"
+        " or ask an accounts administrator to unlock it (`onecard operator unlock`)",
+        code=code,
+        rule="ACC-2",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,8 +356,13 @@ class OperatorService:
         A failed attempt is counted and committed before the refusal is raised.
         """
         now = self.ctx.wall_now()
+        minutes = int(LOCKOUT.total_seconds() // 60)
         wrong = AccessDenied(
-            "账号或密码错误", "wrong user name or password", code=ErrorCode.AUTH_FAILED
+            f"账号或密码错误（连续错误 {MAX_FAILED_LOGINS} 次将锁定 {minutes} 分钟）",
+            f"wrong user name or password ({MAX_FAILED_LOGINS} wrong tries in a row lock the"
+            f" account for {minutes} minutes)",
+            code=ErrorCode.AUTH_FAILED,
+            rule="ACC-3",
         )
         async with self.ctx.registry.transaction() as tx:
             rows = await tx.find("operators", username=username)
@@ -339,13 +370,9 @@ class OperatorService:
                 raise wrong
             row = rows[0]
             if row["disabled"]:
-                raise AccessDenied("账号已停用", "account disabled", code=ErrorCode.ACCOUNT_LOCKED)
+                raise _disabled(username)
             if row["locked_until"] is not None and row["locked_until"] > now:
-                raise AccessDenied(
-                    "密码错误次数过多，账号暂时锁定",
-                    "too many wrong passwords: account locked for now",
-                    code=ErrorCode.ACCOUNT_LOCKED,
-                )
+                raise _locked(username, row["locked_until"])
             ok = verify_password(password, row["password_hash"])
             if not ok:
                 failed = int(row["failed_logins"]) + 1
@@ -370,6 +397,8 @@ class OperatorService:
                 )
                 await tx.audit(now, username, "operator.login", "operator", row["id"])
         if not ok:
+            if locked is not None:
+                raise _locked(username, locked, code=ErrorCode.AUTH_FAILED)
             raise wrong
         return Session(
             token=token, actor=_actor(row), must_change_password=bool(row["must_change_password"])
@@ -389,7 +418,7 @@ class OperatorService:
             row = await tx.get("operators", session["operator_id"])
         assert row is not None
         if row["disabled"]:
-            raise AccessDenied("账号已停用", "account disabled", code=ErrorCode.ACCOUNT_LOCKED)
+            raise _disabled(str(row["username"]))
         if row["must_change_password"] and not allow_password_change_only:
             raise AccessDenied(
                 "首次使用须先修改初始密码：onecard passwd",

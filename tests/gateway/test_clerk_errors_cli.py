@@ -111,3 +111,46 @@ def test_an_unexpected_error_is_one_line_not_a_traceback(tmp_path: Path) -> None
     no_traceback(done)
     assert done.returncode in (2, 70)
     assert as_json(done)["ok"] is False
+
+
+def test_login_lockout_and_disabled_account_say_why_and_until_when(tmp_path: Path) -> None:
+    """Login refusals cite the rule; the lockout names its end (campus time); a disabled
+    account says how it is re-enabled (ACC-2)."""
+    env = operator_site(tmp_path)
+    other = {**env, "ONECARD_SESSION": str(tmp_path / "cash01.json")}
+    invoke(
+        env,
+        "operator",
+        "add",
+        "cash01",
+        "--name",
+        "李会计",
+        "--department",
+        "后勤管理处",
+        "--permission",
+        "cash_machine",
+        "--approved-by",
+        "网管中心主任 张",
+        "--application",
+        "后勤〔2026〕7号",
+        "--password-stdin",
+        stdin="Cash-desk-2026\n",
+    )
+    done = invoke(other, "login", "cash01", "--password-stdin", stdin="Wrong-pass-9\n")
+    assert done.returncode == 2
+    assert "ACC-3" in done.stderr and "username=cash01" in done.stderr
+    assert "Wrong-pass-9" not in done.stdout + done.stderr  # a password is never shown back
+    for _ in range(4):
+        done = invoke(other, "--json", "login", "cash01", "--password-stdin", stdin="Wrong-9x\n")
+    error = as_json(done)["error"]
+    assert error["rule"] == "ACC-2" and "locked until 20" in error["message_en"]
+    done = invoke(other, "login", "cash01", "--password-stdin", stdin="Cash-desk-2026\n")
+    assert done.returncode == 2 and "锁定至 20" in done.stderr and "operator unlock" in done.stderr
+
+    invoke(env, "operator", "unlock", "cash01", "--approved-by", "网管中心主任 张")
+    invoke(env, "operator", "disable", "cash01")
+    error = as_json(
+        invoke(other, "--json", "login", "cash01", "--password-stdin", stdin="Cash-desk-2026\n")
+    )["error"]
+    assert (error["code"], error["rule"]) == ("account_locked", "ACC-2")
+    assert "operator enable" in error["message"]
