@@ -113,6 +113,20 @@ def demo() -> None:
 @click.option("--terminals", type=int, default=200, show_default=True)
 @click.option("--duration", type=float, help="seconds; default: until Ctrl-C")
 @click.option("--no-dashboard", is_flag=True, help="plain log lines instead of the live dashboard")
+@click.option(
+    "--registry",
+    type=click.Choice(["sqlite", "postgres"]),
+    default="sqlite",
+    show_default=True,
+    help="postgres: a fresh database onecard_demo on the local PostgreSQL (ONECARD_DEMO_PG)",
+)
+@click.option(
+    "--gateways",
+    type=click.IntRange(1, 8),
+    default=1,
+    show_default=True,
+    help="gateways in one MQTT shared-subscription group (more than one needs --registry postgres)",
+)
 def demo_run(
     directory: Path,
     students: int,
@@ -121,11 +135,24 @@ def demo_run(
     terminals: int,
     duration: float | None,
     no_dashboard: bool,
+    registry: str,
+    gateways: int,
 ) -> None:
     """Seed a synthetic campus, start mosquitto, the gateway and the fleet; Ctrl-C stops all."""
     from gateway.demo.launcher import DemoSize, run_demo
 
-    size = DemoSize(students=students, staff=staff, visitors=visitors, terminals=terminals)
+    if gateways > 1 and registry != "postgres":
+        raise click.UsageError(
+            "多个网关需要 PostgreSQL 登记库 / several gateways need --registry postgres"
+        )
+    size = DemoSize(
+        students=students,
+        staff=staff,
+        visitors=visitors,
+        terminals=terminals,
+        registry=registry,
+        gateways=gateways,
+    )
     raise SystemExit(run_demo(directory, size, duration=duration, dashboard=not no_dashboard))
 
 

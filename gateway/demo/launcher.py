@@ -1,6 +1,11 @@
 """`onecard demo`: a private Mosquitto, the gateway on a fresh SQLite registry seeded with a
 synthetic campus, and a simulated fleet with its live dashboard — all on this machine.
 
+``--registry postgres --gateways N`` (issue 12) seeds a fresh database ``onecard_demo`` on the
+local PostgreSQL (``ONECARD_DEMO_PG``, default ``postgresql://postgres@127.0.0.1:5432``) and
+runs N gateways in one MQTT shared-subscription group, each with its own broker account and
+/metrics; one of them leads (deny list, scheduler).
+
 Processes: mosquitto (files rendered from the registry, like production), ``onecard serve``
 (the gateway), ``onecard web`` (the cardholder portal; its address and a demo account are
 printed), ``python -m simulators fleet`` (black-box terminals speaking the contract). Ctrl-C
@@ -41,14 +46,21 @@ class DemoSize:
     staff: int = 2_000
     visitors: int = 200
     terminals: int = 200
+    #: "sqlite" (``make demo``) or "postgres"; several gateways need PostgreSQL
+    registry: str = "sqlite"
+    gateways: int = 1
 
 
 @dataclass
 class DemoPaths:
     root: Path
 
+    registry: str = "sqlite"
+
     @property
-    def db(self) -> Path:
+    def db(self) -> Path | str:
+        if self.registry == "postgres":
+            return f"{_pg_server()}/{PG_DEMO_DATABASE}"
         return self.root / "onecard.sqlite3"
 
     @property
@@ -66,6 +78,30 @@ class DemoPaths:
     @property
     def config(self) -> Path:
         return self.root / "onecard.toml"
+
+
+PG_DEMO_DATABASE = "onecard_demo"
+
+
+def _pg_server() -> str:
+    return os.environ.get("ONECARD_DEMO_PG", "postgresql://postgres@127.0.0.1:5432").rstrip("/")
+
+
+async def _fresh_pg_database() -> None:
+    """Drop and create ``onecard_demo`` (the demo's own database, nothing else is touched)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(f"{_pg_server()}/postgres", timeout=5)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{PG_DEMO_DATABASE}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{PG_DEMO_DATABASE}"')
+    finally:
+        await conn.close()
+
+
+def gateway_names(count: int) -> list[str]:
+    """Broker accounts of the demo's gateways: ``gateway`` alone, or ``gw1`` … ``gwN``."""
+    return ["gateway"] if count == 1 else [f"gw{i}" for i in range(1, count + 1)]
 
 
 def free_port() -> int:
@@ -86,6 +122,8 @@ async def prepare(paths: DemoPaths, size: DemoSize, *, gateway_password: str) ->
         shutil.rmtree(paths.root)
     paths.root.mkdir(parents=True)
     started = time.perf_counter()
+    if size.registry == "postgres":
+        await _fresh_pg_database()
     registry = await SqlRegistry.open(paths.db, migrate=True)
     try:
         center = CardCenter.build(Context(registry=registry, clock=SystemClock()))
@@ -119,10 +157,13 @@ async def prepare(paths: DemoPaths, size: DemoSize, *, gateway_password: str) ->
     )
     console_mqtt = bf.new_password()
     accounts = [_Account(r["id"], bool(r["enabled"]), r["mqtt_password_hash"]) for r in rows]
+    names = gateway_names(size.gateways)
+    # the first gateway's password is the one given; the others get their own
+    passwords = {n: gateway_password if i == 0 else bf.new_password() for i, n in enumerate(names)}
     entries = bf.password_entries(
         accounts,
         {
-            "gateway": bf.mosquitto_password_hash(gateway_password),
+            **{n: bf.mosquitto_password_hash(pw) for n, pw in passwords.items()},
             "console": bf.mosquitto_password_hash(console_mqtt),
         },
     )
@@ -131,7 +172,7 @@ async def prepare(paths: DemoPaths, size: DemoSize, *, gateway_password: str) ->
     bf.write_broker_files(
         paths.broker,
         entries=entries,
-        gateway_users=["gateway"],
+        gateway_users=names,
         monitor_users=["console"],
         port=port,
         persistence=False,
@@ -140,7 +181,11 @@ async def prepare(paths: DemoPaths, size: DemoSize, *, gateway_password: str) ->
         run_as="root" if as_root else None,
         owner=None,
     )
-    http_port = free_port()
+    http_ports = [free_port() for _ in names]
+    http_port = http_ports[0]
+    metrics_urls = ", ".join(f'"http://127.0.0.1:{p}/metrics"' for p in http_ports)
+    # several gateways: one secret share group (a terminal must not be able to join it)
+    group = f'shared_group = "onecard-{secrets.token_hex(6)}"\n' if len(names) > 1 else ""
     web_port = free_port()
     pay_port = free_port()  # the sandbox payment provider (online top-up, TOP-1)
     console_port, agent_port = free_port(), free_port()
@@ -150,11 +195,11 @@ async def prepare(paths: DemoPaths, size: DemoSize, *, gateway_password: str) ->
         fh.write(bf.new_password())
     paths.config.write_text(
         f'db = "{paths.db}"\nlog_level = "WARNING"\nscheduler_interval_s = 5.0\n'
-        f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\nusername = "gateway"\n'
-        f'password = "{gateway_password}"\n'
+        f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\nusername = "{names[0]}"\n'
+        f'password = "{gateway_password}"\nclient_id = "{names[0]}"\n{group}'
         f"[http]\nport = {http_port}\n"
         f'[web]\nhost = "127.0.0.1"\nport = {web_port}\ncookie_secure = false\n'
-        f'gateway_metrics_urls = ["http://127.0.0.1:{http_port}/metrics"]\n'
+        f"gateway_metrics_urls = [{metrics_urls}]\n"
         f'[payments]\nprovider = "sandbox"\napi_url = "http://127.0.0.1:{pay_port}"\n'
         f'notify_url = "http://127.0.0.1:{web_port}/pay/notify/sandbox"\n'
         f'merchant_id = "onecard-demo"\nkey_file = "{key_file}"\n'
@@ -162,13 +207,22 @@ async def prepare(paths: DemoPaths, size: DemoSize, *, gateway_password: str) ->
         f'origin = "http://127.0.0.1:{console_port}"\n'
         f'reader_agent_url = "http://127.0.0.1:{agent_port}"\n'
         f'mqtt_username = "console"\nmqtt_password = "{console_mqtt}"\n'
-        f'gateway_metrics_urls = ["http://127.0.0.1:{http_port}/metrics"]\n'
+        f"gateway_metrics_urls = [{metrics_urls}]\n"
     )
+    for name, http in zip(names[1:], http_ports[1:], strict=True):
+        # the other gateways: the same registry and broker, their own account and /metrics
+        (paths.root / f"{name}.toml").write_text(
+            f'db = "{paths.db}"\nlog_level = "WARNING"\nscheduler_interval_s = 5.0\n'
+            f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\nusername = "{name}"\n'
+            f'password = "{passwords[name]}"\nclient_id = "{name}"\n{group}'
+            f"[http]\nport = {http}\n"
+        )
     (paths.root / "ports.json").write_text(
         json.dumps(
             {
                 "mqtt": port,
                 "http": http_port,
+                "gateways_http": http_ports,
                 "web": web_port,
                 "pay": pay_port,
                 "console": console_port,
@@ -232,13 +286,14 @@ def run_demo(
     root: Path, size: DemoSize, *, duration: float | None, dashboard: bool, seed: int = 1
 ) -> int:
     """Set up, run until Ctrl-C or ``duration``, stop cleanly; the fleet's exit code."""
-    paths = DemoPaths(root)
+    paths = DemoPaths(root, registry=size.registry)
     gateway_password = bf.new_password()
     asyncio.run(prepare(paths, size, gateway_password=gateway_password))
     ports = json.loads((paths.root / "ports.json").read_text())
     bin_dir = Path(sys.executable).parent
     env = {k: v for k, v in os.environ.items() if not k.startswith("ONECARD_")}
     broker = gateway = fleet = web = pay = console = None
+    others: list[subprocess.Popen[bytes]] = []
     code = 1
     try:
         mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -260,9 +315,30 @@ def run_demo(
             start_new_session=True,  # Ctrl-C goes to the fleet; we stop the gateway ourselves
         )
         _wait_ready(f"http://127.0.0.1:{ports['http']}/readyz", 30, gateway)
+        for name, http in zip(
+            gateway_names(size.gateways)[1:], ports["gateways_http"][1:], strict=True
+        ):
+            others.append(
+                subprocess.Popen(  # noqa: S603
+                    [
+                        str(bin_dir / "onecard"),
+                        "serve",
+                        "--config",
+                        str(paths.root / f"{name}.toml"),
+                    ],
+                    env=env,
+                    stdout=(paths.root / f"{name}.log").open("wb"),
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
+            _wait_ready(f"http://127.0.0.1:{http}/readyz", 30, others[-1])
         print(  # noqa: T201
-            f"网关就绪 gateway ready: mqtt 127.0.0.1:{ports['mqtt']}, "
-            f"metrics http://127.0.0.1:{ports['http']}/metrics — Ctrl-C 停止 / stops"
+            f"网关就绪 gateway ready ({size.gateways}, {size.registry}): "
+            f"mqtt 127.0.0.1:{ports['mqtt']}, metrics "
+            + ", ".join(f"http://127.0.0.1:{p}/metrics" for p in ports["gateways_http"])
+            + " — Ctrl-C 停止 / stops"
         )
         pay = subprocess.Popen(  # noqa: S603 - the sandbox payment provider, our own module
             [
@@ -339,6 +415,8 @@ def run_demo(
         _stop(console, signal.SIGTERM, 15)
         _stop(web, signal.SIGTERM, 15)
         _stop(pay, signal.SIGTERM, 10)
+        for other in others:
+            _stop(other, signal.SIGTERM, 30)
         _stop(gateway, signal.SIGTERM, 30)
         _stop(broker, signal.SIGTERM, 10)
     return code
