@@ -18,6 +18,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from playwright.sync_api import Browser, Page, sync_playwright
 from gateway.bootstrap import console_app
 from gateway.cli.reader import run_agent
 from gateway.config import load_settings
+from gateway.metrics import Metrics
 from gateway.readers.agent import ReaderAgent
 from gateway.services.base import FixedClock
 from protocol.cardfile.layout import CampusRecord
@@ -66,6 +68,7 @@ class Stack:
     broker: PrivateBroker
     browser: Browser
     pcscd: Pcscd
+    metrics: Metrics
 
     def page(self) -> Page:
         context = self.browser.new_context(viewport=DESKTOP, locale="zh-CN", accept_downloads=True)
@@ -120,6 +123,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     clock = FixedClock(datetime.now(UTC))
     daemon = Pcscd(root / "pcscd", _pick_base_port())
     daemon.start()
+    metrics = Metrics()  # a gateway's metrics, served as the gateway's ops port serves them
+    metrics.denylist_version.set(7)
+    metrics.decisions.labels(op="purchase", result="approved").inc(40)
+    metrics.errors.labels(code="card_lost").inc(2)
+    metrics.decision_seconds.labels(op="purchase").observe(0.004)
+    metrics_http = _serve_metrics(metrics)
     with PrivateBroker(root / "broker", users=users, monitor_users=("console-mon",)) as broker:
         settings = load_settings(
             None,
@@ -134,6 +143,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 "mqtt_username": "console-mon",
                 "mqtt_password": "pw-mon",
                 "idle_timeout_s": 600,
+                "gateway_metrics_urls": [
+                    f"http://127.0.0.1:{metrics_http.server_address[1]}/metrics"
+                ],
             },
         )
         server = uvicorn.Server(
@@ -159,7 +171,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             with sync_playwright() as pw:
                 browser = _launch(pw)
                 try:
-                    yield Stack(base, desk, db, clock, broker, browser, daemon)
+                    yield Stack(base, desk, db, clock, broker, browser, daemon, metrics)
                 finally:
                     browser.close()
         finally:
@@ -169,8 +181,27 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             web.thread.join(10)
             agent.thread.join(10)
             daemon.stop()
+            metrics_http.shutdown()
+            metrics_http.server_close()
     assert web.error is None, web.error
     assert agent.error is None, agent.error
+
+
+def _serve_metrics(metrics: Metrics) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = metrics.render()
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server
 
 
 def _login(page: Page, base: str, username: str, password: str) -> None:
@@ -457,3 +488,21 @@ def page_token(page: Page) -> str:
     it, not a stale form)."""
     page.goto(page.url.rsplit("/", 1)[0] + "/graduation")
     return page.locator("input[name=form_token]").first.get_attribute("value") or "none"
+
+
+def test_live_page_updates_without_reload(stack: Stack) -> None:
+    """The supervisor's live figures come from the gateways' /metrics and follow them."""
+    page = _chief(stack)
+    page.goto(f"{stack.base}/live")
+    assert (page.text_content("#live-approved") or "").strip() == "40"
+    assert (page.text_content("#live-version") or "").strip() == "7"
+    assert "card_lost" in (page.text_content("#live-declines") or "")
+    assert "5.0 ms" in (page.text_content("#live-p99") or "")  # the 5 ms bucket
+    stack.metrics.decisions.labels(op="purchase", result="approved").inc(60)
+    stack.metrics.errors.labels(code="insufficient_funds").inc()
+    page.wait_for_selector("#live-approved:has-text('100')", timeout=6_000)  # no reload
+    assert "insufficient_funds" in (page.text_content("#live-declines") or "")
+    rate = (page.text_content("#live-rate") or "").strip()
+    assert rate != "—" and float(rate) > 0
+    _shot(page, "live")
+    page.context.close()

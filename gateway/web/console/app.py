@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import re
 import tempfile
-import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -30,7 +30,7 @@ from starlette.applications import Starlette
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
@@ -43,6 +43,7 @@ from gateway.services.console_view import ConsoleViews
 from gateway.services.reports import Table, campus_today
 from gateway.services.search import MATCHED_NAMES, SearchService
 from gateway.web.app import SecurityHeaders
+from gateway.web.console.live import LiveMetrics
 from gateway.web.sessions import AddressLimiter, SessionStore, WebSession
 from protocol.cards.clock import local
 from protocol.cards.fees import parse_yuan, yuan
@@ -68,7 +69,8 @@ def console_csp(agent_url: str) -> str:
     agent = f"{parts.scheme}://{parts.netloc}" if parts.scheme in ("http", "https") else ""
     return (
         "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
-        f"frame-ancestors 'none'; base-uri 'none'; script-src 'self'; connect-src {agent}".strip()
+        "frame-ancestors 'none'; base-uri 'none'; script-src 'self'; "
+        f"connect-src 'self' {agent}".strip()
     )
 
 
@@ -116,6 +118,7 @@ class Console:
         env.filters["mask_card"] = mask_card
         env.globals["P"] = Permission
         self._services: ConsoleServices | None = None
+        self.metrics = LiveMetrics(config.gateway_metrics_urls)
 
     @property
     def services(self) -> ConsoleServices:
@@ -170,6 +173,8 @@ class Console:
             p("/reports", self.reports),
             p("/reports/{name:str}.xlsx", self.report_xlsx),
             p("/terminals", self.terminals),
+            p("/live", self.live),
+            p("/live.json", self.live_json),
             p("/graduation", self.graduation, methods=("GET", "POST")),
             p("/approvals", self.approvals, methods=("GET",)),
             p("/approvals/{request_id:str}", self.decide, methods=("POST",)),
@@ -627,6 +632,16 @@ class Console:
         fleet = self.services.fleet() if self.services.fleet is not None else None
         return self.render(request, "console_terminals.html", rows=rows, fleet=fleet)
 
+    async def live(self, request: Request, _form: None) -> Response:
+        self.me(request)
+        figures = await asyncio.to_thread(self.metrics.figures)
+        return self.render(request, "console_live.html", m=figures)
+
+    async def live_json(self, request: Request, _form: None) -> Response:
+        """The live page's figures, polled by its script every two seconds."""
+        self.me(request)
+        return JSONResponse(dataclasses.asdict(await asyncio.to_thread(self.metrics.figures)))
+
     async def graduation(self, request: Request, form: FormData | None) -> Response:
         actor = self.me(request)
         actor.require(Permission.CARD_HANDLING)
@@ -769,14 +784,6 @@ class _Csp:
             await send(message)
 
         await self.app(scope, receive, with_csp)
-
-
-def _gateway_metrics(url: str) -> str | None:
-    try:
-        with urllib.request.urlopen(url, timeout=0.5) as resp:  # noqa: S310 - configured URL
-            return str(resp.read().decode())
-    except OSError:
-        return None
 
 
 def create_console(

@@ -6,6 +6,32 @@
   const status = document.getElementById("reader-status");
   const print = document.getElementById("print");
   if (print) print.addEventListener("click", () => window.print());
+  const live = document.getElementById("live");
+  if (live) {
+    const fmt = (v, unit) => (v === null || v === undefined ? "—" : Math.round(v) + (unit || ""));
+    const set = (id, text) => { const el = document.getElementById(id); if (el) el.textContent = text; };
+    const poll = () => fetch(live.dataset.url, { credentials: "same-origin" })
+      .then((r) => (r.ok ? r.json() : Promise.reject(r.status)))
+      .then((m) => {
+        set("live-reachable", m.reachable);
+        set("live-rate", fmt(m.taps_per_min));
+        set("live-approved", fmt(m.approved));
+        set("live-p99", m.p99_ms === null ? "—" : m.p99_ms.toFixed(1) + " ms");
+        set("live-version", fmt(m.denylist_version));
+        set("live-online", fmt(m.terminals_online));
+        set("live-lag", fmt(m.max_lag) + " (" + fmt(m.lagging) + " 台 terminals)");
+        const body = document.getElementById("live-declines");
+        body.replaceChildren(...Object.keys(m.declines).sort().map((code) => {
+          const tr = document.createElement("tr");
+          const a = document.createElement("td"); a.textContent = code;
+          const b = document.createElement("td"); b.className = "num"; b.textContent = fmt(m.declines[code]);
+          tr.append(a, b);
+          return tr;
+        }));
+      })
+      .catch(() => set("live-reachable", "?"));
+    setInterval(poll, 2000);
+  }
   if (!box || !status || !window.EventSource) return;
   const shown = box.dataset.uid || "";
   const say = (cls, zh, en) => {
