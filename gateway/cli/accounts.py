@@ -24,12 +24,26 @@ from protocol.types import Permission
 
 
 @click.command()
-@click.option("--admin", "username", required=True, help="first account (section chief)")
-@click.option("--name", "real_name", required=True, help="real name (ACC-2)")
-@click.option("--password-stdin", is_flag=True)
+@click.option(
+    "--admin", "username", required=True, help="第一个账号（科长） / first account (section chief)"
+)
+@click.option("--name", "real_name", required=True, help="真实姓名（ACC-2） / real name (ACC-2)")
+@click.option(
+    "--password-stdin",
+    is_flag=True,
+    help=("从标准输入读初始密码 / read the initial password from standard input"),
+)
 @pass_opts
 def init(opts: Options, username: str, real_name: str, password_stdin: bool) -> None:
-    """Create/upgrade the registry and the first operator account (initial password, ACC-3)."""
+    """建立或升级登记库，并建立第一个操作员账号（初始密码，首次登录须修改，ACC-3） / create or
+    upgrade the registry and the first operator account (an initial password, changed at first
+    login, ACC-3).
+
+    \b
+    例 example:
+      echo 'First-pass-1' | onecard init --admin chief --name 王科长 \\
+          --password-stdin
+    """
     password = read_secret("initial password", password_stdin)
     op_id = run(opts, lambda c: c.operators.bootstrap(username, real_name, password), migrate=True)
     emit(
@@ -41,13 +55,19 @@ def init(opts: Options, username: str, real_name: str, password_stdin: bool) -> 
 
 @click.group()
 def db() -> None:
-    """Schema migrations."""
+    """数据库结构升级 / schema migrations."""
 
 
 @db.command("upgrade")
 @pass_opts
 def db_upgrade(opts: Options) -> None:
-    """Bring the schema to this version's head (refuses a newer schema)."""
+    """把数据库结构升级到本版本（拒绝更新的结构） / bring the schema to this version's head (a
+    newer schema is refused).
+
+    \b
+    例 example:
+      onecard db upgrade
+    """
 
     async def body(_: CardCenter) -> None:
         return None
@@ -58,10 +78,21 @@ def db_upgrade(opts: Options) -> None:
 
 @click.command()
 @click.argument("username")
-@click.option("--password-stdin", is_flag=True)
+@click.option(
+    "--password-stdin",
+    is_flag=True,
+    help="从标准输入读密码 / read the password from standard input",
+)
 @pass_opts
 def login(opts: Options, username: str, password_stdin: bool) -> None:
-    """Log in; the session is kept (mode 600) for the following commands."""
+    """登录；会话保存在本机（权限 600），供后续命令使用 / log in; the session is kept (mode 600)
+    for the following commands.
+
+    \b
+    例 examples:
+      onecard login chief
+      echo "$PASSWORD" | onecard login chief --password-stdin
+    """
     password = read_secret("password", password_stdin)
     session = run(opts, lambda c: c.operators.login(username, password))
     write_token(opts, session.token, username)
@@ -80,6 +111,12 @@ def login(opts: Options, username: str, password_stdin: bool) -> None:
 @click.command()
 @pass_opts
 def logout(opts: Options) -> None:
+    """退出登录，结束本机会话 / log out and end this session.
+
+    \b
+    例 example:
+      onecard logout
+    """
     token = read_token(opts)
     run(opts, lambda c: c.operators.logout(token))
     opts.session_file.unlink(missing_ok=True)
@@ -87,10 +124,23 @@ def logout(opts: Options) -> None:
 
 
 @click.command()
-@click.option("--stdin", "from_stdin", is_flag=True, help="read old and new password as two lines")
+@click.option(
+    "--stdin",
+    "from_stdin",
+    is_flag=True,
+    help=("从标准输入读原密码和新密码（两行） / read old and new password as two lines"),
+)
 @pass_opts
 def passwd(opts: Options, from_stdin: bool) -> None:
-    """Change your password (ACC-3: required at first use)."""
+    """修改自己的密码（ACC-3：首次使用必须修改；至少 8 位，含 4 类字符中的 3 类，不能含账号名） /
+    change your password (ACC-3: required at first use; 8 or more characters of 3 of the 4
+    classes, not the user name).
+
+    \b
+    例 examples:
+      onecard passwd
+      printf 'Old-pass-1\nNew-pass-2026\n' | onecard passwd --stdin
+    """
     token = read_token(opts)
     old = read_secret("current password", from_stdin)
     new = read_secret("new password", from_stdin)
@@ -101,6 +151,12 @@ def passwd(opts: Options, from_stdin: bool) -> None:
 @click.command()
 @pass_opts
 def whoami(opts: Options) -> None:
+    """显示当前登录的账号及其权限 / who is logged in, and their permissions.
+
+    \b
+    例 example:
+      onecard whoami --json
+    """
     actor = run_as(opts, lambda _c, a: _actor(a))
     emit(opts, actor, f"{actor.name}: {', '.join(sorted(actor.permissions))}")
 
@@ -111,25 +167,37 @@ async def _actor(actor: Actor) -> Actor:
 
 @click.group()
 def operator() -> None:
-    """Function accounts (ACC-1..3)."""
+    """功能户（操作员账号）管理 ACC-1..3 / function (operator) accounts, ACC-1..3."""
 
 
 @operator.command("add")
 @click.argument("username")
-@click.option("--name", "real_name", required=True)
-@click.option("--department", required=True)
+@click.option("--name", "real_name", required=True, help="真实姓名 / the person's real name")
+@click.option("--department", required=True, help="所在部门 / department")
 @click.option(
     "--permission",
     "permissions",
     multiple=True,
     required=True,
     type=click.Choice([p.value for p in Permission]),
+    help="批准的权限（可重复） / an approved permission (repeat)",
 )
-@click.option("--approved-by", required=True, help="center head who approved (ACC-2)")
 @click.option(
-    "--application", "application_ref", required=True, help="written application reference"
+    "--approved-by",
+    required=True,
+    help="审批人（网管中心负责人） / center head who approved (ACC-2)",
 )
-@click.option("--password-stdin", is_flag=True)
+@click.option(
+    "--application",
+    "application_ref",
+    required=True,
+    help="书面申请编号 / written application reference",
+)
+@click.option(
+    "--password-stdin",
+    is_flag=True,
+    help=("从标准输入读初始密码 / read the initial password from standard input"),
+)
 @pass_opts
 def operator_add(
     opts: Options,
@@ -141,7 +209,14 @@ def operator_add(
     application_ref: str,
     password_stdin: bool,
 ) -> None:
-    """ACC-2: a real-name account with the approved permissions."""
+    """ACC-2: 按书面申请和负责人审批建立实名账号，授予批准的权限 / a real-name account with the
+    approved permissions, on a written application.
+
+    \b
+    例 example:
+      onecard operator add cash01 --name 李会计 --department 后勤管理处 --permission \\
+          cash_machine --approved-by 网管中心主任 --application 后勤〔2026〕7号
+    """
     initial = read_secret("initial password", password_stdin)
     op_id = run_as(
         opts,
@@ -162,6 +237,12 @@ def operator_add(
 @operator.command("list")
 @pass_opts
 def operator_list(opts: Options) -> None:
+    """功能户登记表：账号、姓名、部门、权限、是否停用、审批人 / the function account register.
+
+    \b
+    例 example:
+      onecard operator list
+    """
     rows = run_as(opts, lambda c, a: c.operators.list(a))
     emit_table(
         opts,
@@ -192,6 +273,13 @@ def operator_list(opts: Options) -> None:
 @click.argument("username")
 @pass_opts
 def operator_disable(opts: Options, username: str) -> None:
+    """ACC-2: 停用账号（立即不能登录；最后一个账号管理员不能停用） / disable an account at once
+    (never the last accounts administrator).
+
+    \b
+    例 example:
+      onecard operator disable cash01
+    """
     run_as(opts, lambda c, a: c.operators.set_disabled(a, username, True))
     emit(opts, {"disabled": username}, f"账号已停用 {username} disabled")
 
@@ -211,7 +299,12 @@ APPROVED_BY = click.option(
 def operator_unlock(
     opts: Options, username: str, approved_by: str, application_ref: str | None
 ) -> None:
-    """ACC-2: 解除密码错误锁定 / lift a lockout after wrong passwords (audited)."""
+    """ACC-2: 解除密码错误锁定（记入审计） / lift a lockout after wrong passwords (audited).
+
+    \b
+    例 example:
+      onecard operator unlock cash01 --approved-by 网管中心主任
+    """
     run_as(
         opts,
         lambda c, a: c.operators.unlock(
@@ -229,7 +322,13 @@ def operator_unlock(
 def operator_enable(
     opts: Options, username: str, approved_by: str, application_ref: str | None
 ) -> None:
-    """ACC-2: 重新启用停用的账号 / re-enable a disabled account (audited)."""
+    """ACC-2: 重新启用停用的账号（记入审计） / re-enable a disabled account (audited).
+
+    \b
+    例 example:
+      onecard operator enable cash01 --approved-by 网管中心主任 --application \\
+          后勤〔2026〕9号
+    """
     run_as(
         opts,
         lambda c, a: c.operators.enable(
@@ -243,7 +342,11 @@ def operator_enable(
 @click.argument("username")
 @APPROVED_BY
 @click.option("--application", "application_ref", help="书面申请编号 / written application")
-@click.option("--password-stdin", is_flag=True)
+@click.option(
+    "--password-stdin",
+    is_flag=True,
+    help=("从标准输入读新的初始密码 / read the new initial password from standard input"),
+)
 @pass_opts
 def operator_reset_password(
     opts: Options,
@@ -252,8 +355,13 @@ def operator_reset_password(
     application_ref: str | None,
     password_stdin: bool,
 ) -> None:
-    """ACC-3: 重置为新的初始密码，下次登录须修改 / a new initial password, changed at the next
-    login; the account's sessions end (audited)."""
+    """ACC-3: 重置为新的初始密码，下次登录须修改，该账号的会话全部结束（记入审计） / a new initial
+    password, changed at the next login; the account's sessions end (audited).
+
+    \b
+    例 example:
+      onecard operator reset-password cash01 --approved-by 网管中心主任
+    """
     initial = read_secret("new initial password", password_stdin)
     run_as(
         opts,
@@ -290,7 +398,14 @@ def operator_permissions(
     approved_by: str,
     application_ref: str,
 ) -> None:
-    """ACC-1/2: 变更账号权限（书面申请，负责人审批） / set an account's permissions (audited)."""
+    """ACC-1/2: 变更账号权限（书面申请，负责人审批，记入审计） / set an account's permissions
+    (written application, approved, audited).
+
+    \b
+    例 example:
+      onecard operator permissions cash01 --permission cash_machine --permission \\
+          reports --approved-by 网管中心主任 --application 后勤〔2026〕8号
+    """
     perms = [Permission(p) for p in permissions]
     run_as(
         opts,

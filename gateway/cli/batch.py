@@ -104,7 +104,7 @@ def batch_issue_temp(
     """为全班制作临时卡 ISS-1: a temp CPU card for every student of the class without a card.
 
     \b
-    Example: onecard batch issue-temp --college 计算机科学与技术学院 --class 计科2026-1班
+    例 example: onecard batch issue-temp --college 计算机科学与技术学院 --class 计科2026-1班
     --out 计科2026-1班-临时卡.xlsx
     """
     report = run_as(
@@ -145,7 +145,7 @@ def batch_order_smart(
     batch (photo and data complete); --out writes the class's print batch.
 
     \b
-    Example: onecard batch order-smart --college 计算机科学与技术学院 --class 计科2026-1班
+    例 example: onecard batch order-smart --college 计算机科学与技术学院 --class 计科2026-1班
     --out 制卡-计科2026-1班.xlsx
     """
 
@@ -199,7 +199,7 @@ def batch_exchange(
     ready smart card handed over; a lost temp card is paid for (30 yuan, receipt).
 
     \b
-    Example: onecard batch exchange --college 计算机科学与技术学院 --class 计科2026-1班
+    例 example: onecard batch exchange --college 计算机科学与技术学院 --class 计科2026-1班
     --returned 2000000000,2000000001 --temp-lost 2026000003 --collected-by 张班长
     """
     report = run_as(

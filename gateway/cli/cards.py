@@ -32,19 +32,30 @@ from storage.records import Card
 
 @click.group()
 def card() -> None:
-    """Card procedures at the counter (ISS, LOSS, REP, EXC, REF, TERM, SCR)."""
+    """柜台卡片业务 ISS、LOSS、REP、EXC、REF、TERM、SCR / card procedures at the counter."""
 
 
 @card.command("issue-temp")
 @click.argument("holder")
-@click.option("--uid")
-@click.option("--valid-through")
-@click.option("--proof", "proof_ref", help="ISS-6 written proof for staff without a number")
+@click.option("--uid", help="卡片UID（读卡器读出的物理号） / card UID as the reader prints it")
+@click.option("--valid-through", help="有效期至 YYYY-MM-DD / valid through YYYY-MM-DD")
+@click.option(
+    "--proof",
+    "proof_ref",
+    help=("ISS-6: 无工号教工的书面证明 / written proof for staff without a number"),
+)
 @pass_opts
 def card_issue_temp(
     opts: Options, holder: str, uid: str | None, valid_through: str | None, proof_ref: str | None
 ) -> None:
-    """Issue a temp CPU card (ISS-1 students, ISS-6 staff, ISS-10 others with deposit)."""
+    """发临时卡（ISS-1 学生、ISS-6 无工号教工凭证明、ISS-10 其他人员交押金） / issue a temp CPU
+    card (ISS-1 students, ISS-6 staff without a number, ISS-10 others with a deposit).
+
+    \b
+    例 examples:
+      onecard card issue-temp 2026000001
+      onecard card issue-temp '#11' --uid 04A1B2C3D4E5F6
+    """
     until = parse_day(valid_through) if valid_through else None
     r = run_card(
         opts,
@@ -59,17 +70,32 @@ def card_issue_temp(
 @click.argument("holder")
 @pass_opts
 def card_order_smart(opts: Options, holder: str) -> None:
-    """ISS-2: put a smart card into the vendor's print batch."""
+    """ISS-2: 把持卡人的智能卡列入制卡批次 / put a smart card into the vendor's print batch.
+
+    \b
+    例 example:
+      onecard card order-smart 2026000001
+    """
     emit_card(opts, run_card(opts, lambda c, a: c.cards.order_smart(a, holder_ref(holder))))
 
 
 @card.command("check-printed")
 @click.argument("serial")
-@click.option("--pass/--fail", "passed", required=True)
-@click.option("--uid")
+@click.option(
+    "--pass/--fail",
+    "passed",
+    required=True,
+    help="检验合格 --pass / 不合格 --fail / the check passed or failed",
+)
+@click.option("--uid", help="卡片UID / card UID")
 @pass_opts
 def card_check_printed(opts: Options, serial: str, passed: bool, uid: str | None) -> None:
-    """ISS-3: printed card checked (print, swipe, RFID)."""
+    """ISS-3: 检验制好的卡（印刷、刷卡、射频） / a printed card checked (print, swipe, RFID).
+
+    \b
+    例 example:
+      onecard card check-printed 1000000000 --pass --uid 04A1B2C3D4E5F6
+    """
     emit_card(
         opts, run_card(opts, lambda c, a: c.cards.check_printed(a, serial, passed=passed, uid=uid))
     )
@@ -82,7 +108,11 @@ def card_check_printed(opts: Options, serial: str, passed: bool, uid: str | None
     "returned_temp_serial",
     help="ISS-4: 交回的临时卡（卡号或UID） / the temp card handed in (serial or UID)",
 )
-@click.option("--temp-lost", is_flag=True, help="ISS-4: the temp card is lost; collect the fee")
+@click.option(
+    "--temp-lost",
+    is_flag=True,
+    help=("ISS-4: 临时卡丢失，收工本费 / the temp card is lost; collect the fee"),
+)
 @click.option(
     "--receipt",
     "receipt_no",
@@ -125,7 +155,8 @@ def card_hand_over(
     \b
     补办的智能卡凭补卡费票据、换卡的智能卡凭原卡，领卡人出示证件并签字领取：
     a replacement smart card is collected against the fee receipt, an exchanged one against the
-    original card; the person collecting shows an ID and signs:
+    original card; the person collecting shows an ID and signs.
+    例 examples:
       onecard card hand-over 1000000000 --receipt 1000001 --id-doc 2026000001 --signed
       onecard card hand-over 1000000001 --old-card 1000000000 --id-doc 2026000002 --signed
     """
@@ -151,7 +182,12 @@ def card_hand_over(
 @ID_DOC
 @pass_opts
 def card_loss(opts: Options, serial: str, presented_id: str | None) -> None:
-    """LOSS-1/2: report a card lost; refused everywhere at once."""
+    """LOSS-1/2: 挂失，立即在所有终端拒绝 / report a card lost; refused everywhere at once.
+
+    \b
+    例 example:
+      onecard card loss 2000000000 --id-doc 2026000001
+    """
     emit_card(
         opts, run_card(opts, lambda c, a: c.cards.report_loss(a, serial, presented_id=presented_id))
     )
@@ -162,7 +198,12 @@ def card_loss(opts: Options, serial: str, presented_id: str | None) -> None:
 @ID_DOC
 @pass_opts
 def card_unlock(opts: Options, serial: str, presented_id: str | None) -> None:
-    """LOSS-3: lift a loss report (counter only, valid ID)."""
+    """LOSS-3: 解挂（只在柜台，凭有效证件） / lift a loss report (counter only, valid ID).
+
+    \b
+    例 example:
+      onecard card unlock 2000000000 --id-doc 511502200703010107
+    """
     emit_card(
         opts, run_card(opts, lambda c, a: c.cards.unlock(a, serial, presented_id=presented_id))
     )
@@ -170,14 +211,24 @@ def card_unlock(opts: Options, serial: str, presented_id: str | None) -> None:
 
 @card.command("replace")
 @click.argument("serial")
-@click.option("--kind", type=click.Choice([k.value for k in CardKind]))
-@click.option("--uid")
+@click.option(
+    "--kind",
+    type=click.Choice([k.value for k in CardKind]),
+    help="新卡类型：smart 智能卡 / temp 临时卡 / kind of the new card",
+)
+@click.option("--uid", help="新卡UID / the new card's UID")
 @ID_DOC
 @pass_opts
 def card_replace(
     opts: Options, serial: str, kind: str | None, uid: str | None, presented_id: str | None
 ) -> None:
-    """REP-1..5: replace a lost card (48 h after the loss report)."""
+    """REP-1..5: 补办挂失的卡（挂失满 48 小时后；收补卡费） / replace a lost card (48 h after the
+    loss report; fee).
+
+    \b
+    例 example:
+      onecard card replace 2000000000 --id-doc 2026000001 --kind smart
+    """
     k = CardKind(kind) if kind else None
     emit_card(
         opts,
@@ -213,8 +264,15 @@ def card_fault(
 ) -> None:
     """EXC-3: 故障卡登记，余额冻结48小时 / a faulty card: balance frozen for 48 hours.
 
+    只受理非人为损坏且不能修复的故障；检查结果都会记录。
     Only a fault the holder did not cause and that cannot be repaired is accepted; the finding
-    is recorded either way.
+    is
+    recorded either way.
+
+    \b
+    例 example:
+      onecard card fault 2000000001 --id-doc 2026000002 --finding \\
+          "芯片无响应，外观完好"
     """
     emit_card(
         opts,
@@ -234,14 +292,25 @@ def card_fault(
 
 @card.command("exchange")
 @click.argument("serial")
-@click.option("--kind", type=click.Choice([k.value for k in CardKind]))
-@click.option("--uid")
+@click.option(
+    "--kind",
+    type=click.Choice([k.value for k in CardKind]),
+    help="新卡类型：smart 智能卡 / temp 临时卡 / kind of the new card",
+)
+@click.option("--uid", help="新卡UID / the new card's UID")
 @OLD_CARD_RETURNED
 @pass_opts
 def card_exchange(
     opts: Options, serial: str, kind: str | None, uid: str | None, old_card_returned: bool
 ) -> None:
-    """EXC-3/5: complete a faulty-card exchange after the 48 h freeze."""
+    """EXC-3/5: 冻结 48 小时后完成故障卡换卡，余额转到新卡 / complete a faulty-card exchange after
+    the 48 h freeze; the balance moves.
+
+    \b
+    例 examples:
+      onecard card exchange 2000000001
+      onecard card exchange 2000000001 --kind smart --old-card-returned
+    """
     k = CardKind(kind) if kind else None
     emit_card(
         opts,
@@ -260,10 +329,14 @@ def card_exchange(
     "--document",
     "document_ref",
     required=True,
-    help="HR / organisation / academic affairs document",
+    help=("人事、组织或教务文件编号 / HR, organisation or academic affairs document"),
 )
-@click.option("--set", "pairs", multiple=True, required=True, help="field=value")
-@click.option("--kind", type=click.Choice([k.value for k in CardKind]))
+@click.option("--set", "pairs", multiple=True, required=True, help="字段=值 / field=value")
+@click.option(
+    "--kind",
+    type=click.Choice([k.value for k in CardKind]),
+    help="新卡类型：smart 智能卡 / temp 临时卡 / kind of the new card",
+)
 @OLD_CARD_RETURNED
 @ID_DOC
 @pass_opts
@@ -276,7 +349,14 @@ def card_exchange_data(
     old_card_returned: bool,
     presented_id: str | None,
 ) -> None:
-    """EXC-4: holder data changed: update the record and exchange at once."""
+    """EXC-4: 持卡人资料变更（凭人事、组织或教务文件），更新资料并同时换卡 / holder data changed:
+    update the record and exchange at once.
+
+    \b
+    例 example:
+      onecard card exchange-data 1000000000 --document "教务处 2026-12" --set \\
+          class_name=计科2026-3班 --id-doc 2026000001
+    """
     changes = dict(p.split("=", 1) for p in pairs)
     k = CardKind(kind) if kind else None
     emit_card(
@@ -298,10 +378,20 @@ def card_exchange_data(
 
 @card.command("extend")
 @click.argument("serial")
-@click.option("--through", "valid_through", required=True)
+@click.option(
+    "--through",
+    "valid_through",
+    required=True,
+    help="延期至 YYYY-MM-DD / extend through YYYY-MM-DD",
+)
 @pass_opts
 def card_extend(opts: Options, serial: str, valid_through: str) -> None:
-    """TERM-2/3: extend a temp card (within 3 months of expiry)."""
+    """TERM-2/3: 临时卡延期（到期前后 3 个月内） / extend a temp card (within 3 months of expiry).
+
+    \b
+    例 example:
+      onecard card extend 2000000003 --through 2027-12-31
+    """
     emit_card(
         opts,
         run_card(
@@ -312,7 +402,11 @@ def card_extend(opts: Options, serial: str, valid_through: str) -> None:
 
 @card.command("refund")
 @click.argument("serial")
-@click.option("--damaged", is_flag=True, help="REF-3: the card failed the check; no deposit refund")
+@click.option(
+    "--damaged",
+    is_flag=True,
+    help=("REF-3: 卡片检验不合格，不退押金 / the card failed the check; no deposit refund"),
+)
 @click.option(
     "--receipt",
     "receipt_no",
@@ -324,10 +418,12 @@ def card_extend(opts: Options, serial: str, valid_through: str) -> None:
 def card_refund(
     opts: Options, serial: str, damaged: bool, receipt_no: int | None, presented_id: str | None
 ) -> None:
-    """REF-1..4: a temp card comes back with the deposit receipt; refund slip for finance.
+    """REF-1..4: 退临时卡，凭押金收据退押金，出具押金退款单交财务 / a temp card comes back with the
+    deposit receipt; refund slip for finance.
 
     \b
-    例 example: onecard card refund 2000000003 --receipt 1000003 --id-doc 11010519491231002X
+    例 example:
+      onecard card refund 2000000003 --receipt 1000003 --id-doc 11010519491231002X
     """
     slip, owner = run_card(
         opts,
@@ -360,11 +456,22 @@ def card_refund(
             "other",
         ]
     ),
+    help=(
+        "终止原因：graduation 毕业、dropout 退学、suspension 休学、transfer "
+        "转学、resignation 辞职、dismissal 辞退、expiry 到期、other 其他 / "
+        "why"
+    ),
 )
 @ID_DOC
 @pass_opts
 def card_terminate(opts: Options, serial: str, reason: str, presented_id: str | None) -> None:
-    """TERM-1/4/6: end card function everywhere and deregister the holder."""
+    """TERM-1/4/6: 终止卡片功能（所有终端）并注销持卡人 / end card function everywhere and
+    deregister the holder.
+
+    \b
+    例 example:
+      onecard card terminate 2000000000 --reason dropout --id-doc 2026000001
+    """
     emit_card(
         opts,
         run_card(
@@ -378,7 +485,12 @@ def card_terminate(opts: Options, serial: str, reason: str, presented_id: str | 
 @click.argument("serial")
 @pass_opts
 def card_scrap(opts: Options, serial: str) -> None:
-    """SCR-1: enter a recovered card in the scrap register."""
+    """SCR-1: 已收回中心的卡登记报废 / enter a card the center has back in the scrap register.
+
+    \b
+    例 example:
+      onecard card scrap 2000000004
+    """
     emit_card(opts, run_card(opts, lambda c, a: c.cards.scrap(a, serial)))
 
 
@@ -386,9 +498,14 @@ def card_scrap(opts: Options, serial: str) -> None:
 @click.argument("serial")
 @pass_opts
 def card_hand_in(opts: Options, serial: str) -> None:
-    """SCR-1: 登记交回中心的卡（补卡后找回的挂失卡、自动终止的临时卡等） / record a card brought
-    back after its procedure (a found lost card after the replacement, an auto-terminated temp
-    card, an exchanged card); it may then be scrapped."""
+    """SCR-1: 登记交回中心的卡（补卡后找回的挂失卡、自动终止的临时卡等），之后可报废 / record a
+    card brought back after its procedure (a found lost card after the replacement, an
+    auto-terminated temp card); it may then be scrapped.
+
+    \b
+    例 example:
+      onecard card hand-in 2000000000
+    """
     emit_card(opts, run_card(opts, lambda c, a: c.cards.hand_in(a, serial)))
 
 
@@ -396,7 +513,12 @@ def card_hand_in(opts: Options, serial: str) -> None:
 @click.argument("year", type=int)
 @pass_opts
 def card_dispose(opts: Options, year: int) -> None:
-    """SCR-2: the yearly disposal of the scrap register."""
+    """SCR-2: 报废登记表的年度处置 / the yearly disposal of the scrap register.
+
+    \b
+    例 example:
+      onecard card dispose 2026
+    """
     n = run_as(opts, lambda c, a: c.cards.dispose(a, year))
     emit(opts, {"disposed": n}, f"{year} 年处置 disposed {n} 张 cards")
 
@@ -405,6 +527,13 @@ def card_dispose(opts: Options, year: int) -> None:
 @click.argument("serial")
 @pass_opts
 def card_show(opts: Options, serial: str) -> None:
+    """显示一张卡的状态、类型和持卡人 / a card's state, kind and holder.
+
+    \b
+    例 example:
+      onecard card show 2000000000
+    """
+
     async def body(c: CardCenter, _a: Actor) -> Card:
         async with c.ctx.registry.read() as tx:
             return await tx.card_by_serial(serial)
@@ -413,17 +542,29 @@ def card_show(opts: Options, serial: str) -> None:
 
 
 @click.command("graduate")
-@click.option("--college", required=True)
-@click.option("--class", "class_name", required=True)
-@click.option("--returned", default="", help="comma-separated serials handed back by the monitor")
+@click.option("--college", required=True, help="学院 / college")
+@click.option("--class", "class_name", required=True, help="班级 / class")
 @click.option(
-    "--missing-paid", default="", help="comma-separated student numbers who pay for a missing card"
+    "--returned",
+    default="",
+    help=("班长交回的卡号（逗号分隔） / serials handed back by the monitor (comma list)"),
+)
+@click.option(
+    "--missing-paid",
+    default="",
+    help=("缺卡已缴费的学号（逗号分隔） / student numbers who pay for a missing card (comma list)"),
 )
 @pass_opts
 def graduate(
     opts: Options, college: str, class_name: str, returned: str, missing_paid: str
 ) -> None:
-    """TERM-5: graduate a class and issue clearance certificates."""
+    """TERM-5: 班级毕业离校清卡，开具离校证明 / graduate a class and issue clearance certificates.
+
+    \b
+    例 example:
+      onecard graduate --college 计算机科学与技术学院 --class 计科2026-2班 \\
+          --returned 2000000004,2000000005 --missing-paid 2026000009
+    """
     report = run_as(
         opts,
         lambda c, a: c.cards.graduate_class(

@@ -31,20 +31,42 @@ from storage.records import Card, Holder, Transfer
 
 @click.group()
 def holder() -> None:
-    """Holders: roster import (ISS-1, ISS-6), temporary holders (ISS-8..11), data."""
+    """持卡人：名单导入（ISS-1、ISS-6）、其他人员登记（ISS-8..11）、查找、资料 / holders: roster
+    import, temporary holders, find, data.
+    """
 
 
 @holder.command("import")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--kind", type=click.Choice(["student", "staff"]), required=True)
-@click.option("--valid-through", "valid_through", help="default e-ID validity (YYYY-MM-DD)")
-@click.option("--skip-bad", is_flag=True, help="import the good rows and report the bad ones")
+@click.option(
+    "--kind",
+    type=click.Choice(["student", "staff"]),
+    required=True,
+    help="名单类型：student 学生 / staff 教职工 / roster kind",
+)
+@click.option(
+    "--valid-through",
+    "valid_through",
+    help="默认有效期至（YYYY-MM-DD） / default validity (YYYY-MM-DD)",
+)
+@click.option(
+    "--skip-bad",
+    is_flag=True,
+    help=("只导入无误的行，列出错误行 / import the good rows and list the bad ones"),
+)
 @pass_opts
 def holder_import(
     opts: Options, path: Path, kind: str, valid_through: str | None, skip_bad: bool
 ) -> None:
-    """Import a roster (XLSX or CSV, Chinese headers, UTF-8 or GBK). Nothing is imported if a
-    row is bad, unless --skip-bad."""
+    """导入名单（XLSX 或 CSV，中文表头，UTF-8 或 GBK）；有错误行时一行也不导入，除非 --skip-bad /
+    import a roster (XLSX or CSV, Chinese headers, UTF-8 or GBK); nothing is imported if a row
+    is bad, unless --skip-bad.
+
+    \b
+    例 example:
+      onecard holder import docs/samples/students-2026.csv --kind student \\
+          --valid-through 2030-07-31
+    """
     from rich.progress import Progress
 
     from gateway.rosterio import read_roster
@@ -78,7 +100,7 @@ def holder_import(
 
 
 @holder.command("register-temp")
-@click.option("--name", required=True)
+@click.option("--name", required=True, help="姓名 / name")
 @click.option(
     "--id-type",
     "id_type",
@@ -93,10 +115,18 @@ def holder_import(
     "--category",
     type=click.Choice([c.value for c in HolderCategory if c.value not in ("student", "staff")]),
     required=True,
+    help="人员类别（ISS-8） / category of person (ISS-8)",
 )
-@click.option("--valid-through", required=True, help="YYYY-MM-DD (ISS-11)")
 @click.option(
-    "--application", "application_ref", required=True, help="signed application form (ISS-9)"
+    "--valid-through",
+    required=True,
+    help="有效期至 YYYY-MM-DD（ISS-11） / valid through YYYY-MM-DD (ISS-11)",
+)
+@click.option(
+    "--application",
+    "application_ref",
+    required=True,
+    help="已签字的申请表编号（ISS-9） / signed application form (ISS-9)",
 )
 @pass_opts
 def holder_register_temp(
@@ -112,7 +142,7 @@ def holder_register_temp(
     """登记其他人员 ISS-8/9/11: register a person eligible for a temp card, with the ID document
     shown (work number and default password: its last 6 characters).
 
-    Example: onecard holder register-temp --name "Anna Schmidt" --id-type passport
+    例 example: onecard holder register-temp --name "Anna Schmidt" --id-type passport
     --id-no C01X00T47 --category foreign_teacher --valid-through 2027-06-30
     --application "外事处 2026-118"
     """
@@ -158,7 +188,14 @@ class HolderView:
 @click.argument("ref")
 @pass_opts
 def holder_show(opts: Options, ref: str) -> None:
-    """A holder, their cards and balance (number, or #id). National IDs are masked."""
+    """持卡人资料、卡片和余额（学号/工号，或 #编号）；证件号码遮盖显示 / a holder, their cards and
+    balance (number, or #id); ID documents masked.
+
+    \b
+    例 examples:
+      onecard holder show 2026000001
+      onecard holder show '#12'
+    """
 
     async def body(c: CardCenter, a: Actor) -> HolderView:
         h = await c.cards.holder(holder_ref(ref))
@@ -189,7 +226,7 @@ def holder_show(opts: Options, ref: str) -> None:
     "pairs",
     multiple=True,
     required=True,
-    help="field=value (name, college, class_name, department, photo_ref, number)",
+    help=("字段=值（name, college, class_name, department, photo_ref, number） / field=value"),
 )
 @click.option("--reason", required=True, help="依据 the document or notice (audited)")
 @click.option(
@@ -205,7 +242,7 @@ def holder_update(
     """补充持卡人信息 REP-3: complete missing holder data. ISS-6: add the staff number HR assigned
     (once, while empty); changing a recorded number needs --correct.
 
-    Example: onecard holder update '#12' --set number=T2026051 --reason "人事处通知 2026-45"
+    例 example: onecard holder update '#12' --set number=T2026051 --reason "人事处通知 2026-45"
     """
     bad = [p for p in pairs if "=" not in p]
     if bad:

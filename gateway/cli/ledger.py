@@ -28,7 +28,7 @@ def ledger_verify(opts: Options) -> None:
     purse is negative, and that no reversal gives back more than its original. Exit status 0
     when the ledger is whole, 1 when anything differs (each difference is listed).
 
-    Example: onecard ledger verify --json
+    例 example: onecard ledger verify --json
     """
     report: LedgerReport = run_as(opts, lambda c, actor: c.ledger.verify(actor))
     if opts.json:

@@ -32,12 +32,31 @@ from gateway.cli.terminals import broker, terminal
     "--db",
     default=lambda: os.environ.get("ONECARD_DB", DEFAULT_DB),
     show_default="$ONECARD_DB or var/onecard.sqlite3",
-    help="SQLite file or postgresql:// URL",
+    help=("登记库：SQLite 文件或 postgresql:// 地址 / SQLite file or postgresql:// URL"),
 )
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help=(
+        "输出 JSON（可放在子命令前后） / machine-readable output (before or after the subcommand)"
+    ),
+)
 @click.pass_context
 def cli(ctx: click.Context, db: str, as_json: bool) -> None:
-    """onecard 校园一卡通 — card center counter tools and terminal gateway."""
+    """校园一卡通 onecard：卡务中心柜台工具与终端网关 / card center counter tools and terminal
+    gateway.
+
+    \b
+    命令出错时：64 用法有误，2 拒绝办理（引用规则），70 内部错误。
+    Exit status: 64 usage error, 2 refused (the rule is cited), 70 internal error.
+
+    \b
+    例 examples:
+      onecard login chief
+      onecard find 王芳
+      onecard card loss 2000000000 --id-doc 2026000001 --json
+    """
     ctx.obj = Options(db=db, json=as_json)
 
 

@@ -22,16 +22,27 @@ from protocol.wire import TerminalKind
 
 @click.group()
 def terminal() -> None:
-    """Terminal provisioning (POS, kiosks, door readers, water controllers)."""
+    """终端登记（POS、自助机、门禁、水控） / terminal provisioning (POS, kiosks, door readers,
+    water controllers).
+    """
 
 
 @terminal.command("add")
 @click.argument("terminal_id")
-@click.option("--kind", type=click.Choice([k.value for k in TerminalKind]), required=True)
-@click.option("--merchant", "merchant_id")
-@click.option("--location", default="")
 @click.option(
-    "--password-stdin", is_flag=True, help="read the broker password instead of generating one"
+    "--kind",
+    type=click.Choice([k.value for k in TerminalKind]),
+    required=True,
+    help="终端类型 / terminal kind",
+)
+@click.option("--merchant", "merchant_id", help="所属商户编号 / merchant id")
+@click.option("--location", default="", help="安装位置 / where it is")
+@click.option(
+    "--password-stdin",
+    is_flag=True,
+    help=(
+        "从标准输入读 MQTT 密码（不自动生成） / read the broker password instead of generating one"
+    ),
 )
 @pass_opts
 def terminal_add(
@@ -42,7 +53,14 @@ def terminal_add(
     location: str,
     password_stdin: bool,
 ) -> None:
-    """Register a terminal; prints its broker password once (only the hash is kept)."""
+    """登记终端，只显示一次其 MQTT 密码（只保存散列） / register a terminal; prints its broker
+    password once (only the hash is kept).
+
+    \b
+    例 example:
+      onecard terminal add pos-001 --kind pos --merchant canteen-1 --location \\
+          第一食堂
+    """
     from gateway.mqtt.broker_files import mosquitto_password_hash, new_password
 
     password = read_secret("terminal password", True) if password_stdin else new_password()
@@ -78,7 +96,13 @@ def terminal_add(
 @click.argument("terminal_id")
 @pass_opts
 def terminal_disable(opts: Options, terminal_id: str) -> None:
-    """Refuse the terminal at once (every request checks the registry)."""
+    """立即停用终端（每个请求都查登记库） / refuse the terminal at once (every request checks the
+    registry).
+
+    \b
+    例 example:
+      onecard terminal disable pos-001
+    """
     run_as(opts, lambda c, a: c.terminals.set_enabled(a, terminal_id, False))
     emit(opts, {"disabled": terminal_id}, f"终端已停用 terminal {terminal_id} disabled")
 
@@ -87,6 +111,12 @@ def terminal_disable(opts: Options, terminal_id: str) -> None:
 @click.argument("terminal_id")
 @pass_opts
 def terminal_enable(opts: Options, terminal_id: str) -> None:
+    """重新启用终端 / enable a terminal again.
+
+    \b
+    例 example:
+      onecard terminal enable pos-001
+    """
     run_as(opts, lambda c, a: c.terminals.set_enabled(a, terminal_id, True))
     emit(opts, {"enabled": terminal_id}, f"终端已启用 terminal {terminal_id} enabled")
 
@@ -94,6 +124,12 @@ def terminal_enable(opts: Options, terminal_id: str) -> None:
 @terminal.command("list")
 @pass_opts
 def terminal_list(opts: Options) -> None:
+    """终端列表：类型、商户、位置、是否启用、黑名单版本、最近联系 / the terminals.
+
+    \b
+    例 example:
+      onecard terminal list
+    """
     rows = run_as(opts, lambda c, a: c.terminals.list(a))
     emit_table(
         opts,
@@ -124,23 +160,55 @@ def terminal_list(opts: Options) -> None:
 
 @click.group()
 def broker() -> None:
-    """Mosquitto files generated from the terminal registry."""
+    """根据终端登记生成 Mosquitto 文件 / Mosquitto files generated from the terminal registry."""
 
 
 @broker.command("render")
-@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), required=True)
-@click.option("--port", type=int, default=1883, show_default=True)
-@click.option("--bind", default="127.0.0.1", show_default=True)
-@click.option("--gateway-user", default="gateway", show_default=True)
-@click.option("--gateway-password-stdin", is_flag=True, help="set the gateway account's password")
-@click.option("--no-persistence", is_flag=True)
 @click.option(
-    "--tls-port", type=int, help="a TLS listener for terminals on the campus network (e.g. 8883)"
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="写出文件的目录 / directory for the files",
 )
-@click.option("--tls-bind", help="address of the TLS listener (default: all)")
-@click.option("--certfile", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--keyfile", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--cafile", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--port", type=int, default=1883, show_default=True, help="MQTT 端口 / MQTT port")
+@click.option("--bind", default="127.0.0.1", show_default=True, help="监听地址 / listen address")
+@click.option(
+    "--gateway-user",
+    default="gateway",
+    show_default=True,
+    help="网关的 MQTT 账号 / the gateway's MQTT user",
+)
+@click.option(
+    "--gateway-password-stdin",
+    is_flag=True,
+    help="从标准输入设置网关密码 / set the gateway account's password",
+)
+@click.option("--no-persistence", is_flag=True, help="不保存消息到磁盘 / no persistence file")
+@click.option(
+    "--tls-port",
+    type=int,
+    help=(
+        "校园网终端的 TLS 端口（如 8883） / a TLS listener for terminals on "
+        "the campus network (e.g. 8883)"
+    ),
+)
+@click.option(
+    "--tls-bind", help=("TLS 监听地址（默认全部） / address of the TLS listener (default: all)")
+)
+@click.option(
+    "--certfile",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TLS 证书文件 / TLS certificate file",
+)
+@click.option(
+    "--keyfile", type=click.Path(dir_okay=False, path_type=Path), help="TLS 私钥文件 / TLS key file"
+)
+@click.option(
+    "--cafile",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="校验终端证书的 CA 文件 / CA file for terminal certificates",
+)
 @pass_opts
 def broker_render(
     opts: Options,
@@ -156,7 +224,14 @@ def broker_render(
     keyfile: Path | None,
     cafile: Path | None,
 ) -> None:
-    """Write mosquitto.conf, the password file and the ACL; then `kill -HUP` mosquitto."""
+    """写出 mosquitto.conf、密码文件和 ACL，然后 kill -HUP mosquitto / write mosquitto.conf, the
+    password file and the ACL; then `kill -HUP` mosquitto.
+
+    \b
+    例 example:
+      echo "$GW_PASSWORD" | onecard broker render --dir /etc/mosquitto/onecard \\
+          --gateway-password-stdin
+    """
     from gateway.mqtt import broker_files as bf
 
     existing: dict[str, str] = {}
