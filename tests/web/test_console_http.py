@@ -1,0 +1,147 @@
+"""The operator console over HTTP, in-process (issue 11): what an attacker on the counter network
+or a clerk without rights can try, and the idle logout, without a browser."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from gateway.bootstrap import open_console_services
+from gateway.config import load_settings
+from gateway.web.console.app import Console
+from tests.web.console_site import CHIEF, CHIEF_PASSWORD, INITIAL, NOPAY, Desk, seed_console
+
+NEW = "Counter-Desk-77!"
+BASE = "http://127.0.0.1:8090"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Desk]:
+    db = tmp_path_factory.mktemp("console-http") / "registry.sqlite3"
+    return db, asyncio.run(seed_console(db))
+
+
+@pytest.fixture
+def console(site: tuple[Path, Desk]) -> Iterator[tuple[TestClient, Console, Clock]]:
+    db, _ = site
+    settings = load_settings(None, db=str(db), console={"cookie_secure": False, "origin": BASE})
+    app = Console(settings.console, lambda: open_console_services(settings))
+    clock = Clock()
+    app.sessions.clock = clock
+    with TestClient(app.build(), base_url=BASE) as client:
+        yield client, app, clock
+
+
+def _csrf(html: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert found
+    return found[1]
+
+
+def _login(client: TestClient, user: str, password: str) -> str:
+    page = client.get("/login")
+    reply = client.post(
+        "/login",
+        data={"csrf": _csrf(page.text), "username": user, "password": password},
+        follow_redirects=False,
+    )
+    assert reply.status_code == 303, reply.text
+    return str(reply.headers["location"])
+
+
+def _ready(client: TestClient, user: str, initial: str) -> None:
+    """Logged in with the changed password (the first login changes it, ACC-3)."""
+    if _login(client, user, NEW if user in _changed else initial) == "/password":
+        page = client.get("/password")
+        done = client.post(
+            "/password",
+            data={"csrf": _csrf(page.text), "old": initial, "new": NEW, "repeat": NEW},
+            follow_redirects=False,
+        )
+        assert done.status_code == 303, done.text
+        _changed.add(user)
+
+
+_changed: set[str] = set()
+
+
+def test_headers_csp_and_no_page_without_login(console: tuple[TestClient, Console, Clock]) -> None:
+    client, _, _ = console
+    reply = client.get("/", follow_redirects=False)
+    assert reply.status_code == 303 and reply.headers["location"] == "/login"
+    page = client.get("/login")
+    csp = page.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    assert "connect-src 'self' http://127.0.0.1:8765" in csp
+    assert page.headers["x-frame-options"] == "DENY"
+    assert "httponly" in page.headers["set-cookie"].lower()
+    assert "samesite=strict" in page.headers["set-cookie"].lower()
+
+
+def test_cross_site_and_tokenless_posts_are_refused(
+    console: tuple[TestClient, Console, Clock],
+) -> None:
+    client, _, _ = console
+    _ready(client, CHIEF, CHIEF_PASSWORD)
+    csrf = _csrf(client.get("/").text)
+    evil = client.post(
+        "/graduation",
+        data={"csrf": csrf, "college": "x", "class_name": "y"},
+        headers={"origin": "http://evil.example"},
+    )
+    assert evil.status_code == 403
+    assert client.post("/graduation", data={"college": "x"}).status_code == 403  # no token
+    wrong = client.post("/graduation", data={"csrf": "guess", "college": "x"})
+    assert wrong.status_code == 403
+
+
+def test_idle_session_is_logged_out(console: tuple[TestClient, Console, Clock]) -> None:
+    client, app, clock = console
+    _ready(client, CHIEF, CHIEF_PASSWORD)
+    assert client.get("/", follow_redirects=False).status_code == 200
+    clock.t += app.config.idle_timeout_s + 1
+    reply = client.get("/", follow_redirects=False)
+    assert reply.status_code == 303 and reply.headers["location"] == "/login"
+    assert "长时间未操作" in client.get("/login").text
+
+
+def test_clerk_without_rights_is_refused_on_every_path(
+    console: tuple[TestClient, Console, Clock], site: tuple[Path, Desk]
+) -> None:
+    """ACC-1/2: a clerk with card handling and reports only; no terminals, no top-up."""
+    client, _, _ = console
+    _, desk = site
+    _ready(client, NOPAY, INITIAL)
+    assert client.get("/terminals").status_code == 403
+    alice = desk.people[0]
+    assert client.get(f"/cards/{alice.serial}/topup").status_code == 403
+    assert client.get("/reports?name=stock").status_code == 200  # REPORTS: granted
+    assert client.get("/approvals/abc", follow_redirects=False).status_code == 405
+    assert client.get("/cards/..%2F..%2Fetc/loss").status_code in (400, 404)
+    assert client.get("/reports?name=../../x").status_code == 400
+    assert client.get("/audit?day=2026-13-99x").status_code == 400
+
+
+def test_reader_post_with_a_foreign_uid_is_refused(
+    console: tuple[TestClient, Console, Clock],
+) -> None:
+    client, _, _ = console
+    _ready(client, CHIEF, CHIEF_PASSWORD)
+    csrf = _csrf(client.get("/").text)
+    assert client.post("/reader", data={"csrf": csrf, "uid": "<script>"}).status_code == 400
+    unknown = client.post("/reader", data={"csrf": csrf, "uid": "04FFFFFFFFFFFF"})
+    assert unknown.status_code == 404
+    assert "<script>" not in client.get("/search?q=<script>").text  # escaped, not echoed raw
