@@ -139,6 +139,7 @@ async def open_console_services(
     import contextlib
 
     from gateway.fleetwatch import FleetWatch
+    from gateway.mqtt.broker_files import mosquitto_password_hash, new_password
     from gateway.services.approvals import ApprovalService
     from gateway.services.center import CardCenter
     from gateway.services.console_view import ConsoleViews
@@ -161,6 +162,8 @@ async def open_console_services(
             views=ConsoleViews(ctx),
             approvals=ApprovalService(ctx, center.cards, threshold=c.mass_block_threshold),
             search=SearchService(ctx),
+            password_hash=mosquitto_password_hash,
+            new_password=new_password,
             fleet=watch.snapshot if watch else None,
         )
     finally:

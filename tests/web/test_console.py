@@ -441,6 +441,19 @@ def test_terminals_page_shows_a_pos_going_offline_and_back(stack: Stack) -> None
         assert "离线" in _presence(page, stack.base, "离线")
         pos.publish(topic, online, retain=True)
         assert "在线" in _presence(page, stack.base, "在线")
+    # disable and re-enable a terminal; add one and see its broker password once
+    page.click("#t-pos-001 button.toggle")
+    assert "否" in (page.text_content("#t-pos-001") or "")
+    page.click("#t-pos-001 button.toggle")
+    assert "是" in (page.text_content("#t-pos-001") or "")
+    page.click("#new-terminal")
+    page.fill("input[name=terminal_id]", "pos-002")
+    page.select_option("select[name=kind]", "pos")
+    page.fill("input[name=merchant_id]", "shop1")
+    page.click("#add-terminal")
+    assert len((page.text_content("#terminal-password") or "").strip()) >= 16
+    page.goto(f"{stack.base}/terminals")
+    assert page.locator("#t-pos-002").count() == 1
     page.context.close()
 
 

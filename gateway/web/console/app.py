@@ -51,6 +51,7 @@ from protocol.cards.identity import mask_card, mask_name
 from protocol.carduid import canonical_card_uid
 from protocol.errors import AccessDenied, ErrorCode, InvalidInput, OnecardError
 from protocol.types import Permission
+from protocol.wire import TerminalKind
 
 log = logging.getLogger("onecard.console")
 HERE = Path(__file__).resolve().parent
@@ -80,6 +81,10 @@ class ConsoleServices:
     views: ConsoleViews
     approvals: ApprovalService
     search: SearchService
+    #: (new terminal's broker password) -> its mosquitto hash; None: adding is not offered.
+    password_hash: Callable[[str], str] | None = None
+    #: a fresh random broker password
+    new_password: Callable[[], str] | None = None
     #: () -> FleetSnapshot of the terminals' retained status (None: no broker account set).
     fleet: Callable[[], Any] | None = None
 
@@ -173,6 +178,8 @@ class Console:
             p("/reports", self.reports),
             p("/reports/{name:str}.xlsx", self.report_xlsx),
             p("/terminals", self.terminals),
+            p("/terminals/new", self.terminal_new, methods=("GET", "POST")),
+            p("/terminals/{terminal_id:str}/enabled", self.terminal_enabled, methods=("POST",)),
             p("/live", self.live),
             p("/live.json", self.live_json),
             p("/graduation", self.graduation, methods=("GET", "POST")),
@@ -631,6 +638,61 @@ class Console:
         rows = await self.services.center.terminals.list(actor)
         fleet = self.services.fleet() if self.services.fleet is not None else None
         return self.render(request, "console_terminals.html", rows=rows, fleet=fleet)
+
+    async def terminal_enabled(self, request: Request, form: FormData) -> Response:
+        actor = self.me(request)
+        terminal_id = str(request.path_params["terminal_id"])[:63]
+        enabled = _str(form, "enabled") == "1"
+
+        async def act() -> str:
+            await self.services.center.terminals.set_enabled(actor, terminal_id, enabled)
+            request.state.session.flash(
+                "ok",
+                f"终端 {terminal_id} 已{'启用' if enabled else '停用'}（下一次请求起生效）",
+                f"terminal {terminal_id} {'enabled' if enabled else 'disabled'} (from its next "
+                "request)",
+            )
+            return "/terminals"
+
+        target, _ran = await request.state.session.once(_str(form, "form_token"), act)
+        return self._stale(request) if target is None else RedirectResponse(target, 303)
+
+    async def terminal_new(self, request: Request, form: FormData | None) -> Response:
+        """Add a terminal; its broker password is shown once (only the hash is kept)."""
+        actor = self.me(request)
+        actor.require(Permission.TERMINALS)
+        services = self.services
+        if services.password_hash is None or services.new_password is None:
+            raise BadRequest("此处不能添加终端", "adding terminals is not available here")
+        kinds = [k.value for k in TerminalKind]
+        if form is None:
+            return self.render(request, "console_terminal_new.html", kinds=kinds)
+        kind_text = _str(form, "kind")
+        if kind_text not in kinds:
+            raise BadRequest("终端类型有误", "unknown terminal kind")
+        password = services.new_password()
+        terminal_id = _str(form, "terminal_id")[:63]
+
+        async def act() -> str:
+            assert services.password_hash is not None
+            await services.center.terminals.add(
+                actor,
+                terminal_id,
+                TerminalKind(kind_text),
+                password_hash=await asyncio.to_thread(services.password_hash, password),
+                merchant_id=_str(form, "merchant_id")[:32] or None,
+                location=_str(form, "location")[:128],
+            )
+            return "added"
+
+        done, _ran = await request.state.session.once(_str(form, "form_token"), act)
+        if done is None:
+            return self._stale(request)
+        if not _ran:  # a repeated submit: the password was shown the first time only
+            return RedirectResponse("/terminals", 303)
+        return self.render(
+            request, "console_terminal_added.html", terminal_id=terminal_id, password=password
+        )
 
     async def live(self, request: Request, _form: None) -> Response:
         self.me(request)
