@@ -667,14 +667,21 @@ class GatewaySuite:
         assert card is not None
         reported: list[int] = []  # the loss's version, once G33 got it
         with self.report.step(*titles[0]):
-            login = await self.login(kiosk, card)
-            session = self.approved("login", login)["session"]
-            pos.deny = asyncio.Queue()  # only what comes after the report
-            pos.status = asyncio.Queue()
-            answer = await kiosk.ask("report_loss", {"session": session, "card_serial": None})
-            if answer.code == ErrorCode.TRANSITION_NOT_ALLOWED.value:
-                self.report.note("the card was already lost (an earlier run): use a fresh card")
-                raise StepFailed("cards[1] is already lost: give a card that is in use")
+            # cards[1:] are spares for the loss: one per run (an earlier run lost the first)
+            for spare in self.site.cards[1:]:
+                if spare.number is None or spare.password is None:
+                    continue
+                login = await self.login(kiosk, spare)
+                session = self.approved("login", login)["session"]
+                pos.deny = asyncio.Queue()  # only what comes after the report
+                pos.status = asyncio.Queue()
+                answer = await kiosk.ask("report_loss", {"session": session, "card_serial": None})
+                if answer.code != ErrorCode.TRANSITION_NOT_ALLOWED.value:
+                    card = spare
+                    break
+                self.report.note(f"{spare.number}: already lost by an earlier run, next card")
+            else:
+                raise StepFailed("every spare card (cards[1:]) is already lost: give fresh ones")
             data = self.approved("report_loss", answer)
             reported.append(int(data["denylist_version"]))
             expect(

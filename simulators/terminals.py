@@ -344,18 +344,20 @@ class Terminal:
         self.fresh_at = self.clock.monotonic()
         pending, self._pending_delta = self._pending_delta, None
         if pending is not None:
-            self._apply_delta(pending)
-        elif changed:
-            self._wake.set()  # heartbeat now: report the version we hold
+            # still a gap after this snapshot: wait for the next one, do not re-read in a loop
+            self._apply_delta(pending, resync=False)
+        if changed:
+            self._wake.set()  # heartbeat now: report the version we hold (§8.5)
 
-    def _apply_delta(self, delta: DenyDelta) -> None:
+    def _apply_delta(self, delta: DenyDelta, *, resync: bool = True) -> None:
         held = self.deny.version
         try:
             applied = self.deny.apply(delta)
         except DenyListGap:
             # §8.2: keep what we hold, re-read the retained snapshot, then continue
             self._pending_delta = delta
-            self.link.resubscribe(DENYLIST_SNAPSHOT_TOPIC)
+            if resync:
+                self.link.resubscribe(DENYLIST_SNAPSHOT_TOPIC)
             return
         for change in delta.changes:
             if change.version > held:

@@ -29,6 +29,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gateway.demo.seed import seed_campus
 from gateway.mqtt import broker_files as bf
@@ -148,6 +149,15 @@ async def prepare(paths: DemoPaths, size: DemoSize, *, gateway_password: str) ->
         await registry.close()
     # the portal's demo account (README) stays out of the fleet: no random loss report hits it
     demo_account = seeded.cards.pop(0)
+    # the conformance kit's own terminals and cards (README: python -m conformance gateway
+    # --demo var/demo-live) stay out of the fleet too: the kit would take over their sessions
+    kit_terminals: dict[str, dict[str, Any]] = {}
+    for entry in list(seeded.terminals):
+        if entry["kind"] not in kit_terminals:
+            kit_terminals[entry["kind"]] = {"id": entry["id"], "password": entry["password"]}
+            seeded.terminals.remove(entry)
+    kit_cards = [seeded.cards.pop(0) for _ in range(min(8, len(seeded.cards) // 2))]
+    _write_secret(paths.root / "conformance.json", {"terminals": kit_terminals, "cards": kit_cards})
     _write_secret(paths.terminals, seeded.terminals)
     _write_secret(paths.cards, seeded.cards)
     _write_secret(paths.root / "demo-account.json", demo_account)
