@@ -114,16 +114,20 @@ def batch_issue_temp(
         ),
     )
     if out is not None and report.applied:
-        from gateway.rosterio import write_table
+        from gateway.reportfile import write_report
 
-        write_table(
+        write_report(
             out,
-            ["学号 / number", "姓名 / name", "学院 / college", "班级 / class", "卡号 / card"],
-            [
-                (line.number, line.name, college, class_name, line.serial)
-                for line in report.lines
-                if line.status == OK
-            ],
+            Table(
+                f"临时卡发放清单 {class_name}",
+                f"temp cards for {class_name}",
+                ["学号 / number", "姓名 / name", "学院 / college", "班级 / class", "卡号 / card"],
+                [
+                    [line.number, line.name, college, class_name, line.serial]
+                    for line in report.lines
+                    if line.status == OK
+                ],
+            ),
         )
     _report(opts, report, out)
 
@@ -160,9 +164,9 @@ def batch_order_smart(
 
     report, table = run_as(opts, body)
     if table is not None and out is not None:
-        from gateway.rosterio import write_table
+        from gateway.reportfile import write_report
 
-        write_table(out, table.headers, table.rows)
+        write_report(out, table)
     _report(opts, report, out)
 
 

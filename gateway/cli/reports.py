@@ -38,10 +38,14 @@ OUT = click.option(
 
 def _show(opts: Options, table: Table, out: Path | None) -> None:
     if out is not None:
-        from gateway.rosterio import write_table
+        from gateway.reportfile import write_report
 
-        n = write_table(out, table.headers, table.rows)
-        emit(opts, {"file": str(out), "rows": n}, f"已导出 wrote {n} rows to {out}")
+        n = write_report(out, table)
+        emit(
+            opts,
+            {"file": str(out), "rows": n, "sheet": table.sheet_name},
+            f"已导出 wrote {n} 行 rows to {out}",
+        )
         return
     emit_table(opts, table.title, table.headers, table.rows)
 
@@ -314,3 +318,19 @@ def report_topup_reconcile(
         fail(opts, exc)
     when = parse_day(day)
     _show(opts, run_as(opts, lambda c, a: reconcile(c.ctx, a, when, lines, provider=provider)), out)
+
+
+@report.command("meal-list")
+@OUT
+@pass_opts
+def report_meal_list(opts: Options, out: Path | None) -> None:
+    """MEAL-2: 用餐补贴名单（人事处提供，以电子表格保存）：每人每月补贴次数、是否开通、
+    卡号、卡类型组、是否待写卡 / the meal subsidy list HR provides, kept as a spreadsheet.
+
+    \b
+    例 example:
+      onecard report meal-list --out 用餐补贴名单-2026-12.xlsx
+    """
+    from gateway.services.reports import meal_list
+
+    _show(opts, run_as(opts, lambda c, a: meal_list(c.ctx, a)), out)

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, is_dataclass
@@ -15,8 +16,10 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
+from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table as RichTable
+from rich.text import Text
 
 from gateway.services.base import Actor, Clock, Context, FixedClock, SystemClock
 from gateway.services.center import CardCenter
@@ -239,19 +242,54 @@ def emit(opts: Options, data: Any, human: str | None = None) -> None:
         click.echo(human)
 
 
+#: a cell that must never be cut or wrapped: serials, numbers, amounts, dates, campus times, UIDs
+ATOMIC_CELL = re.compile(r"^(?:[\w.:#+-]+|\d{4}-\d\d-\d\d \d\d:\d\d)$")
+
+
 def emit_table(
     opts: Options, title: str, headers: Sequence[str], rows: Sequence[Sequence[object]]
 ) -> None:
+    """A table on screen that fits the terminal (80 columns when not a terminal) without
+    cutting a serial, number, amount or date: text columns wrap; when even that cannot fit, each
+    row is printed as a block of ``header: value`` lines."""
     if opts.json:
         keys = [h.split(" / ")[-1] for h in headers]
         emit(opts, [dict(zip(keys, row, strict=True)) for row in rows])
         return
-    table = RichTable(title=title)
-    for header in headers:
-        table.add_column(header)
-    for row in rows:
-        table.add_row(*(_cell(v) for v in row))
-    console().print(table)
+    out = console()
+    cells = [[_cell(v) for v in row] for row in rows]
+    atomic = [
+        max((cell_len(row[i]) for row in cells if ATOMIC_CELL.match(row[i])), default=1)
+        for i in range(len(headers))
+    ]
+    table = RichTable(title=Text(title))
+    for header, width in zip(headers, atomic, strict=True):
+        table.add_column(Text(header), min_width=width, overflow="fold")
+    for row in cells:
+        table.add_row(*(Text(cell) for cell in row))  # data, never rich markup
+    with out.capture() as captured:
+        out.print(table)
+    rendered = captured.get()
+    if max((cell_len(line) for line in rendered.splitlines()), default=0) > out.width:
+        _print_records(out, title, headers, cells)
+    else:
+        click.echo(rendered, nl=False)
+
+
+def _print_records(
+    out: Console, title: str, headers: Sequence[str], cells: list[list[str]]
+) -> None:
+    """Too many columns for the width: one block per row, ``header: value`` per line, long
+    values wrapped between words."""
+    lines = [Text(title)]
+    for number, row in enumerate(cells, 1):
+        lines.append(Text(f"— {number} —"))
+        lines.extend(
+            Text(f"  {header}: {value}", overflow="fold")
+            for header, value in zip(headers, row, strict=True)
+        )
+    for line in lines:
+        out.print(line, soft_wrap=False)
 
 
 def _cell(value: object) -> str:

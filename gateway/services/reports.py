@@ -37,6 +37,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from gateway.services.base import Actor, Context
+from gateway.services.common import live_card
 from gateway.services.offline import BEARER_NAMES
 from protocol.cards.clock import CAMPUS_TZ, fmt_local, local, require_aware
 from protocol.cards.fees import yuan
@@ -101,6 +102,19 @@ class Table:
     def as_dicts(self) -> list[dict[str, object]]:
         """Rows keyed by their full bilingual header (totals row included)."""
         return [dict(zip(self.headers, row, strict=True)) for row in self.rows]
+
+    @property
+    def money_columns(self) -> list[int]:
+        """The columns holding yuan amounts (header ``... (yuan)``): numbers with a money format
+        in a spreadsheet."""
+        return [i for i, h in enumerate(self.headers) if "(yuan)" in h]
+
+    @property
+    def sheet_name(self) -> str:
+        """The Chinese title as a worksheet name (Excel: at most 31 characters, none of
+        ``[]:*?/\\``)."""
+        name = re.sub(r"[\[\]:*?/\\]", "-", self.title_zh).strip("' ") or "报表"
+        return name[:31]
 
     def column(self, header: str) -> list[object]:
         """The cells of one column, named by its full header or either half of it."""
@@ -906,6 +920,62 @@ class ReportService:
         )
 
 
+MEAL_LIST_HEADERS = [
+    "工号 / staff number",
+    "姓名 / name",
+    "部门 / department",
+    "每月补贴次数 / meals per month",
+    "已开通 / enabled",
+    "卡号 / card",
+    "卡类型组 / card type group",
+    "待写卡 / write pending",
+    "名单来源 / list",
+    "更新时间 / updated",
+]
+
+
+async def meal_list(ctx: Context, actor: Actor) -> Table:
+    """MEAL-2: the eligible staff list HR provided, kept as a spreadsheet: each staff member's
+    subsidised meals per month, whether the subsidy is enabled (MEAL-3) and the card carrying it,
+    with its type group and whether the type still has to be written onto the card."""
+    if Permission.MEAL_SUBSIDY not in actor.permissions:
+        actor.require(Permission.REPORTS)
+    async with ctx.registry.read() as tx:
+        rows = await tx.rows(
+            "SELECT q.holder_id, q.meals_per_month, q.enabled, q.source, q.updated_at,"
+            " h.number, h.name, h.department, h.college"
+            " FROM meal_quotas q JOIN holders h ON h.id = q.holder_id"
+            " ORDER BY h.department, h.number, h.id"
+        )
+        body: list[list[object]] = []
+        for r in rows:
+            card = live_card(await tx.cards_of_holder(int(r["holder_id"])))
+            body.append(
+                [
+                    r["number"],
+                    r["name"],
+                    r["department"] or r["college"],
+                    int(r["meals_per_month"]),
+                    _yes_no(r["enabled"]),
+                    card.serial if card is not None else None,
+                    card.type_group if card is not None else None,
+                    _yes_no(card.card_write_pending) if card is not None else None,
+                    r["source"],
+                    _when(r["updated_at"]),
+                ]
+            )
+    enabled = sum(1 for row in body if row[4] == YES)
+    total: list[object] = [
+        TOTAL,
+        f"{len(body)} 人 / staff",
+        None,
+        sum(int(str(row[3])) for row in body),
+        f"{enabled} 人 / enabled",
+        *[None] * 5,
+    ]
+    return Table("用餐补贴名单", "meal subsidy list", MEAL_LIST_HEADERS, [*body, total])
+
+
 def _offline_result(result: str) -> str:
     """``卡片已挂失 / card reported lost (card_lost)``; an accepted row here is disputed."""
     if result == "accepted":
@@ -927,4 +997,5 @@ __all__ = [
     "ReportService",
     "Table",
     "campus_today",
+    "meal_list",
 ]
