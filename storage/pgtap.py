@@ -11,12 +11,13 @@ different instances. Correctness therefore rests on the database, never on broke
 - **Offline uploads exactly once per (terminal, seq):** the same mechanism on ``offline_sales``.
 - **Conditional per-card updates.** A purse or hold is debited by ``UPDATE … WHERE balance >=
   amount`` (READ COMMITTED re-evaluates it on the newest row version); the rows a tap reads and
-  then rewrites (a water hold, a month's meal count) are read ``FOR UPDATE``.
+  then rewrites (a water hold, a month's meal count) are read ``FOR NO KEY UPDATE``.
 - **No deadlocks on hot rows.** A merchant's or a fund's account is credited by every tap of its
   terminals; updating it inside each job would hold its lock for the whole batch and lock such rows
   in different orders in two gateways' batches. Changes to accounts that may go negative (not purse,
   hold, deposit) are added up per batch and applied just before COMMIT in account-id order (row
-  locks taken ``ORDER BY id``), so those rows cannot deadlock. A deadlock between purses (the same
+  locks taken ``ORDER BY id``, ``FOR NO KEY UPDATE`` so they never wait for the KEY SHARE locks of
+  the transfers' foreign keys), so those rows cannot deadlock. A deadlock between purses (the same
   two cards in two batches in opposite order) is detected by the server and the batch runs again.
 - **Caches follow the counter.** Terminal and card rows are cached between batches; migration
   0009's triggers bump ``registry_epoch`` in the same transaction as any change to a cached column,
@@ -51,8 +52,8 @@ from storage.taptx import TapTxBase
 T = TypeVar("T")
 log = logging.getLogger("onecard.storage.pgtap")
 
-#: Tables whose rows a tap reads and then rewrites: read ``FOR UPDATE`` so two gateways cannot
-#: both act on the same state (a water hold settled twice, a meal counted once for two meals).
+#: Tables whose rows a tap reads and then rewrites: read ``FOR NO KEY UPDATE`` so two gateways
+#: cannot both act on the same state (a water hold settled twice, one meal counted for two).
 LOCKED_READS = frozenset({"water_holds", "meal_usage"})
 #: How often a job that lost a unique-key race (idempotency, offline seq) runs again.
 RACE_RETRIES = 3
@@ -152,7 +153,12 @@ class PgTapTx(TapTxBase):
         ids = sorted(a for a, v in totals.items() if v)
         if not ids:
             return
-        self.fetch("SELECT id FROM accounts WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE", ids)
+        # NO KEY UPDATE, not UPDATE: it must not wait for the KEY SHARE locks that every
+        # transfer row's foreign keys take on these accounts in the other gateways' open batches
+        # (FOR UPDATE deadlocked two gateways' batches on the merchant's row, every time)
+        self.fetch(
+            "SELECT id FROM accounts WHERE id = ANY($1::text[]) ORDER BY id FOR NO KEY UPDATE", ids
+        )
         self.execute(
             "UPDATE accounts a SET balance = a.balance + d.change"
             " FROM unnest($1::text[], $2::bigint[]) AS d(id, change) WHERE a.id = d.id",
@@ -168,7 +174,7 @@ class PgTapTx(TapTxBase):
     def get(self, table: str, key: Any) -> Row | None:
         names = _key_names(table)
         where = " AND ".join(f"{k} = ${i}" for i, k in enumerate(names, 1))
-        lock = " FOR UPDATE" if table in LOCKED_READS else ""
+        lock = " FOR NO KEY UPDATE" if table in LOCKED_READS else ""
         sql = f"SELECT {', '.join(_columns(table))} FROM {table} WHERE {where}{lock}"  # noqa: S608
         return _row(self.fetchrow(sql, *_key(key)))
 
@@ -178,7 +184,7 @@ class PgTapTx(TapTxBase):
         if order_by:
             sql += f" ORDER BY {order_by}"
         if table in LOCKED_READS:
-            sql += " FOR UPDATE"
+            sql += " FOR NO KEY UPDATE"
         return [dict(r.items()) for r in self.fetch(sql, *eq.values())]
 
     def put(self, table: str, values: Mapping[str, Any]) -> None:

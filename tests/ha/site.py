@@ -164,8 +164,15 @@ class Terminal:
                 await self.arrived.wait()
         return self.replies[request_id]
 
-    async def request(self, op: str, request_id: str, data: dict[str, Any]) -> dict[str, Any]:
-        await self.publish(op, request_id, data)
+    async def request(
+        self, op: str, request_id: str, data: dict[str, Any], *, retry_s: float = 2.0
+    ) -> dict[str, Any]:
+        """Send, and re-send the same request id while unanswered (contract §6.1; shorter than
+        its 5 s here): a copy dealt to a gateway that just died is lost with its session."""
+        for _ in range(4):
+            await self.publish(op, request_id, data)
+            with contextlib.suppress(TimeoutError):
+                return dict((await self.wait(request_id, timeout=retry_s))[0])
         return dict((await self.wait(request_id))[0])
 
 
