@@ -39,6 +39,19 @@ def hoist_json(args: Sequence[str]) -> tuple[list[str], bool]:
 
 def report(exc: BaseException, as_json: bool) -> int:
     """Print ``exc`` for the operator and return the exit status."""
+    if isinstance(exc, click.exceptions.NoArgsIsHelpError):
+        # `onecard card` alone: the group's help, then the usage status
+        if as_json:
+            print_error(
+                as_json,
+                "usage",
+                "缺少子命令",
+                f"missing command: see {exc.ctx.command_path} --help",
+                usage=exc.ctx.get_usage(),
+            )
+        else:
+            click.echo(exc.format_message(), err=True)
+        return EXIT_USAGE
     if isinstance(exc, click.UsageError):
         ctx = exc.ctx
         usage = None

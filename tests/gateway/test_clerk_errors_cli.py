@@ -55,6 +55,8 @@ def test_json_after_the_subcommand_and_usage_errors_as_json(env: dict[str, str])
     assert reply["ok"] is False and reply["error"]["code"] == "usage"
     assert "show" in reply["error"]["message"]  # click's "did you mean"
 
+    done = invoke(env, "card", "--json")  # a group without its command
+    assert done.returncode == 64 and as_json(done)["error"]["code"] == "usage"
     done = invoke(env, "money", "topup", "--json")  # missing arguments
     assert done.returncode == 64 and as_json(done)["ok"] is False
     done = invoke(env, "money", "topup", "1000000000", "12.345")  # three decimals
