@@ -17,7 +17,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from gateway.metrics import Metrics
 from gateway.readers.agent import ReaderAgent
 from gateway.services.base import FixedClock
 from protocol.cardfile.layout import CampusRecord
+from protocol.cards.identity import make_national_id
 from protocol.types import CardKind
 from simulators.vcard import VirtualCard, VpcdCard
 from storage.sql import SqlRegistry
@@ -518,4 +519,34 @@ def test_live_page_updates_without_reload(stack: Stack) -> None:
     rate = (page.text_content("#live-rate") or "").strip()
     assert rate != "—" and float(rate) > 0
     _shot(page, "live")
+    page.context.close()
+
+
+def test_roster_upload_reports_every_bad_row_then_imports_the_rest(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """ISS-1: the CLI's reader and report, in the browser, with a progress bar; a GBK CSV."""
+    good = [make_national_id("320102", date(2008, 3, 1 + i), 500 + i) for i in range(2)]
+    lines = [
+        "姓名,学号,身份证号,学院,班级",
+        f"新生甲,2026100001,{good[0]},化学学院,化学2026-1班",
+        "新生乙,2026100002,12345,化学学院,化学2026-1班",
+        f"新生丙,2026100003,{good[1]},化学学院,化学2026-1班",
+    ]
+    path = tmp_path / "新生名单.csv"
+    path.write_bytes("\r\n".join(lines).encode("gbk"))
+    page = _chief(stack)
+    page.goto(f"{stack.base}/roster")
+    page.select_option("select[name=kind]", "student")
+    page.set_input_files("input[name=file]", str(path))
+    page.click("#upload")
+    page.wait_for_selector("#roster-summary", timeout=10_000)
+    assert page.get_attribute("#roster-progress", "value") == "100"
+    errors = page.text_content("#roster-errors") or ""
+    assert "3" in errors and "身份证" in errors, errors  # row 3, the ID column
+    _shot(page, "roster")
+    page.click("#roster-confirm")  # skip the bad row, import the rest
+    assert "2" in (page.text_content("#roster-imported") or "")
+    page.goto(f"{stack.base}/search?q=新生")
+    assert page.locator("#results tbody tr").count() == 2
     page.context.close()

@@ -145,3 +145,33 @@ def test_reader_post_with_a_foreign_uid_is_refused(
     unknown = client.post("/reader", data={"csrf": csrf, "uid": "04FFFFFFFFFFFF"})
     assert unknown.status_code == 404
     assert "<script>" not in client.get("/search?q=<script>").text  # escaped, not echoed raw
+
+
+def test_roster_upload_abuse_is_refused(console: tuple[TestClient, Console, Clock]) -> None:
+    """An oversized body, a file that is not a roster, no CSRF token, another session's job."""
+    client, _, _ = console
+    _ready(client, CHIEF, CHIEF_PASSWORD)
+    csrf = _csrf(client.get("/roster").text)
+    exe = client.post(
+        "/roster",
+        data={"csrf": csrf, "kind": "student"},
+        files={"file": ("roster.exe", b"MZ\x90\x00", "application/octet-stream")},
+    )
+    assert exe.status_code == 400
+    huge = client.post(
+        "/roster",
+        content=b"x",
+        headers={"content-length": str(30 * 1024 * 1024), "content-type": "multipart/form-data"},
+    )
+    assert huge.status_code == 400
+    tokenless = client.post(
+        "/roster", data={"kind": "student"}, files={"file": ("a.csv", b"x", "text/csv")}
+    )
+    assert tokenless.status_code == 403
+    assert client.get("/roster/someone-elses-job").status_code == 404
+    two = client.post(
+        "/roster",
+        data={"csrf": csrf, "kind": "student"},
+        files=[("file", ("a.csv", b"x", "text/csv")), ("file", ("b.csv", b"y", "text/csv"))],
+    )
+    assert two.status_code == 400  # one file per upload

@@ -43,14 +43,15 @@ from gateway.services.console_view import ConsoleViews
 from gateway.services.reports import Table, campus_today
 from gateway.services.search import MATCHED_NAMES, SearchService
 from gateway.web.app import SecurityHeaders
+from gateway.web.console import roster
 from gateway.web.console.live import LiveMetrics
 from gateway.web.sessions import AddressLimiter, SessionStore, WebSession
 from protocol.cards.clock import local
 from protocol.cards.fees import parse_yuan, yuan
 from protocol.cards.identity import mask_card, mask_name
 from protocol.carduid import canonical_card_uid
-from protocol.errors import AccessDenied, ErrorCode, InvalidInput, OnecardError
-from protocol.types import Permission
+from protocol.errors import AccessDenied, ErrorCode, InvalidInput, NotFound, OnecardError
+from protocol.types import HolderKind, Permission
 from protocol.wire import TerminalKind
 
 log = logging.getLogger("onecard.console")
@@ -157,9 +158,12 @@ class Console:
             auth: bool = True,
             methods: tuple[str, ...] = ("GET",),
             password_first: bool = True,
+            upload: bool = False,
         ) -> Route:
             return Route(
-                path, self._page(fn, auth=auth, password_first=password_first), methods=[*methods]
+                path,
+                self._page(fn, auth=auth, password_first=password_first, upload=upload),
+                methods=[*methods],
             )
 
         routes = [
@@ -180,6 +184,10 @@ class Console:
             p("/terminals", self.terminals),
             p("/terminals/new", self.terminal_new, methods=("GET", "POST")),
             p("/terminals/{terminal_id:str}/enabled", self.terminal_enabled, methods=("POST",)),
+            p("/roster", self.roster_upload, methods=("GET", "POST"), upload=True),
+            p("/roster/{job_id:str}.json", self.roster_status),
+            p("/roster/{job_id:str}", self.roster_job),
+            p("/roster/{job_id:str}/import", self.roster_import, methods=("POST",)),
             p("/live", self.live),
             p("/live.json", self.live_json),
             p("/graduation", self.graduation, methods=("GET", "POST")),
@@ -203,6 +211,7 @@ class Console:
         *,
         auth: bool,
         password_first: bool,
+        upload: bool = False,
     ) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             session, timed_out = self.sessions.get(request.cookies.get(self.cookie))
@@ -229,8 +238,11 @@ class Console:
                         return response
                 request.state.actor = actor
                 if request.method == "POST":
-                    form = await self._form(request, session)
-                    response = await handler(request, form)
+                    form = await self._form(request, session, upload=upload)
+                    try:
+                        response = await handler(request, form)
+                    finally:
+                        await form.close()  # an uploaded file's spool goes now
                 else:
                     response = await handler(request, None)
             except OnecardError as exc:
@@ -265,9 +277,12 @@ class Console:
             session.actor = None
             return None, False
 
-    async def _form(self, request: Request, session: WebSession) -> FormData:
+    async def _form(
+        self, request: Request, session: WebSession, *, upload: bool = False
+    ) -> FormData:
         length = request.headers.get("content-length")
-        if length is None or not length.isdigit() or int(length) > MAX_BODY:
+        limit = roster.MAX_UPLOAD + MAX_BODY if upload else MAX_BODY
+        if length is None or not length.isdigit() or int(length) > limit:
             raise BadRequest("提交内容过大", "the form is too large")
         origin = request.headers.get("origin")
         # no-referrer makes Chromium send "Origin: null" on our own forms; the CSRF token and
@@ -277,9 +292,10 @@ class Console:
             raise AccessDenied(
                 "来源不正确", "cross-site request refused", code=ErrorCode.PERMISSION_DENIED
             )
-        form = await request.form(max_files=0, max_fields=40)
+        form = await request.form(max_files=1 if upload else 0, max_fields=40)
         csrf = form.get("csrf")
         if not isinstance(csrf, str) or not session.csrf_ok(csrf):
+            await form.close()
             raise AccessDenied(
                 "页面已过期，请返回刷新后重试",
                 "this page expired: go back, reload and try again",
@@ -693,6 +709,70 @@ class Console:
         return self.render(
             request, "console_terminal_added.html", terminal_id=terminal_id, password=password
         )
+
+    # --- roster upload (ISS-1 / ISS-6) -------------------------------------------------------
+    async def roster_upload(self, request: Request, form: FormData | None) -> Response:
+        actor = self.me(request)
+        actor.require(Permission.CARD_HANDLING)
+        if form is None:
+            return self.render(request, "console_roster.html", job=None)
+        upload = form.get("file")
+        kind = _str(form, "kind")
+        filename = getattr(upload, "filename", None) or ""
+        if kind not in ("student", "staff"):
+            raise BadRequest("名单类型有误", "unknown roster kind")
+        if not filename.lower().endswith(roster.SUFFIXES) or isinstance(upload, str):
+            raise BadRequest("请上传 .xlsx 或 .csv 文件", "upload an .xlsx or .csv file")
+        assert upload is not None
+        job = roster.start(upload.file, kind, filename)
+        jobs: dict[str, roster.RosterJob] = request.state.session.stash.setdefault("roster", {})
+        jobs[job.id] = job
+        for old in list(jobs)[:-5]:  # a session keeps its last five uploads
+            del jobs[old]
+        log.info("console roster upload by %s: %s rows pending", actor.name, kind)
+        return RedirectResponse(f"/roster/{job.id}", 303)
+
+    def _job(self, request: Request) -> roster.RosterJob:
+        jobs = request.state.session.stash.get("roster", {})
+        job = jobs.get(str(request.path_params["job_id"]))
+        if job is None:
+            raise NotFound("无此上传（或已过期）", "no such upload (or it expired)")
+        assert isinstance(job, roster.RosterJob)
+        return job
+
+    async def roster_status(self, request: Request, _form: None) -> Response:
+        self.me(request).require(Permission.CARD_HANDLING)
+        return JSONResponse(self._job(request).status())
+
+    async def roster_job(self, request: Request, _form: None) -> Response:
+        self.me(request).require(Permission.CARD_HANDLING)
+        return self.render(request, "console_roster.html", job=self._job(request))
+
+    async def roster_import(self, request: Request, form: FormData) -> Response:
+        actor = self.me(request)
+        job = self._job(request)
+        result = job.result
+        if result is None:
+            raise BadRequest("名单仍在读取中", "the roster is still being read")
+        skip_bad = _str(form, "skip_bad") == "1"
+        if result.file_errors or (result.errors and not skip_bad):
+            raise BadRequest(
+                "名单有错误行，未导入；可修改后重新上传，或选择跳过错误行",
+                "the roster has bad rows: nothing imported; fix and upload again, or skip them",
+            )
+
+        async def act() -> str:
+            report = await self.services.center.holders.import_roster(
+                actor, HolderKind(job.kind), result.rows
+            )
+            job.imported = report.imported
+            request.state.session.flash(
+                "ok", f"已导入 {report.imported} 人", f"{report.imported} holders imported"
+            )
+            return f"/roster/{job.id}"
+
+        target, _ran = await request.state.session.once(_str(form, "form_token"), act)
+        return self._stale(request) if target is None else RedirectResponse(target, 303)
 
     async def live(self, request: Request, _form: None) -> Response:
         self.me(request)

@@ -6,6 +6,20 @@
   const status = document.getElementById("reader-status");
   const print = document.getElementById("print");
   if (print) print.addEventListener("click", () => window.print());
+  const job = document.getElementById("roster-job");
+  if (job && job.dataset.finished !== "1") {
+    const bar = document.getElementById("roster-progress");
+    const count = document.getElementById("roster-count");
+    const poll = () => fetch(job.dataset.url, { credentials: "same-origin" })
+      .then((r) => (r.ok ? r.json() : Promise.reject(r.status)))
+      .then((s) => {
+        bar.value = s.percent;
+        count.textContent = s.done + (s.total ? "/" + s.total : "");
+        if (s.finished) window.location.reload(); else setTimeout(poll, 300);
+      })
+      .catch(() => setTimeout(poll, 1000));
+    poll();
+  }
   const live = document.getElementById("live");
   if (live) {
     const fmt = (v, unit) => (v === null || v === undefined ? "—" : Math.round(v) + (unit || ""));
