@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 
+import pytest
 import pytest_asyncio
 
 from gateway.services.base import Actor, Context, FixedClock
@@ -92,3 +93,28 @@ async def import_students(
     rows = student_rows(n, start=start, class_name=class_name)
     report = await c.center.holders.import_roster(c.admin, HolderKind.STUDENT, rows)
     return report.holder_ids
+
+
+#: Tests that share one machine-wide resource run one after another on one xdist worker: the
+#: one pcscd per mount namespace (with its virtual readers), and Chromium (two at once starve the
+#: 2-core runner; the console's browser tests use pcscd too). The chaos suite is a group of its
+#: own: namespaces, mounts and nft tables, and a last test that checks none is left behind.
+_SERIAL_GROUPS = (("pcsc", "devices"), ("browser", "devices"))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """``make test`` runs the suite on both cores (``-n 2 --dist loadgroup``): each module goes
+    whole to one worker (its module-scoped broker and servers start once), and the groups above
+    keep their members on one worker. Runs before xdist reads the ``xdist_group`` marks."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is not None:
+            continue
+        group = item.nodeid.split("::", 1)[0]
+        if group.startswith("tests/chaos/"):
+            group = "chaos"
+        for marker, name in _SERIAL_GROUPS:
+            if item.get_closest_marker(marker) is not None:
+                group = name
+                break
+        item.add_marker(pytest.mark.xdist_group(group))
