@@ -23,10 +23,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from protocol.wire import TerminalKind
 from simulators.dashboard import run_dashboard
 from simulators.fleet import FleetConfig, FleetRunner, LiveStats, load_cards
+from simulators.rig import serve_rig
 from simulators.scenarios import SCENARIOS, ScenarioContext
-from simulators.terminals import load_credentials
+from simulators.terminals import Credentials, load_credentials
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -58,6 +60,16 @@ def _parser() -> argparse.ArgumentParser:
     fleet.add_argument(
         "--metrics-url", default=None, help="the gateway's /metrics, for the dashboard"
     )
+    rig = sub.add_parser(
+        "rig", help="one terminal behind the conformance kit's hook (JSON lines on stdin/stdout)"
+    )
+    rig.add_argument("--host", default="127.0.0.1")
+    rig.add_argument("--port", type=int, default=1883)
+    rig.add_argument("--id", required=True, help="terminal id (= broker username)")
+    rig.add_argument("--kind", required=True, choices=["pos", "door", "kiosk", "water"])
+    rig.add_argument("--password-file", type=Path, required=True)
+    rig.add_argument("--timeout", type=float, default=2.0, help="request timeout (s)")
+    rig.add_argument("-v", "--verbose", action="store_true")
     scenario = sub.add_parser("scenario", help="run one scripted scenario")
     scenario.add_argument("name", choices=sorted(SCENARIOS))
     _common(scenario)
@@ -122,6 +134,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.command == "rig":
+        password = args.password_file.read_text(encoding="utf-8").strip()
+        creds = Credentials(args.id, TerminalKind(args.kind), password)
+        return asyncio.run(serve_rig(creds, args.host, args.port, args.timeout))
     run = _fleet if args.command == "fleet" else _scenario
     return asyncio.run(run(args))
 

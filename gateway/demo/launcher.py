@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,8 +153,9 @@ async def prepare(paths: DemoPaths, size: DemoSize, *, gateway_password: str) ->
     # the conformance kit's own terminals and cards (README: python -m conformance gateway
     # --demo var/demo-live) stay out of the fleet too: the kit would take over their sessions
     kit_terminals: dict[str, dict[str, Any]] = {}
-    for entry in list(seeded.terminals):
-        if entry["kind"] not in kit_terminals:
+    per_kind = Counter(str(t["kind"]) for t in seeded.terminals)
+    for entry in list(seeded.terminals):  # the fleet keeps at least one of each kind
+        if entry["kind"] not in kit_terminals and per_kind[entry["kind"]] > 1:
             kit_terminals[entry["kind"]] = {"id": entry["id"], "password": entry["password"]}
             seeded.terminals.remove(entry)
     kit_cards = [seeded.cards.pop(0) for _ in range(min(8, len(seeded.cards) // 2))]

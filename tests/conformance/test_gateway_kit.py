@@ -18,6 +18,7 @@ from conformance.__main__ import main
 from conformance.mqtt import Broker
 from tests.e2e.campus import TERMINALS, Campus, build_campus
 
+README = Path(__file__).resolve().parents[2] / "README.md"
 pytestmark = [pytest.mark.broker, pytest.mark.asyncio(loop_scope="module")]
 
 
@@ -92,12 +93,18 @@ async def test_evidence_has_topics_payloads_and_no_secrets(result: Report) -> No
     assert "s_conformanceNoSuchSession" not in everything  # a session field, redacted too
 
 
-async def test_cli_writes_json_and_html_and_exits_0(campus: Campus, tmp_path: Path) -> None:
-    site = tmp_path / "site.json"
-    site.write_text(json.dumps(site_of(campus, cards=1)))  # no loss card: G33..G38 n/a
+async def test_readme_command_on_a_demo_directory(campus: Campus, tmp_path: Path) -> None:
+    """The README's one command, ``python -m conformance gateway --demo var/demo-live``, on a
+    directory laid out as ``make demo`` writes it (ports.json, conformance.json)."""
+    readme = README.read_text(encoding="utf-8")
+    assert ".venv/bin/python -m conformance gateway --demo var/demo-live\n" in readme
+    demo = tmp_path / "demo-live"
+    demo.mkdir()
+    (demo / "ports.json").write_text(json.dumps({"mqtt": campus.broker.port}))
+    site = site_of(campus, cards=1)  # no spare card for a loss: G33..G38 not applicable
+    (demo / "conformance.json").write_text(json.dumps(site))
     out = tmp_path / "out"
-    args = ["gateway", "--port", str(campus.broker.port), "--site", str(site), "--out", str(out)]
-    status = await asyncio.to_thread(main, args)
+    status = await asyncio.to_thread(main, ["gateway", "--demo", str(demo), "--out", str(out)])
     assert status == 0
     data = json.loads((out / "conformance-gateway.json").read_text())
     assert data["result"] == "passed"

@@ -7,12 +7,16 @@ the kit plays it. Runs are short: heartbeat every 1 s, offline_max_age 2 s, requ
 
 from __future__ import annotations
 
+import asyncio
+import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from conformance import Report, TerminalPlan, run_terminal_suite
+from conformance.__main__ import main
 from conformance.mqtt import Broker
 from protocol.wire import TerminalKind
 from simulators.terminals import Credentials, DoorReader, Pos, Terminal
@@ -102,3 +106,24 @@ async def test_a_broken_rule_fails_its_step(
     failed = failures(report)
     assert step in failed, f"{variant.__name__} passed {step}"
     assert set(failed) == {step} | also, failed
+
+
+async def test_cli_with_the_simulator_behind_a_hook(broker: PrivateBroker, tmp_path: Path) -> None:
+    """The README's way: ``python -m conformance terminal --hook "python -m simulators rig"``;
+    a short run (start-up and the acknowledgement step), JSON and HTML written, exit 0."""
+    (tmp_path / "gw").write_text(USERS["gateway"])
+    (tmp_path / "pos").write_text(USERS["pos-101"])
+    hook = (
+        f"{sys.executable} -m simulators rig --port {broker.port} --id pos-101 --kind pos"
+        f" --password-file {tmp_path / 'pos'} --timeout 0.5"
+    )
+    args = [
+        "terminal",
+        *("--port", str(broker.port), "--gateway-password-file", str(tmp_path / "gw")),
+        *("--terminal-id", "pos-101", "--kind", "pos", "--hook", hook, "--heartbeat", "1"),
+        *("--only", "T06,T20", "--out", str(tmp_path / "out")),
+    ]
+    assert await asyncio.to_thread(main, args) == 0
+    data = json.loads((tmp_path / "out" / "conformance-terminal.json").read_text())
+    assert [s["id"] for s in data["steps"]] == ["T01", "T02", "T03", "T04", "T05", "T06", "T20"]
+    assert data["result"] == "passed"
