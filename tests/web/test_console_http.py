@@ -175,3 +175,62 @@ def test_roster_upload_abuse_is_refused(console: tuple[TestClient, Console, Cloc
         files=[("file", ("a.csv", b"x", "text/csv")), ("file", ("b.csv", b"y", "text/csv"))],
     )
     assert two.status_code == 400  # one file per upload
+
+
+def _token(html: str) -> str:
+    found = re.search(r'name="form_token" value="([^"]+)"', html)
+    assert found
+    return found[1]
+
+
+def test_unlock_needs_the_holders_id_and_meal_disable_suspends(
+    console: tuple[TestClient, Console, Clock], site: tuple[Path, Desk]
+) -> None:
+    """LOSS-3 at the counter: the ID is checked; MEAL-4: disabling suspends the card."""
+    client, _, _ = console
+    _, desk = site
+    _ready(client, CHIEF, CHIEF_PASSWORD)
+    alice = desk.people[0]
+    page = client.get(f"/cards/{alice.serial}/loss")
+    lost = client.post(
+        f"/cards/{alice.serial}/loss",
+        data={
+            "csrf": _csrf(page.text),
+            "form_token": _token(page.text),
+            "presented_id": alice.national_id,
+        },
+        follow_redirects=False,
+    )
+    assert lost.status_code == 303
+    page = client.get(f"/cards/{alice.serial}/unlock")
+    wrong = client.post(
+        f"/cards/{alice.serial}/unlock",
+        data={
+            "csrf": _csrf(page.text),
+            "form_token": _token(page.text),
+            "presented_id": desk.people[1].national_id,
+        },
+    )
+    assert wrong.status_code in (403, 409) and "LOSS-3" in wrong.text
+    page = client.get(f"/cards/{alice.serial}/unlock")
+    done = client.post(
+        f"/cards/{alice.serial}/unlock",
+        data={
+            "csrf": _csrf(page.text),
+            "form_token": _token(page.text),
+            "presented_id": alice.national_id,
+        },
+        follow_redirects=False,
+    )
+    assert done.status_code == 303
+    assert "正常" in client.get(done.headers["location"]).text
+    staff = client.get(f"/search?q={desk.staff_number}", follow_redirects=True)
+    meal_url = str(staff.url).split("?")[0] + "/meal?action=off"
+    assert "/holders/" in meal_url
+    page = client.get(meal_url)
+    off = client.post(
+        meal_url,
+        data={"csrf": _csrf(page.text), "form_token": _token(page.text), "action": "off"},
+        follow_redirects=True,
+    )
+    assert "停用" in off.text and "已停止" in off.text

@@ -177,6 +177,8 @@ class Console:
             p("/holders/{holder_id:int}", self.holder),
             p("/cards/{serial:str}/loss", self.loss, methods=("GET", "POST")),
             p("/cards/{serial:str}/replace", self.replace, methods=("GET", "POST")),
+            p("/cards/{serial:str}/unlock", self.unlock, methods=("GET", "POST")),
+            p("/holders/{holder_id:int}/meal", self.meal, methods=("GET", "POST")),
             p("/cards/{serial:str}/topup", self.topup, methods=("GET", "POST")),
             p("/receipts/{receipt_no:int}", self.receipt),
             p("/reports", self.reports),
@@ -516,6 +518,85 @@ class Console:
                 "ok",
                 f"卡片 {mask_card(card.serial)} 已挂失，所有终端拒绝该卡 (LOSS-2)",
                 "card reported lost: refused at every terminal (LOSS-2)",
+            )
+            return f"/holders/{holder.id}"
+
+        target, _ran = await request.state.session.once(_str(form, "form_token"), act)
+        return self._stale(request) if target is None else RedirectResponse(target, 303)
+
+    async def unlock(self, request: Request, form: FormData | None) -> Response:
+        """LOSS-3: only at the counter, with the holder's valid ID; never after a replacement."""
+        actor = self.me(request)
+        actor.require(Permission.CARD_HANDLING)
+        card, holder = await self._card_and_holder(str(request.path_params["serial"]))
+        if form is None:
+            return self.render(
+                request,
+                "console_confirm.html",
+                holder=holder,
+                card=card,
+                rule="LOSS-3",
+                title=("解挂", "Unlock"),
+                what=(
+                    "解挂后该卡在所有终端恢复使用；已补卡的挂失卡永久作废，不能解挂 (LOSS-4)。",
+                    "the card works again at every terminal; a card already replaced stays void.",
+                ),
+                ask_id=True,
+                button=("确认解挂", "Confirm unlock"),
+            )
+
+        async def act() -> str:
+            await self.services.center.cards.unlock(
+                actor, card.serial, presented_id=_str(form, "presented_id") or None
+            )
+            request.state.session.flash("ok", "已解挂", "unlocked (LOSS-3)")
+            return f"/holders/{holder.id}"
+
+        target, _ran = await request.state.session.once(_str(form, "form_token"), act)
+        return self._stale(request) if target is None else RedirectResponse(target, 303)
+
+    async def meal(self, request: Request, form: FormData | None) -> Response:
+        """MEAL-3 enable (the reader then writes the type onto the card) / MEAL-4 disable."""
+        actor = self.me(request)
+        actor.require(Permission.MEAL_SUBSIDY)
+        holder_id = int(request.path_params["holder_id"])
+        async with self.services.center.ctx.registry.read() as tx:
+            holder = await tx.get_holder(holder_id)
+        enable = request.query_params.get("action", _str(form, "action") if form else "") != "off"
+        if holder.number is None:
+            raise BadRequest("该教职工尚无工号 (ISS-6)", "this staff member has no number yet")
+        if form is None:
+            return self.render(
+                request,
+                "console_confirm.html",
+                holder=holder,
+                card=None,
+                rule="MEAL-3" if enable else "MEAL-4",
+                title=("开通餐补", "Enable meal subsidy")
+                if enable
+                else ("停止餐补", "Disable meal subsidy"),
+                what=(
+                    "卡类型移入“1 电子工作证”组；请持卡放到读卡器上写卡。",
+                    "the card moves into group 1; put the card on the reader to write the type.",
+                )
+                if enable
+                else (
+                    "卡片先停用，持卡人带卡来时恢复并写回卡类型 (MEAL-4)。",
+                    "the card is suspended until the holder brings it in to be rewritten.",
+                ),
+                ask_id=False,
+                button=("确认", "Confirm"),
+                action="on" if enable else "off",
+            )
+        number = holder.number
+
+        async def act() -> str:
+            meal = self.services.center.meal
+            await (meal.enable(actor, number) if enable else meal.disable(actor, number))
+            request.state.session.flash(
+                "ok",
+                "已开通，请将卡放到读卡器上写卡" if enable else "已停止，卡片已停用",
+                "enabled: put the card on the reader" if enable else "disabled: card suspended",
             )
             return f"/holders/{holder.id}"
 
