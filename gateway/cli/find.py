@@ -31,11 +31,12 @@ def hit_lines(hit: HolderHit) -> list[str]:
             f" 至 until {last_valid_day(card.valid_until)}" if card.valid_until is not None else ""
         )
         state = STATE_NAMES_ZH[CardState(card.state)]
-        uid = f" UID {card.uid}" if card.uid else ""
         lines.append(
             f"    卡 card {card.serial} {KIND_ZH.get(card.kind, card.kind)} {state}"
-            f" {card.state}{until}{uid}"
+            f" {card.state}{until}"
         )
+        if card.uid:
+            lines.append(f"      UID {card.uid}")  # up to 32 hex digits: a line of its own
     if not hit.cards:
         lines.append("    （无卡 no card）")
     return lines

@@ -81,6 +81,7 @@ def test_by_card_serial_and_uid_and_deregistered(site: dict[str, str]) -> None:
     [hit] = found(site, "2026000002")  # dropped out: terminated, still findable
     assert hit["status"] == "deregistered"
     assert hit["cards"][0]["state"] == "terminated"
+    assert all(len(line) <= 80 for line in onecard(site, "find", "王芳").splitlines())
     text = onecard(site, "holder", "find", "李伟")
     assert "已注销 deregistered" in text and serial not in text
     assert all(len(line) <= 80 for line in text.splitlines())
