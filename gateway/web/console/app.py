@@ -375,6 +375,14 @@ class Console:
             code="stale_form",
         )
 
+    async def _once(
+        self, request: Request, form: FormData, act: Callable[[], Awaitable[str]]
+    ) -> Response:
+        """Run ``act`` once per rendered form (a double click does one thing), then redirect to
+        the page it names; an unknown or used token gets the stale-form page."""
+        target, _ran = await request.state.session.once(_str(form, "form_token"), act)
+        return self._stale(request) if target is None else RedirectResponse(target, 303)
+
     @staticmethod
     def me(request: Request) -> Actor:
         actor = request.state.actor
@@ -521,8 +529,7 @@ class Console:
             )
             return f"/holders/{holder.id}"
 
-        target, _ran = await request.state.session.once(_str(form, "form_token"), act)
-        return self._stale(request) if target is None else RedirectResponse(target, 303)
+        return await self._once(request, form, act)
 
     async def unlock(self, request: Request, form: FormData | None) -> Response:
         """LOSS-3: only at the counter, with the holder's valid ID; never after a replacement."""
@@ -552,8 +559,7 @@ class Console:
             request.state.session.flash("ok", "已解挂", "unlocked (LOSS-3)")
             return f"/holders/{holder.id}"
 
-        target, _ran = await request.state.session.once(_str(form, "form_token"), act)
-        return self._stale(request) if target is None else RedirectResponse(target, 303)
+        return await self._once(request, form, act)
 
     async def meal(self, request: Request, form: FormData | None) -> Response:
         """MEAL-3 enable (the reader then writes the type onto the card) / MEAL-4 disable."""
@@ -600,8 +606,7 @@ class Console:
             )
             return f"/holders/{holder.id}"
 
-        target, _ran = await request.state.session.once(_str(form, "form_token"), act)
-        return self._stale(request) if target is None else RedirectResponse(target, 303)
+        return await self._once(request, form, act)
 
     async def replace(self, request: Request, form: FormData | None) -> Response:
         actor = self.me(request)
@@ -632,8 +637,7 @@ class Console:
                 return f"/receipts/{result.receipts[0].receipt_no}?new=1"
             return f"/holders/{holder.id}"
 
-        target, _ran = await request.state.session.once(_str(form, "form_token"), act)
-        return self._stale(request) if target is None else RedirectResponse(target, 303)
+        return await self._once(request, form, act)
 
     async def topup(self, request: Request, form: FormData | None) -> Response:
         actor = self.me(request)
@@ -673,8 +677,7 @@ class Console:
             )
             return f"/holders/{holder.id}"
 
-        target, _ran = await request.state.session.once(_str(form, "form_token"), act)
-        return self._stale(request) if target is None else RedirectResponse(target, 303)
+        return await self._once(request, form, act)
 
     async def receipt(self, request: Request, _form: None) -> Response:
         actor = self.me(request)
@@ -751,8 +754,7 @@ class Console:
             )
             return "/terminals"
 
-        target, _ran = await request.state.session.once(_str(form, "form_token"), act)
-        return self._stale(request) if target is None else RedirectResponse(target, 303)
+        return await self._once(request, form, act)
 
     async def terminal_new(self, request: Request, form: FormData | None) -> Response:
         """Add a terminal; its broker password is shown once (only the hash is kept)."""
@@ -852,8 +854,7 @@ class Console:
             )
             return f"/roster/{job.id}"
 
-        target, _ran = await request.state.session.once(_str(form, "form_token"), act)
-        return self._stale(request) if target is None else RedirectResponse(target, 303)
+        return await self._once(request, form, act)
 
     async def live(self, request: Request, _form: None) -> Response:
         self.me(request)
@@ -902,8 +903,7 @@ class Console:
             )
             return "/graduation"
 
-        target, _ran = await request.state.session.once(_str(form, "form_token"), act)
-        return self._stale(request) if target is None else RedirectResponse(target, 303)
+        return await self._once(request, form, act)
 
     async def approvals(self, request: Request, _form: None) -> Response:
         actor = self.me(request)
@@ -931,8 +931,7 @@ class Console:
                 raise BadRequest("未知操作", "unknown decision")
             return "/approvals"
 
-        target, _ran = await request.state.session.once(_str(form, "form_token"), act)
-        return self._stale(request) if target is None else RedirectResponse(target, 303)
+        return await self._once(request, form, act)
 
     async def audit(self, request: Request, _form: None) -> Response:
         actor = self.me(request)
