@@ -357,9 +357,11 @@ class GatewaySuite:
             "G28", "自助机登录、余额 login, balance (300 s session)", "§7", kiosk, self.g28
         )
         await self.step("G29", "解挂被拒 unlock: permission_denied LOSS-3", "§7", kiosk, self.g29)
-        await self.step("G30", "原密码错 change_password: auth_failed", "§7", kiosk, self.g30)
+        await self.step(
+            "G30", "修改密码 change_password (wrong old: auth_failed)", "§7", kiosk, self.g30
+        )
         await self.step("G31", "无效会话 bad session: auth_failed", "§7", kiosk, self.g31)
-        await self.step("G32", "刷卡充值 topup by card", "§7", kiosk, self.g32)
+        await self.step("G32", "充值 topup by card, by session, not both", "§7", kiosk, self.g32)
         await self.loss_steps()
         with self.report.step("G40", "所有错误应答格式 every error message follows §9", "§9"):
             bad = [f"{op}: {body.get('error')}" for op, body in self.errors if not _conforms(body)]
@@ -626,11 +628,20 @@ class GatewaySuite:
         self.refused("unlock", answer, ErrorCode.PERMISSION_DENIED, rule="LOSS-3")
 
     async def g30(self, term: Term) -> None:
+        """A wrong old password is refused; the right one changes it (and the kit changes it
+        back at once, so the site's test account keeps its password)."""
         session = self.session
         expect(session is not None, "needs G28's session")
+        card = self.kiosk_card()
         data = {"session": session, "old_password": "wrong-password-1", "new_password": "Xx-123456"}
         answer = await term.ask("change_password", data)
         self.refused("change_password", answer, ErrorCode.AUTH_FAILED)
+        temporary = "Kit-" + uuid.uuid4().hex[:10]
+        there = {"session": session, "old_password": card.password, "new_password": temporary}
+        self.approved("change_password", await term.ask("change_password", there))
+        back = {"session": session, "old_password": temporary, "new_password": card.password}
+        answer = await term.ask("change_password", back)
+        expect(answer.ok, f"could not restore the test account's password: {answer.body}")
 
     async def g31(self, term: Term) -> None:
         answer = await term.ask("balance", {"session": "s_conformanceNoSuchSession"})
@@ -640,6 +651,15 @@ class GatewaySuite:
         data = {"card": self.site.cards[0].uid, "amount_fen": 100, "payment_ref": "conformance-1"}
         answer = await term.ask("topup", data, rid=term.rid(), sent_ms=self.now_ms())
         self.approved("topup", answer)
+        if self.session is not None:
+            by_session = {
+                "session": self.session,
+                "amount_fen": 100,
+                "payment_ref": "conformance-2",
+            }
+            self.approved("topup", await term.ask("topup", by_session, sent_ms=self.now_ms()))
+        both = {**data, "session": self.session or "s_" + "x" * 20}
+        self.refused("topup", await term.ask("topup", both), ErrorCode.MALFORMED)
 
     async def loss_steps(self) -> None:
         """G33..G39: a kiosk loss report reaches every terminal as a delta, acknowledged."""

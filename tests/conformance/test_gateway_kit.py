@@ -119,3 +119,44 @@ async def test_cli_exit_status_2_without_a_usable_site(tmp_path: Path) -> None:
     (tmp_path / "site.json").write_text('{"terminals": {}, "cards": []}')
     args = ["gateway", "--port", "1", "--site", str(tmp_path / "site.json")]
     assert await asyncio.to_thread(main, args) == 2
+
+
+async def test_kit_fails_a_gateway_with_1_0_error_messages(
+    campus: Campus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kit's checks can fail: a gateway that sends a refusal's own words without the code's
+    default text (1.0, finding 8) fails the steps that see one, and the §9 summary step."""
+    from protocol.errors import OnecardError
+    from protocol.wire import ErrorBody, codec
+
+    def old_error_body(error: object, *, detail: str | None = None) -> ErrorBody:
+        assert isinstance(error, OnecardError)
+        message = f"{error.message_zh} / {error.message_en}" + (f": {detail}" if detail else "")
+        return ErrorBody(code=error.code, message=message[:500], rule=None)
+
+    monkeypatch.setattr(codec, "error_body", old_error_body)
+    report = Report("gateway", "campus with 1.0 messages")
+    broker = Broker(campus.broker.host, campus.broker.port)
+    await run_gateway_suite(broker, Site.from_dict(site_of(campus, cards=1)), report)
+    failed = {s.id for s in report.steps if s.status == "failed"}
+    assert {"G29", "G31", "G40"} <= failed  # unlock (LOSS-3) and the expired session
+    assert "G16" not in failed  # a plain code's default text was always right
+
+
+async def test_kit_fails_a_gateway_that_sends_a_loss_as_a_snapshot(
+    campus: Campus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1.0 re-snapshotted on a change when the last snapshot was older than 10 s (finding 2):
+    the kit sees the loss arrive as a snapshot and fails G34, and only G34."""
+    gateway = campus.gateway
+
+    async def always_snapshot(session: object, *, compact: bool = False) -> None:
+        await gateway._publish_snapshot(session)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(gateway, "_publish_changes", always_snapshot)
+    site = site_of(campus, cards=2)
+    site["cards"][1] = site_of(campus, cards=3)["cards"][2]  # a card no other test lost
+    report = Report("gateway", "campus sending snapshots")
+    broker = Broker(campus.broker.host, campus.broker.port)
+    await run_gateway_suite(broker, Site.from_dict(site), report)
+    assert {s.id for s in report.steps if s.status == "failed"} == {"G34"}
