@@ -169,6 +169,10 @@ class ReaderAgent:
         refusal = self._refusal(request)
         if refusal is not None:
             return refusal
+        if request.headers.get("origin") != self.console_origin:
+            # the console's EventSource always names its origin; a no-cors request from any page
+            # (an <img> pointing here) names none and would only hold a listener slot
+            return PlainTextResponse("the console's origin only\n", status_code=403)
         if len(self._listeners) >= MAX_LISTENERS:
             return PlainTextResponse("too many listeners\n", status_code=503)
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=64)

@@ -42,6 +42,7 @@ async def test_only_the_console_origin_on_loopback_may_listen() -> None:
     agent = _agent()
     assert await _get(agent, "/healthz") == 200
     assert await _get(agent, "/events", origin="http://evil.example") == 403
+    assert await _get(agent, "/events") == 403  # no origin: a no-cors <img> from any page
     assert await _get(agent, "/events", host=f"evil.example:{PORT}") == 403
     assert await _get(agent, "/events", client="10.20.30.40") == 403
     assert await _get(agent, "/healthz", host="127.0.0.1:9999") == 403
