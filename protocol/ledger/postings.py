@@ -105,6 +105,14 @@ class TransferSpec:
         account_kind(self.dest)
 
 
+def _yuan(fen: int) -> str:
+    """``1250`` -> ``"12.50"`` for messages operators read (integer arithmetic; the ledger does
+    not import :mod:`protocol.cards`, where the counter's own formatter lives)."""
+    sign = "-" if fen < 0 else ""
+    whole, part = divmod(abs(fen), 100)
+    return f"{sign}{whole}.{part:02d}"
+
+
 def check_amount(amount: object) -> int:
     """An amount is a positive integer number of fen, at most :data:`MAX_AMOUNT`."""
     if isinstance(amount, bool) or not isinstance(amount, int):
@@ -115,8 +123,8 @@ def check_amount(amount: object) -> int:
         )
     if amount <= 0 or amount > MAX_AMOUNT:
         raise InvalidInput(
-            f"金额须在 1 至 {MAX_AMOUNT} 分之间",
-            f"amount must be 1..{MAX_AMOUNT} fen, got {amount}",
+            f"金额须在 0.01 至 {_yuan(MAX_AMOUNT)} 元之间（输入 {_yuan(amount)} 元）",
+            f"amount must be 0.01..{_yuan(MAX_AMOUNT)} yuan, got {_yuan(amount)} yuan",
             code=ErrorCode.INVALID_AMOUNT,
         )
     return amount
@@ -150,8 +158,9 @@ def correction(
     left = original.amount - already_corrected
     if amount > left:
         raise RuleViolation(
-            f"纠错金额 {amount} 分超过原交易可纠错余额 {left} 分",
-            f"correction of {amount} fen exceeds what is left of the original ({left} fen)",
+            f"纠错金额 {_yuan(amount)} 元超过原交易可纠错余额 {_yuan(left)} 元",
+            f"correction of {_yuan(amount)} yuan exceeds what is left of the original"
+            f" ({_yuan(left)} yuan)",
             code=ErrorCode.CORRECTION_EXCEEDS_ORIGINAL,
             rule="TOP-2",
         )

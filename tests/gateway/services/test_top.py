@@ -67,7 +67,7 @@ async def test_top2_correction_refers_to_the_sale_and_never_exceeds_it(counter: 
     with pytest.raises(OnecardError) as err:
         await c.center.money.correct(c.op, sale, 1001, reason="too much")
     assert (err.value.rule, err.value.code) == ("TOP-2", ErrorCode.CORRECTION_EXCEEDS_ORIGINAL)
-    assert "1000" in err.value.message_en
+    assert "(10.00 yuan)" in err.value.message_en
     await c.center.money.correct(c.op, sale, 1000, reason="rest")
     with pytest.raises(OnecardError) as err:
         await c.center.money.correct(c.op, sale, 1, reason="again")
