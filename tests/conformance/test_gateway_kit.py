@@ -16,6 +16,7 @@ import pytest_asyncio
 from conformance import Report, Site, run_gateway_suite
 from conformance.__main__ import main
 from conformance.mqtt import Broker
+from protocol.wire import DenyDelta, DenySnapshot
 from tests.e2e.campus import TERMINALS, Campus, build_campus
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -160,3 +161,30 @@ async def test_kit_fails_a_gateway_that_sends_a_loss_as_a_snapshot(
     broker = Broker(campus.broker.host, campus.broker.port)
     await run_gateway_suite(broker, Site.from_dict(site), report)
     assert {s.id for s in report.steps if s.status == "failed"} == {"G34"}
+
+
+async def test_compaction_snapshot_repeats_the_delta_version(
+    campus: Campus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Contract 1.1 §8.5: a counter change goes out as a delta at once; once the delta is
+    `snapshot_max_age_s` old with no change since, a snapshot at the **same** version replaces
+    it (compaction)."""
+    monkeypatch.setattr(campus.gateway.settings.denylist, "snapshot_max_age_s", 0.4)
+    lost = campus.students[3]
+    topics = ("onecard/v1/blacklist/snapshot", "onecard/v1/blacklist/delta")
+    async with campus.terminal("pos-002", extra=topics) as pos:
+        await asyncio.sleep(0.6)  # the retained messages, and any earlier delta compacted
+        while not pos.other.empty():
+            pos.other.get_nowait()
+        await campus.center.cards.report_loss(campus.admin, lost.serial, presented_id=lost.number)
+        seen: list[tuple[str, bytes]] = []
+        async with asyncio.timeout(5):
+            while not seen or "snapshot" not in seen[-1][0] or not seen[-1][1]:
+                seen.append(await pos.other.get())
+    kinds = [t.rsplit("/", 1)[-1] for t, p in seen if p]
+    assert kinds[0] == "delta", kinds  # the change itself came as a delta
+    delta = DenyDelta.model_validate_json(next(p for t, p in seen if t.endswith("delta") and p))
+    assert [c.card for c in delta.changes][-1] == lost.uid
+    snapshot = DenySnapshot.model_validate_json(seen[-1][1])
+    assert snapshot.version == delta.to_version  # nothing new: the same version, compacted
+    assert lost.uid in snapshot.entries
