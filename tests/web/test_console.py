@@ -39,7 +39,7 @@ from protocol.types import CardKind
 from simulators.vcard import VirtualCard, VpcdCard
 from storage.sql import SqlRegistry
 from tests.broker import PrivateBroker, Probe, free_port
-from tests.gateway.conftest import Pcscd, _pick_base_port
+from tests.gateway.conftest import CONFIG_PREFIX, Pcscd, _pick_base_port
 from tests.web.console_site import (
     CHIEF,
     CHIEF_PASSWORD,
@@ -122,7 +122,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     base = f"http://127.0.0.1:{console_port}"
     users = {"pos-001": "pw-pos-001", "gateway": "pw-gateway", "console-mon": "pw-mon"}
     clock = FixedClock(datetime.now(UTC))
-    daemon = Pcscd(root / "pcscd", _pick_base_port())
+    # the pcsc tests' prefix: their fixture recognises (and may stop) this daemon as a test's own
+    daemon = Pcscd(tmp_path_factory.mktemp(CONFIG_PREFIX, numbered=True), _pick_base_port())
     daemon.start()
     metrics = Metrics()  # a gateway's metrics, served as the gateway's ops port serves them
     metrics.denylist_version.set(7)
