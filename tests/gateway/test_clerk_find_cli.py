@@ -5,46 +5,22 @@ stay findable; the search text is data, never a pattern."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.cli import invoke, onecard, operator_site
-
-SAMPLE = Path(__file__).parents[2] / "docs" / "samples" / "students-2026.csv"
-NOW = "2026-11-26T10:05+08:00"
+from tests.cli import invoke, onecard
+from tests.gateway.clerk_site import counter_site, register_anna
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    env = {**operator_site(tmp_path_factory.mktemp("clerk-find")), "ONECARD_NOW": NOW}
-    onecard(env, "stock", "purchase", "temp", "10", "--year", "2026-2027")
-    onecard(env, "stock", "requisition", "temp", "5", "--issued-by", "科长", "--usage", "测试")
-    onecard(
-        env, "holder", "import", str(SAMPLE), "--kind", "student", "--valid-through", "2030-07-31"
-    )
+    env = counter_site(tmp_path_factory.mktemp("clerk-find"))
     onecard(env, "card", "issue-temp", "2026000001", "--uid", "04:a1:b2:c3:d4:e5:f6")
     second = json.loads(onecard(env, "--json", "card", "issue-temp", "2026000002"))
     serial = second["data"]["card"]["serial"]
     onecard(env, "card", "terminate", serial, "--reason", "dropout", "--id-doc", "2026000002")
-    onecard(
-        env,
-        "holder",
-        "register-temp",
-        "--name",
-        "Anna Schmidt",
-        "--id-type",
-        "passport",
-        "--id-no",
-        "C01X00T47",
-        "--category",
-        "foreign_teacher",
-        "--valid-through",
-        "2027-06-30",
-        "--application",
-        "外事处 2026-118",
-    )
+    register_anna(env)
     return env
 
 

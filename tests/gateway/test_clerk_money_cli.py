@@ -9,9 +9,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tests.cli import invoke, onecard, operator_site
+from tests.cli import invoke, onecard
+from tests.gateway.clerk_site import counter_site
 
-SAMPLE = Path(__file__).parents[2] / "docs" / "samples" / "students-2026.csv"
 THURSDAY = "2026-11-26T10:05+08:00"
 FRIDAY = "2026-11-27T08:30+08:00"
 OWNER = "王* 2026000001 计算机科学与技术学院 计科2026-1班"
@@ -38,12 +38,7 @@ def balance(env: dict[str, str], serial: str) -> str:
 
 
 def test_whose_card_large_topup_reversal_and_cash_out(tmp_path: Path) -> None:
-    env = {**operator_site(tmp_path), "ONECARD_NOW": THURSDAY, "ONECARD_LARGE_TOPUP": "500"}
-    onecard(env, "stock", "purchase", "temp", "10", "--year", "2026-2027")
-    onecard(env, "stock", "requisition", "temp", "5", "--issued-by", "科长", "--usage", "测试")
-    onecard(
-        env, "holder", "import", str(SAMPLE), "--kind", "student", "--valid-through", "2030-07-31"
-    )
+    env = counter_site(tmp_path, THURSDAY, ONECARD_LARGE_TOPUP="500")
     text = onecard(env, "card", "issue-temp", "2026000001")
     assert OWNER in text and "王芳" not in text  # whose card, name masked
     serial = data(env, "find", "2026000001")["hits"][0]["cards"][0]["serial"]

@@ -14,34 +14,14 @@ from openpyxl import load_workbook
 
 from protocol.cards.identity import make_national_id
 from tests.cli import invoke, onecard, operator_site
-
-SAMPLE = Path(__file__).parents[2] / "docs" / "samples" / "students-2026.csv"
-NOW = "2026-11-26T10:05+08:00"
+from tests.gateway.clerk_site import NOW, register_anna, temp_stock
 
 
 def test_tables_fit_80_columns_and_reports_are_spreadsheets(tmp_path: Path) -> None:
     env = {**operator_site(tmp_path), "ONECARD_NOW": NOW}
-    onecard(env, "stock", "purchase", "temp", "10", "--year", "2026-2027")
-    # the usage note is data: "[/]" is not rich markup (it used to end the command)
-    onecard(env, "stock", "requisition", "temp", "5", "--issued-by", "科长", "--usage", "[/]测试")
+    temp_stock(env, usage="[/]测试")  # data, not rich markup (it used to end the command)
     onecard(env, "receipts", "add-book", "R2026-01", "1000001", "1000050")
-    onecard(
-        env,
-        "holder",
-        "register-temp",
-        "--name",
-        "Anna Schmidt",
-        "--id-type",
-        "passport",
-        "--id-no",
-        "C01X00T47",
-        "--category",
-        "foreign_teacher",
-        "--valid-through",
-        "2027-06-30",
-        "--application",
-        "外事处 2026-118",
-    )
+    register_anna(env)
     onecard(env, "card", "issue-temp", "#1")  # ISS-10: a deposit, on a receipt
 
     text = onecard(env, "report", "requisitions")
@@ -74,8 +54,7 @@ def test_meal_list_as_a_spreadsheet(tmp_path: Path) -> None:
     """MEAL-2: HR's list is kept as a spreadsheet: quota, enabled, card, type group, pending
     write-back (MEAL-3)."""
     env = {**operator_site(tmp_path), "ONECARD_NOW": NOW}
-    onecard(env, "stock", "purchase", "temp", "10", "--year", "2026-2027")
-    onecard(env, "stock", "requisition", "temp", "5", "--issued-by", "科长", "--usage", "测试")
+    temp_stock(env)
     staff = tmp_path / "staff.csv"
     ids = [make_national_id("110105", date(1980, 1, 1 + n), 10 + n) for n in range(2)]
     staff.write_text(
