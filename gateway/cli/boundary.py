@@ -37,6 +37,31 @@ def hoist_json(args: Sequence[str]) -> tuple[list[str], bool]:
     return argv, found
 
 
+def _param_name(param: click.Parameter | None) -> str:
+    if param is None:
+        return ""
+    if isinstance(param, click.Option):
+        return " " + "/".join(param.opts)
+    return " " + (param.human_readable_name or "")
+
+
+def usage_zh(exc: click.UsageError) -> str:
+    """The Chinese half of a usage error (click gives the English)."""
+    if isinstance(exc, click.MissingParameter):
+        return f"缺少参数{_param_name(exc.param)}"
+    if isinstance(exc, click.NoSuchOption):
+        return f"没有这个选项 {exc.option_name}"
+    if isinstance(exc, click.BadParameter):
+        hint = exc.param_hint if isinstance(exc.param_hint, str) else None
+        name = f" {hint}" if hint and exc.param is None else _param_name(exc.param)
+        return f"参数{name} 的值无效"
+    if isinstance(exc, click.BadOptionUsage):
+        return f"选项 {exc.option_name} 用法有误"
+    if "No such command" in exc.message:
+        return "没有这个命令"
+    return "命令用法有误"
+
+
 def report(exc: BaseException, as_json: bool) -> int:
     """Print ``exc`` for the operator and return the exit status."""
     if isinstance(exc, click.exceptions.NoArgsIsHelpError):
@@ -58,13 +83,7 @@ def report(exc: BaseException, as_json: bool) -> int:
         if ctx is not None:
             hint = f"帮助 help: {ctx.command_path} --help"
             usage = f"{ctx.get_usage()}\n{hint}"
-        print_error(
-            as_json,
-            "usage",
-            "命令用法有误",
-            exc.format_message(),
-            usage=usage,
-        )
+        print_error(as_json, "usage", usage_zh(exc), exc.format_message(), usage=usage)
         return EXIT_USAGE
     if isinstance(exc, click.Abort | EOFError):
         print_error(as_json, "cancelled", "已取消，未办理", "cancelled: nothing done")

@@ -61,7 +61,9 @@ def test_json_after_the_subcommand_and_usage_errors_as_json(env: dict[str, str])
     assert done.returncode == 64 and as_json(done)["ok"] is False
     done = invoke(env, "money", "topup", "1000000000", "12.345")  # three decimals
     assert done.returncode == 64, done.stdout + done.stderr
-    assert "12.345" in done.stderr
+    assert "12.345" in done.stderr and "参数 AMOUNT 的值无效" in done.stderr
+    error = as_json(invoke(env, "card", "show", "--json"))["error"]
+    assert error["message_zh"] == "缺少参数 SERIAL" and "Missing argument" in error["message_en"]
 
 
 def test_a_mistyped_card_number_is_shown_back(env: dict[str, str]) -> None:
