@@ -111,6 +111,9 @@ _REASONS: dict[DenyChangeKind, ErrorCode] = {
 }
 #: A snapshot lists blocked cards without the reason.
 _UNKNOWN_REASON = ErrorCode.CARD_VOID
+#: §8.5: the gateway status names a newer deny-list version for this long: a delta was lost,
+#: re-read the retained snapshot and delta.
+LAG_RESYNC_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +242,8 @@ class Terminal:
         self._wake = asyncio.Event()
         self._need_sync = False
         self._session_task: asyncio.Task[None] | None = None
+        self._announced = 0  # the deny-list version the retained gateway status names (§8.5)
+        self._behind_since: float | None = None
         status = TerminalStatus(state=Presence.ONLINE, kind=self.kind, firmware=firmware)
         self.link = Link(
             LinkSettings(host, port, creds.id, creds.password),
@@ -323,6 +328,10 @@ class Terminal:
                     else Presence.OFFLINE
                 )
                 was, self.gateway_online = self.gateway_online, state is Presence.ONLINE
+                if payload:
+                    announced = GatewayStatus.model_validate_json(payload).denylist_version
+                    self._announced = announced or self._announced
+                    self._check_lag()
                 if not self.gateway_online:
                     self.synced.clear()
                 elif not was:
@@ -334,6 +343,22 @@ class Terminal:
         except ValidationError as exc:
             # §8.1: a snapshot that fails the check is ignored; keep the list held
             log.warning("%s: ignoring an invalid message on %s: %s", self.id, topic, exc)
+
+    def _check_lag(self) -> None:
+        """§8.5: behind the version the gateway status names for ``LAG_RESYNC_S``: a delta was
+        lost on the way; re-read the retained snapshot and delta (never more than every
+        ``LAG_RESYNC_S``)."""
+        if self._announced <= self.deny.version:
+            self._behind_since = None
+            return
+        now = self.clock.monotonic()
+        if self._behind_since is None:
+            self._behind_since = now
+        elif now - self._behind_since >= LAG_RESYNC_S:
+            self._behind_since = now
+            log.info("%s: deny list behind the gateway's; re-reading it", self.id)
+            self.link.resubscribe(DENYLIST_SNAPSHOT_TOPIC)
+            self.link.resubscribe(DENYLIST_DELTA_TOPIC)
 
     def _apply_snapshot(self, snapshot: DenySnapshot) -> None:
         if snapshot.version < self.deny.version:
@@ -445,6 +470,7 @@ class Terminal:
         self.heartbeats += 1
         if reply.ok:
             self.fresh_at = self.clock.monotonic()
+        self._check_lag()
 
     def _pending_offline(self) -> int:
         return 0
