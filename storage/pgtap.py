@@ -432,7 +432,7 @@ class PgTapTx(TapTxBase):
 
 
 class _Job:
-    __slots__ = ("deadline", "fns", "future", "many")
+    __slots__ = ("deadline", "fns", "future", "keys", "many")
 
     def __init__(
         self,
@@ -441,11 +441,16 @@ class _Job:
         *,
         many: bool,
         deadline: float | None,
+        keys: Sequence[str] | None = None,
     ) -> None:
         self.fns = fns
         self.future = future
         self.many = many
         self.deadline = deadline
+        self.keys = list(keys) if keys is not None else [""] * len(fns)
+        if len(self.keys) != len(fns):
+            msg = "one order key per job"
+            raise ValueError(msg)
 
 
 #: Errors after which the whole batch runs again (nothing of it committed).
@@ -531,11 +536,18 @@ class PgTapExecutor:
         return await future
 
     async def run_many(
-        self, fns: Sequence[Callable[[PgTapTx], T]], *, deadline: float | None = None
+        self,
+        fns: Sequence[Callable[[PgTapTx], T]],
+        *,
+        deadline: float | None = None,
+        order: Sequence[str] | None = None,
     ) -> list[T | BaseException]:
+        """Several jobs, results in their order. ``order``: one key per job (the card UID of a
+        tap); a batch runs its jobs sorted by it, so two gateways lock purses in the same order
+        and cannot deadlock on them (each deadlock costs the server's ``deadlock_timeout``)."""
         self._check_alive()
         future: asyncio.Future[list[T | BaseException]] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Job(list(fns), future, many=True, deadline=deadline))
+        self._queue.put_nowait(_Job(list(fns), future, many=True, deadline=deadline, keys=order))
         return await future
 
     def _check_alive(self) -> None:
@@ -653,23 +665,27 @@ class PgTapExecutor:
         assert tx is not None
         tx.execute("BEGIN")
         tx.begin_batch()
+        now = time.monotonic()
         outcomes: list[Any] = []
-        for job in batch:
-            if job.future.done() or (job.deadline is not None and time.monotonic() > job.deadline):
+        plan: list[tuple[str, int, int]] = []
+        for index, job in enumerate(batch):
+            if job.future.done() or (job.deadline is not None and now > job.deadline):
                 outcomes.append(_GAVE_UP)
                 continue
-            results: list[Any] = []
-            for fn in job.fns:
-                if not safe:
-                    try:
-                        results.append(fn(tx))
-                    except _BATCH_FAIL:
-                        raise
-                    except Exception:  # noqa: BLE001 - run again below, one savepoint per job
-                        return None
-                    continue
-                results.append(self._safe_job(tx, fn))
-            outcomes.append(results)
+            outcomes.append([None] * len(job.fns))
+            plan += [(key, index, position) for position, key in enumerate(job.keys)]
+        plan.sort(key=lambda step: step[0])  # stable: same key keeps the arrival order
+        for _, index, position in plan:
+            fn = batch[index].fns[position]
+            if safe:
+                outcomes[index][position] = self._safe_job(tx, fn)
+                continue
+            try:
+                outcomes[index][position] = fn(tx)
+            except _BATCH_FAIL:
+                raise
+            except Exception:  # noqa: BLE001 - run again below, one savepoint per job
+                return None
         tx.flush()
         tx.execute("COMMIT")
         tx.committed()

@@ -166,5 +166,12 @@ class TapExecutor(Protocol):
 
     async def run(self, fn: Callable[[TapTx], T], *, deadline: float | None = None) -> T: ...
     async def run_many(
-        self, fns: Sequence[Callable[[TapTx], T]], *, deadline: float | None = None
-    ) -> list[T | BaseException]: ...
+        self,
+        fns: Sequence[Callable[[TapTx], T]],
+        *,
+        deadline: float | None = None,
+        order: Sequence[str] | None = None,
+    ) -> list[T | BaseException]:
+        """``order``: one key per job (a tap's card UID); a backend with several writers runs a
+        batch's jobs sorted by it so writers lock rows in one order (no deadlock)."""
+        ...

@@ -507,7 +507,11 @@ class SqliteTapWriter:
         return await asyncio.wrap_future(future)
 
     async def run_many(
-        self, fns: Sequence[Callable[[SqliteTapTx], T]], *, deadline: float | None = None
+        self,
+        fns: Sequence[Callable[[SqliteTapTx], T]],
+        *,
+        deadline: float | None = None,
+        order: Sequence[str] | None = None,  # noqa: ARG002 - one writer: no lock order to keep
     ) -> list[T | BaseException]:
         """Several jobs, one wake-up: each result, or the exception its job raised, in order.
         Past ``deadline`` (``time.monotonic()``) none of them runs: ``unavailable``."""

@@ -241,7 +241,9 @@ class TerminalService:
             for tid, op, request, deadline in requests
         ]
         # past ``give_up`` (time.monotonic()) the caller answers `unavailable`: none may commit
-        return await self.executor.run_many(jobs, deadline=give_up)
+        # several gateways (PostgreSQL): each batch locks purses in card order (no deadlock)
+        order = [str(getattr(request.data, "card", "")) for _, _, request, _ in requests]
+        return await self.executor.run_many(jobs, deadline=give_up, order=order)
 
     def _decide(
         self,
