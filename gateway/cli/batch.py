@@ -4,14 +4,13 @@ line is refused, unless ``--skip-bad``."""
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import click
 
 from gateway.cli.common import OutFile
-from gateway.cli.runtime import EXIT_REFUSED, Options, emit, emit_table, run_as, to_jsonable
+from gateway.cli.runtime import EXIT_REFUSED, Options, emit, emit_table, refuse, run_as, to_jsonable
 from gateway.services.base import Actor
 from gateway.services.batches import NOT_HANDED_IN, OK, BatchReport
 from gateway.services.center import CardCenter
@@ -48,13 +47,14 @@ def _report(opts: Options, report: BatchReport, out: Path | None = None) -> None
         if report.applied:
             emit(opts, body)
         else:
-            error = {
-                "code": ErrorCode.NOT_ELIGIBLE.value,
-                "rule": report.refused[0].rule,
-                "message": "有不符合条件的学生，未办理 / some lines are refused: nothing done",
-            }
-            click.echo(json.dumps({"ok": False, "error": error, "data": body}, ensure_ascii=False))
-            sys.exit(EXIT_REFUSED)
+            refuse(
+                opts,
+                "有不符合条件的学生，未办理",
+                "some lines are refused: nothing done",
+                code=ErrorCode.NOT_ELIGIBLE,
+                rule=report.refused[0].rule,
+                data=body,
+            )
         return
     verdict = "" if report.applied else "（未办理 nothing done）"
     emit_table(
