@@ -4,12 +4,14 @@ reads, except :meth:`ConsoleViews.record_refusal` (an audit row)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from gateway.services.base import Actor, Context
-from protocol.cards.identity import mask_id_doc
+from protocol.cards.clock import CAMPUS_TZ
+from protocol.cards.identity import mask_id_doc, mask_national_id
 from protocol.cards.lifecycle import (
     STATE_NAMES_ZH,
     faulty_release_at,
@@ -18,6 +20,7 @@ from protocol.cards.lifecycle import (
 from protocol.errors import AccessDenied, NotFound
 from protocol.ledger.postings import hold, purse
 from protocol.types import CardState, Permission
+from storage.ports import Tx
 from storage.records import Card, Holder, Receipt, Transfer
 
 #: Any counter duty may open a holder's page (ACC-1); each action checks its own permission.
@@ -174,3 +177,86 @@ class ConsoleViews:
         if card is None or card.serial != serial or not card.card_write_pending:
             return None
         return card.type_group
+
+    async def audit(
+        self,
+        actor: Actor,
+        *,
+        who: str | None = None,
+        entity: str | None = None,
+        entity_id: str | None = None,
+        day: date | None = None,
+        limit: int = 200,
+    ) -> list[AuditRow]:
+        """The audit log filtered in the query (so an old entry of one operator is found, not only
+        the newest rows), newest first; national IDs in before/after masked."""
+        actor.require(Permission.REPORTS)
+        where: list[str] = []
+        params: dict[str, Any] = {"limit": max(1, min(limit, 1000))}
+        for column, value in (("actor", who), ("entity", entity), ("entity_id", entity_id)):
+            if value:
+                where.append(f"{column} = :{column}")
+                params[column] = value
+        async with self.ctx.registry.read() as tx:
+            if day is not None:
+                start = datetime.combine(day, time(0), CAMPUS_TZ)
+                where.append("at >= :start AND at < :end")
+                params["start"] = _time_param(tx, start)
+                params["end"] = _time_param(tx, start + timedelta(days=1))
+            rows = await tx.rows(
+                "SELECT id, at, actor, action, entity, entity_id, before, after"  # noqa: S608
+                " FROM audit_log"
+                + (f" WHERE {' AND '.join(where)}" if where else "")
+                + " ORDER BY id DESC LIMIT :limit",
+                params,
+            )
+        return [
+            AuditRow(
+                int(r["id"]),
+                _utc(r["at"]),
+                str(r["actor"]),
+                str(r["action"]),
+                str(r["entity"]),
+                str(r["entity_id"]),
+                _mask(r["before"]),
+                _mask(r["after"]),
+            )
+            for r in rows
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    id: int
+    at: datetime | None
+    actor: str
+    action: str
+    entity: str
+    entity_id: str
+    before: str | None
+    after: str | None
+
+
+_NATIONAL_ID = re.compile(r"(?<![0-9A-Za-z])\d{17}[\dXx](?![0-9A-Za-z])")
+SQLITE_TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+
+
+def _mask(text: object) -> str | None:
+    if text is None:
+        return None
+    return _NATIONAL_ID.sub(lambda m: mask_national_id(m.group(0)), str(text))
+
+
+def _time_param(tx: Tx, moment: datetime) -> object:
+    utc = moment.astimezone(UTC)
+    if tx.dialect == "sqlite":  # stored as naive UTC text (storage/sql.py)
+        return utc.replace(tzinfo=None).strftime(SQLITE_TIME_FORMAT)
+    return utc
+
+
+def _utc(value: object) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return datetime.fromisoformat(str(value)).replace(tzinfo=UTC)

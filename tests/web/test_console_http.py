@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from starlette.testclient import TestClient
 from gateway.bootstrap import open_console_services
 from gateway.config import load_settings
 from gateway.web.console.app import Console
+from protocol.cards.clock import local
 from tests.web.console_site import CHIEF, CHIEF_PASSWORD, INITIAL, NOPAY, Desk, seed_console
 
 NEW = "Counter-Desk-77!"
@@ -234,3 +236,19 @@ def test_unlock_needs_the_holders_id_and_meal_disable_suspends(
         follow_redirects=True,
     )
     assert "停用" in off.text and "已停止" in off.text
+
+
+def test_audit_browser_filters_in_the_query(console: tuple[TestClient, Console, Clock]) -> None:
+    """By operator, entity and campus day; a bad day is refused; IDs in before/after masked."""
+    client, _, _ = console
+    _ready(client, CHIEF, CHIEF_PASSWORD)
+    mine = client.get(f"/audit?actor={CHIEF}&entity=operator")
+    assert mine.status_code == 200
+    cells = re.findall(r"<td>([^<]*)</td>", mine.text)
+    assert "operator.login" in cells and "operator.create" not in cells  # created by "setup"
+    assert client.get("/audit?day=2026-02-30").status_code == 400
+    assert client.get("/audit?day=1999-01-01").text.count("<tr>") == 1  # the header row only
+    campus_day = local(datetime.now(UTC)).date().isoformat()  # UTC+8, not the machine's day
+    today = client.get(f"/audit?day={campus_day}&actor={CHIEF}").text
+    assert "operator.login" in today or "operator.password_changed" in today
+    assert not re.search(r"\d{17}[\dX]", client.get("/audit").text)  # no whole national ID

@@ -936,27 +936,26 @@ class Console:
     async def audit(self, request: Request, _form: None) -> Response:
         actor = self.me(request)
         params = request.query_params
-        who = (params.get("actor") or "").strip()[:64]
-        entity = (params.get("entity") or "").strip()[:32]
-        entity_id = (params.get("entity_id") or "").strip()[:64]
-        day = (params.get("day") or "").strip()
-        if day and not _DAY.fullmatch(day):
+        f = {
+            "actor": (params.get("actor") or "").strip()[:64],
+            "entity": (params.get("entity") or "").strip()[:32],
+            "entity_id": (params.get("entity_id") or "").strip()[:64],
+            "day": (params.get("day") or "").strip(),
+        }
+        if f["day"] and not _DAY.fullmatch(f["day"]):
             raise BadRequest("日期格式应为 年-月-日", "use YYYY-MM-DD")
-        table = await self.services.center.reports.audit(
-            actor, entity or None, 500, entity_id=entity_id or None
+        try:
+            day = date.fromisoformat(f["day"]) if f["day"] else None
+        except ValueError:
+            raise BadRequest("日期无效", "no such day") from None
+        rows = await self.services.views.audit(
+            actor,
+            who=f["actor"] or None,
+            entity=f["entity"] or None,
+            entity_id=f["entity_id"] or None,
+            day=day,
         )
-        rows = [
-            r
-            for r in table.rows
-            if (not who or r[2] == who) and (not day or str(r[1] or "").startswith(day))
-        ]
-        return self.render(
-            request,
-            "console_audit.html",
-            table=table,
-            rows=rows[:200],
-            f={"actor": who, "entity": entity, "entity_id": entity_id, "day": day},
-        )
+        return self.render(request, "console_audit.html", rows=rows, f=f)
 
 
 REPORT_NAMES = [
