@@ -54,6 +54,7 @@ class Stats:
     declined: int = 0
     codes: dict[str, int] = field(default_factory=dict)
     retries: int = 0
+    unavailable: int = 0
     stray: int = 0
     in_window: int = 0
     latencies_ns: list[int] = field(default_factory=list)
@@ -160,12 +161,19 @@ class Load:
         if self.replay_phase:
             self._on_replay(rid, body)
             return
+        if not body.get("ok") and (body.get("error") or {}).get("code") == "unavailable":
+            # contract §6.1: not a decision, like no reply: the watchdog re-sends the same
+            # request id (another copy may already be decided, e.g. by another gateway)
+            self.stats.unavailable += 1
+            return
         pending = self.pending.pop(rid, None) if isinstance(rid, str) else None
         if pending is None:
             self.stats.stray += 1  # a duplicate reply (QoS 1 is at least once)
             return
         stats = self.stats
         stats.answered += 1
+        if self.timeline is not None:
+            self.timeline.append((pending.t0, now, pending.retries))
         if self.window[0] <= now < self.window[1]:
             stats.in_window += 1
         if self.window[0] <= pending.t0 < self.window[1] and not pending.retries:
@@ -284,10 +292,15 @@ class Load:
         }
 
     _replay_target = 0
+    #: (first intended send, answered, retries) of every request, when the spec asks for it
+    #: (bench/ha.py: how long after a gateway's kill -9 every terminal was answered again)
+    timeline: list[tuple[int, int, int]] | None = None
 
 
 async def run(spec: dict[str, Any]) -> dict[str, Any]:
     load = Load(spec)
+    if spec.get("timeline"):
+        load.timeline = []
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     async with asyncio.timeout(float(spec.get("connect_timeout_s", 60))):
         await load.connect()
@@ -327,6 +340,7 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
         "declined": stats.declined,
         "codes": stats.codes,
         "retries": stats.retries,
+        "unavailable_replies": stats.unavailable,
         "stray_replies": stats.stray,
         "unanswered": len(load.pending),
         "unique_transfer_ids": len(load.transfer_ids),
@@ -336,6 +350,7 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
         "generator_setup_cpu_s": (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime),
         "wall_s": wall,
         **extra,
+        **({"timeline_ns": load.timeline} if load.timeline is not None else {}),
     }
 
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TARGETS_NOTE = (
     "Targets (2-core machine, one run): >= 5,000 durable tap decisions/s sustained and >= 30 % "
@@ -161,6 +165,9 @@ def render(results: dict[str, Any], result_path: str) -> str:
         out += _durability(phases["durability"])
     if "web" in phases:
         out += _web(phases["web"])
+    ha = sorted((ROOT / "bench" / "results").glob("ha-*.json"))
+    if ha:  # its own command (python -m bench.ha): the newest run
+        out += _ha(json.loads(ha[-1].read_text()), str(ha[-1].relative_to(ROOT)))
     out += _method()
     return "\n".join(out) + "\n"
 
@@ -347,6 +354,49 @@ def _web(w: dict[str, Any]) -> list[str]:
         f"| {p['threads']} | {_f(p['per_s'])} | {_f(p['latency_ms']['p50'])} | "
         f"{_f(p['latency_ms']['p99'])} | {p['errors']} |"
         for p in w["logins"]
+    ]
+    return out
+
+
+def _ha(ha: dict[str, Any], path: str) -> list[str]:
+    m = ha["machine"]
+    out = [
+        "",
+        "## 6. High availability: gateways on PostgreSQL (issue 12)",
+        "",
+        f"Its own command: `{ha['command']}` ({ha['date']}, {ha['took_s']:.0f} s, commit "
+        f"`{m['commit']}`, PostgreSQL on the same 2 cores; raw: `{path}`). `onecard serve` "
+        "processes in one MQTT shared-subscription group on a private Mosquitto (round-robin), "
+        "one fresh database, 2,000 cards. CPU per decision: each gateway process's CPU over the "
+        "run divided by its share of the decisions (PostgreSQL's backends not included).",
+        "",
+        "| gateways | terminals (closed loop) | decisions/s | p50 ms | p99 ms | CPU µs/decision "
+        "per process | lost | doubled | re-sent |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in ha["throughput"]:
+        v = p["verify"]
+        cpu = " / ".join(f"{c:,.0f}" for c in p["cpu_us_per_decision"])
+        out.append(
+            f"| {p['gateways']} | {p['terminals']} | {p['throughput']:,.0f} | "
+            f"{_f(p['latency_ms'].get('p50'))} | {_f(p['latency_ms'].get('p99'))} | {cpu} | "
+            f"{v['lost']} | {v['doubled']} | {p['retries']} |"
+        )
+    f = ha["failover"]
+    v = f["verify"]
+    out += [
+        "",
+        f"Failover: two gateways, open loop at {f['rate']:,} taps/s over {f['terminals']} "
+        f"terminals, the {f['killed']} killed with SIGKILL; terminals re-send an unanswered "
+        f"request after {f['retry_s']:.0f} s with the same request id (contract §6.1).",
+        "",
+        "| every terminal answered again after the kill | requests re-sent | p50 / p99 ms "
+        "| unanswered | approved = transfers | lost | doubled |",
+        "|---|---|---|---|---|---|---|",
+        f"| {f['all_answered_after_kill_s']:.2f} s | {f['requests_resent']:,} | "
+        f"{_f(f['latency_ms'].get('p50'))} / {_f(f['latency_ms'].get('p99'))} | "
+        f"{f['unanswered']} | {v['approved']:,} = {v['transfers']:,} | {v['lost']} | "
+        f"{v['doubled']} |",
     ]
     return out
 
