@@ -70,6 +70,20 @@ async def seed_tap_registry(db: Path, *, cards: int, pos: int) -> TapFixture:
     ``pos`` POS terminals (merchant canteen1) and one kiosk."""
     started = time.perf_counter()
     db.parent.mkdir(parents=True, exist_ok=True)
+    seeded, terminals = await seed_tap_campus(db, cards=cards, pos=pos)
+    return TapFixture(
+        db=db,
+        cards=seeded,
+        pos=terminals,
+        seconds=time.perf_counter() - started,
+    )
+
+
+async def seed_tap_campus(
+    db: Path | str, *, cards: int, pos: int
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """What :func:`seed_tap_registry` seeds, on any registry (bench/ha.py: PostgreSQL): the
+    cards and the POS terminal ids."""
     registry = await SqlRegistry.open(db, migrate=True)
     try:
         ctx = Context(registry=registry, clock=SystemClock())
@@ -104,12 +118,7 @@ async def seed_tap_registry(db: Path, *, cards: int, pos: int) -> TapFixture:
         )
     finally:
         await registry.close()
-    return TapFixture(
-        db=db,
-        cards=seeded.cards,
-        pos=terminals,
-        seconds=time.perf_counter() - started,
-    )
+    return seeded.cards, terminals
 
 
 def ledger_state(db: Path, terminals: list[str] | None = None) -> dict[str, int]:

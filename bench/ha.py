@@ -40,16 +40,10 @@ from bench.fixture import (
     GatewayProcess,
     cpu_seconds,
     pos_ids,
+    seed_tap_campus,
     terminal_password,
 )
 from bench.run import _run_child, _verify, log, machine
-from gateway.demo.seed import seed_campus
-from gateway.mqtt.broker_files import mosquitto_password_hash
-from gateway.services.base import Actor, Context, SystemClock
-from gateway.services.center import CardCenter
-from protocol.types import Permission
-from protocol.wire import TerminalKind
-from storage.sql import SqlRegistry
 from tests.broker import PrivateBroker
 
 PG = os.environ.get("ONECARD_BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
@@ -77,32 +71,8 @@ async def _drop_database(name: str) -> None:
 
 
 async def _seed(url: str, *, cards: int, pos: int) -> list[str]:
-    registry = await SqlRegistry.open(url, migrate=True)
-    try:
-        center = CardCenter.build(Context(registry=registry, clock=SystemClock()))
-        admin = Actor(name="bench", permissions=frozenset(Permission), operator_id=1)
-        seeded = await seed_campus(
-            center,
-            admin,
-            students=cards,
-            staff=0,
-            visitors=0,
-            terminals=0,
-            password_hash=mosquitto_password_hash,
-            new_password=lambda: "unused",
-        )
-        await center.money.topup_batch(admin, [(c["serial"], 500_000) for c in seeded.cards])
-        for tid in pos_ids(pos):
-            await center.terminals.add(
-                admin,
-                tid,
-                TerminalKind.POS,
-                password_hash=mosquitto_password_hash(terminal_password(tid)),
-                merchant_id="canteen1",
-            )
-        return [str(c["uid"]) for c in seeded.cards]
-    finally:
-        await registry.close()
+    seeded, _ = await seed_tap_campus(url, cards=cards, pos=pos)
+    return [str(c["uid"]) for c in seeded]
 
 
 async def _ledger(url: str) -> dict[str, int]:
