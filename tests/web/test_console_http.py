@@ -4,17 +4,19 @@ or a clerk without rights can try, and the idle logout, without a browser."""
 from __future__ import annotations
 
 import asyncio
+import io
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from openpyxl import load_workbook
 from starlette.testclient import TestClient
 
 from gateway.bootstrap import open_console_services
 from gateway.config import load_settings
-from gateway.web.console.app import Console
+from gateway.web.console.app import REPORT_NAMES, Console
 from protocol.cards.clock import local
 from tests.web.console_site import CHIEF, CHIEF_PASSWORD, INITIAL, NOPAY, Desk, seed_console
 
@@ -252,3 +254,20 @@ def test_audit_browser_filters_in_the_query(console: tuple[TestClient, Console, 
     today = client.get(f"/audit?day={campus_day}&actor={CHIEF}").text
     assert "operator.login" in today or "operator.password_changed" in today
     assert not re.search(r"\d{17}[\dX]", client.get("/audit").text)  # no whole national ID
+
+
+def test_every_register_shows_and_downloads_as_xlsx(
+    console: tuple[TestClient, Console, Clock],
+) -> None:
+    client, _, _ = console
+    _ready(client, CHIEF, CHIEF_PASSWORD)
+    for name, _zh, _en in REPORT_NAMES:
+        page = client.get(f"/reports?name={name}")
+        assert page.status_code == 200, (name, page.text[-500:])
+        body = client.get(f"/reports/{name}.xlsx")
+        assert body.status_code == 200 and body.headers["content-type"].startswith(
+            "application/vnd.openxmlformats"
+        )
+        sheet = load_workbook(io.BytesIO(body.content)).active
+        assert sheet is not None and sheet.max_row >= 1, name
+    assert client.get("/reports/nope.xlsx").status_code == 400

@@ -40,7 +40,7 @@ from gateway.services.approvals import ApprovalService
 from gateway.services.base import Actor
 from gateway.services.center import CardCenter
 from gateway.services.console_view import ConsoleViews
-from gateway.services.reports import Table, campus_today
+from gateway.services.reports import Table, campus_today, meal_list
 from gateway.services.search import MATCHED_NAMES, SearchService
 from gateway.web.app import SecurityHeaders
 from gateway.web.console import roster
@@ -718,6 +718,18 @@ class Console:
             return await reports.daily_settlement(actor, day)
         if name == "temp-monthly":
             return await reports.temp_monthly(actor, day.year, day.month)
+        if name == "issuance":
+            return await reports.issuance(actor, now - timedelta(days=31), now + timedelta(days=1))
+        if name == "hand-overs":
+            return await reports.hand_overs(actor, day.year)
+        if name == "warranty":
+            return await reports.warranty_lots(actor)
+        if name == "offline":
+            return await reports.offline_disputes(
+                actor, now - timedelta(days=31), now + timedelta(days=1)
+            )
+        if name == "meal-list":
+            return await meal_list(self.services.center.ctx, actor)
         raise BadRequest("无此报表", "no such report")
 
     async def report_xlsx(self, request: Request, _form: None) -> Response:
@@ -966,6 +978,11 @@ REPORT_NAMES = [
     ("scrap", "报废登记", "scrap register"),
     ("settlement", "商户日结算", "daily settlement"),
     ("temp-monthly", "临时卡月统计", "temp cards per month"),
+    ("issuance", "发卡统计（近31天）", "cards issued, last 31 days"),
+    ("hand-overs", "领卡登记", "collection register"),
+    ("warranty", "保修批次", "warranty lots"),
+    ("offline", "脱机交易争议", "offline disputes"),
+    ("meal-list", "餐补名单", "meal-subsidy list"),
 ]
 
 
@@ -974,11 +991,13 @@ def _can(actor: Actor, duty: str) -> bool:
 
 
 def _xlsx_bytes(table: Table) -> bytes:
-    from gateway.rosterio import write_table
+    """The CLI's report file (named sheet, Chinese headers, amounts as numbers in a money format,
+    widths): gateway.reportfile."""
+    from gateway.reportfile import write_report
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "report.xlsx"
-        write_table(path, list(table.headers), table.rows)
+        write_report(path, table)
         return path.read_bytes()
 
 
