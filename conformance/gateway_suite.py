@@ -372,6 +372,7 @@ class GatewaySuite:
     async def g02(self) -> None:
         term = next(iter(self.terms.values()))
         msg = await _next(term.status, 5.0, lambda m: bool(m.payload))
+        self.report.trace("received", msg.topic, msg.payload)  # (it came during G01)
         expect(msg.retain, "gateway status is not retained")
         status = GatewayStatus.model_validate_json(msg.payload)
         expect(status.state is Presence.ONLINE, f"gateway status says {status.state}")
@@ -380,6 +381,7 @@ class GatewaySuite:
 
     async def g03(self, term: Term) -> None:
         msg = await _next(term.deny, 5.0, lambda m: m.topic == DENYLIST_SNAPSHOT_TOPIC)
+        self.report.trace("received", msg.topic, msg.payload)
         expect(msg.retain, "snapshot is not retained")
         try:
             snapshot = DenySnapshot.model_validate_json(msg.payload)
@@ -728,7 +730,7 @@ class GatewaySuite:
                     f"delta {delta.from_version}..{delta.to_version} lacks the loss of v{version}",
                 )
             with self.report.step(*titles[2]):
-                await _next(
+                status = await _next(
                     pos.status,
                     DELTA_WITHIN_S,
                     lambda m: (
@@ -737,6 +739,7 @@ class GatewaySuite:
                         >= version
                     ),
                 )
+                self.report.trace("received", status.topic, status.payload)
             with self.report.step(*titles[3]):
                 applied = self.loss_applied
                 expect(
