@@ -54,6 +54,12 @@ class Metrics:
         self.writer_commits = Gauge(
             "onecard_tapwriter_commits", "Group commits of the tap writer since start", registry=r
         )
+        self.wal_bytes = Gauge(
+            "onecard_registry_wal_bytes",
+            "Size of the SQLite registry's write-ahead log (grows without bound if checkpoints"
+            " never finish; fills a small disk)",
+            registry=r,
+        )
         self.writer_jobs = Gauge(
             "onecard_tapwriter_jobs",
             "Decisions committed by the tap writer since start",

@@ -746,6 +746,7 @@ class Gateway:
     def update_gauges(self) -> None:
         self.metrics.writer_commits.set(getattr(self.executor, "batches", 0))
         self.metrics.writer_jobs.set(getattr(self.executor, "jobs", 0))
+        self.metrics.wal_bytes.set(getattr(self.executor, "wal_bytes", 0))
         for kind, (online, lag, lagging) in self.fleet.lag_by_kind(self.deny.version).items():
             self.metrics.terminals_online.labels(kind=kind).set(online)
             self.metrics.terminal_lag.labels(kind=kind).set(lag)
