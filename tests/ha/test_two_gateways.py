@@ -13,6 +13,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,9 @@ import pytest_asyncio
 from gateway.bootstrap import open_gateway
 from gateway.config import load_settings
 from gateway.runtime import Gateway
+from gateway.services.base import Context, FixedClock
+from gateway.services.center import CardCenter
+from storage.sql import SqlRegistry
 from tests.broker import PrivateBroker
 from tests.ha import site
 
@@ -142,3 +146,23 @@ async def test_offline_batch_split_across_both_settles_each_sale_once(pair: Pair
     count, fen, total = await site.ledger(pair.url)
     assert (count - before[0], fen - before[1]) == (8, 2400)
     assert total == before[2]
+
+
+async def test_a_counter_loss_report_reaches_both_gateways(pair: Pair) -> None:
+    card = pair.cards[3]
+    registry = await SqlRegistry.open(pair.url)
+    try:
+        center = CardCenter.build(Context(registry=registry, clock=FixedClock(datetime.now(UTC))))
+        lost = await center.cards.report_loss(site.ADMIN, card.serial, presented_id=card.number)
+    finally:
+        await registry.close()
+    async with asyncio.timeout(5):
+        while any(g.deny.version < 1 for g in pair.gateways):
+            await asyncio.sleep(0.02)
+    before = pair.jobs()
+    async with site.terminal(pair.broker, "pos-002") as pos:
+        for i in range(4):  # alternating: each gateway refuses it
+            reply = await pos.request("purchase", f"lost-{i}", {"card": card.uid, "amount_fen": 1})
+            assert reply["error"]["code"] == "card_lost", reply
+    assert all(a > b for a, b in zip(pair.jobs(), before, strict=True))
+    assert lost.state.value == "lost"
