@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -42,7 +43,22 @@ class SimRig:
             await terminal.stop()
 
     async def power_cut(self) -> bool:
-        return False
+        """Pull the plug: the TCP connection drops without a DISCONNECT (the broker then
+        publishes the last will) and the terminal's tasks die without a goodbye."""
+        terminal, self.terminal = self.terminal, None
+        if terminal is None:
+            return True
+        client = terminal.link._client
+        sock = client._client.socket() if client is not None else None
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        for task in (terminal._session_task, terminal.link._task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        return True
 
     async def tap(self, card: str, amount_fen: int) -> TapOutcome:
         t = self.terminal
@@ -176,6 +192,21 @@ class UploadsNewestFirst(Pos):
         for sale in sorted(self.backlog, key=lambda s: -s.seq):
             data = OfflineUploadRequest(sales=[sale])
             self._upload_reply(await self._call("offline_upload", data, self.next_request_id()))
+
+
+class NoLastWill(Pos):
+    """§2 broken: connects without a last will (a power cut leaves `online` standing)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        make_client = self.link._new_client
+
+        def without_will() -> Any:
+            client = make_client()
+            client._client.will_clear()
+            return client
+
+        self.link._new_client = without_will  # type: ignore[method-assign]
 
 
 class UnavailableIsFinal(Pos):
