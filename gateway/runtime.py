@@ -304,7 +304,8 @@ class Gateway:
             # the snapshot first, then the retained `online` status naming its version
             await self._publish_snapshot(session)
         else:
-            await self._say_online(session)
+            # a follower names no version before it heard the leader's: its own status only
+            await self._say_online(session, shared=False)
         self.ready = True
         log.info("connected to the broker; deny list version %d", self.deny.version)
 
@@ -683,8 +684,7 @@ class Gateway:
                 try:
                     if self.leader.is_leader:
                         await self._publish_snapshot(session)
-                    else:
-                        await self._say_online(session)
+                    await self._say_online(session, shared=False)
                 except MqttError:
                     self.metrics.dropped.labels(reason="denylist_publish_failed").inc()
             waiter = asyncio.ensure_future(self.leader.changed.wait())
@@ -696,12 +696,16 @@ class Gateway:
                 stopper.cancel()
             self.leader.changed.clear()
 
-    async def _say_online(self, session: Session) -> None:
-        """The shared retained status terminals read (naming the newest version published, as
-        the leader does) and this instance's own retained status."""
-        version = max(self._published_version, 0)
-        online = GatewayStatus(state=Presence.ONLINE, denylist_version=version)
-        await session.publish(GATEWAY_STATUS_TOPIC, online.model_dump_json().encode(), retain=True)
+    async def _say_online(self, session: Session, *, shared: bool = True) -> None:
+        """This instance's own retained status and (``shared``) the shared one terminals read,
+        naming the newest version published as the leader does (or, before this instance heard
+        any, the registry's newest: the leader publishes every change within a poll)."""
+        if shared:
+            published = self._published_version
+            version = published if published >= 0 else self.deny.version
+            online = GatewayStatus(state=Presence.ONLINE, denylist_version=version)
+            payload = online.model_dump_json().encode()
+            await session.publish(GATEWAY_STATUS_TOPIC, payload, retain=True)
         await session.publish(
             instance_status_topic(self.instance), self._instance_status("online"), retain=True
         )

@@ -579,10 +579,22 @@ class PgTapExecutor:
                 self.busy_since = time.monotonic()
                 try:
                     await self._run_batch(batch)
+                except Exception as exc:  # a bug: recorded, /readyz says 503
+                    log.exception("tap executor stopped")
+                    self.failure = exc
+                    self._fail(batch, exc)
+                    self._fail_queued(exc)
+                    return
                 finally:
                     self.busy_since = None
             if stop:
                 return
+
+    def _fail_queued(self, exc: BaseException) -> None:
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if item is not None:
+                self._fail([item], exc)
 
     async def _run_batch(self, batch: list[_Job]) -> None:
         try:
@@ -593,10 +605,10 @@ class PgTapExecutor:
             await self._abandon_connection()
             self._fail(batch, exc)
             return
-        except asyncpg.PostgresError as exc:  # a lock held too long, a statement refused
+        except asyncpg.PostgresError as exc:  # a lock held too long, the server starting up
             try:
                 await self._rollback()
-            except (*_CONNECTION, asyncpg.PostgresError):
+            except (*_CONNECTION, asyncpg.PostgresError, TimeoutError):
                 await self._abandon_connection()
             self._fail(batch, exc)
             return
@@ -657,8 +669,8 @@ class PgTapExecutor:
         raise AssertionError(msg)
 
     async def _rollback(self) -> None:
-        assert self._conn is not None
-        await self._conn.execute("ROLLBACK")
+        if self._conn is not None and not self._conn.is_closed():
+            await asyncio.wait_for(self._conn.execute("ROLLBACK"), self.connect_timeout_s)
 
     def _attempt(self, batch: list[_Job], safe: bool) -> list[Any] | None:
         tx = self._tx

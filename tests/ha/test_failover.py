@@ -39,10 +39,14 @@ class DenyFollower:
     def __init__(self) -> None:
         self.version: int | None = None
         self.gaps: list[tuple[int, int]] = []
+        self.statuses: list[str] = []  # the shared gateway status, as terminals see it
         self.changed = asyncio.Event()
 
     def on(self, topic: str, payload: bytes) -> None:
         if not payload:
+            return
+        if topic == "onecard/v1/gateway/status":
+            self.statuses.append(str(json.loads(payload)["state"]))
             return
         body: dict[str, Any] = json.loads(payload)
         if topic.endswith("/snapshot"):
@@ -136,6 +140,7 @@ async def test_leader_killed_duties_taken_over(tmp_path: Path) -> None:
             )
             async with watcher, site.terminal(mq, tids[0]) as pos:
                 await watcher.subscribe("onecard/v1/blacklist/#", qos=1)
+                await watcher.subscribe("onecard/v1/gateway/status", qos=1)
 
                 async def follow() -> None:
                     async for m in watcher.messages:
@@ -168,6 +173,9 @@ async def test_leader_killed_duties_taken_over(tmp_path: Path) -> None:
                     await _report_loss(url, cards[2])
                     await follower.reach(2)
                     assert follower.gaps == []
+                    # the dead leader's last will said `offline`; the survivor said `online` again
+                    assert "offline" in follower.statuses, follower.statuses
+                    assert follower.statuses[-1] == "online", follower.statuses
                     refused = await pos.request(
                         "purchase", "lost", {"card": cards[2].uid, "amount_fen": 100}
                     )

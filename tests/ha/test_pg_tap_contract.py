@@ -188,3 +188,28 @@ async def test_jobs_run_in_key_order_so_two_executors_cannot_deadlock(
         await one.close()
         await two.close()
         await registry.close()
+
+
+async def test_a_lost_connection_answers_unavailable_then_reconnects(pg_url: str) -> None:  # noqa: F811
+    """The server ends the executor's session (a restart, a failover): the batch then running is
+    answered ``unavailable`` (not a decision), the next batch reconnects and commits."""
+    registry = await SqlRegistry.open(pg_url, migrate=True)
+    holder = await _seed(registry)
+    executor = PgTapExecutor(pg_url)
+    await executor.start()
+    try:
+
+        def killed(tx: PgTapTx) -> int:
+            tx.post(ledger.purchase(holder, "c1", 100), at=NOW, actor="t")
+            tx.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+            return 0
+
+        with pytest.raises(OnecardError) as refused:
+            await executor.run(killed)
+        assert refused.value.code is ErrorCode.UNAVAILABLE
+        assert executor.alive
+        assert await executor.run(_buy(holder, 100)) == 900  # nothing of the first committed
+        assert executor.failing_since is None
+    finally:
+        await executor.close()
+        await registry.close()

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import aiomqtt
 import pytest
 import pytest_asyncio
 
@@ -166,3 +169,27 @@ async def test_a_counter_loss_report_reaches_both_gateways(pair: Pair) -> None:
             assert reply["error"]["code"] == "card_lost", reply
     assert all(a > b for a, b in zip(pair.jobs(), before, strict=True))
     assert lost.state.value == "lost"
+
+
+async def test_each_instance_has_its_retained_status_and_one_is_leader(pair: Pair) -> None:
+    seen: dict[str, dict[str, Any]] = {}
+    client = aiomqtt.Client(
+        pair.broker.host,
+        pair.broker.port,
+        username="watcher",
+        password="pw-watcher",
+        identifier="watcher",
+        protocol=aiomqtt.ProtocolVersion.V5,
+    )
+    async with client:
+        await client.subscribe("onecard/v1/gateway/instance/+/status", qos=1)
+        async with asyncio.timeout(5):
+            async for message in client.messages:
+                assert isinstance(message.payload, bytes)
+                body = json.loads(message.payload)
+                seen[body["instance"]] = body
+                if len(seen) == len(site.GATEWAYS):
+                    break
+    assert sorted(seen) == sorted(site.GATEWAYS)
+    assert all(s["state"] == "online" for s in seen.values())
+    assert [s["leader"] for s in seen.values()].count(True) == 1
