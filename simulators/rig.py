@@ -3,7 +3,8 @@ so ``python -m conformance terminal --hook "python -m simulators rig ..."`` cert
 simulator exactly as a vendor's automated rig would drive a real terminal.
 
 Requests, one JSON object per line: ``{"action": "start"}``, ``{"action": "stop"}``,
-``{"action": "power_cut"}`` (not supported here), ``{"action": "tap", "card": UID,
+``{"action": "power_cut"}`` (the TCP connection dropped without a DISCONNECT, the terminal's
+tasks killed: the broker publishes its last will), ``{"action": "tap", "card": UID,
 "amount_fen": N}`` (a sale on a POS, an access request on a door reader). Each gets one reply
 line: ``{"ok": true}``, ``{"ok": true, "approved": false, "code": "card_lost"}``,
 ``{"ok": false, "unsupported": true}`` or ``{"ok": false, "error": "..."}``. Logs go to stderr.
@@ -12,13 +13,30 @@ line: ``{"ok": true}``, ``{"ok": true, "approved": false, "code": "card_lost"}``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
 import sys
 from typing import Any
 
 from simulators.terminals import Credentials, DoorReader, Pos, Terminal, make_terminal
 
-__all__ = ["serve_rig"]
+__all__ = ["pull_plug", "serve_rig"]
+
+
+async def pull_plug(terminal: Terminal) -> None:
+    """A power cut: the connection drops without a DISCONNECT (so the broker publishes the last
+    will) and the terminal's tasks die without a goodbye; nothing is published."""
+    client = terminal.link._client
+    sock = client._client.socket() if client is not None else None
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+    for task in (terminal._session_task, terminal.link._task):
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
 
 async def _handle(
@@ -51,7 +69,12 @@ async def _handle(
         else:
             return {"ok": False, "unsupported": True}
         return {"ok": True, "approved": result.approved, "code": result.code}
-    if action in ("power_cut", "tap"):
+    if action == "power_cut":
+        if terminal is not None:
+            del state["terminal"]
+            await pull_plug(terminal)
+        return {"ok": True}
+    if action == "tap":
         return {"ok": False, "unsupported": True}
     return {"ok": False, "error": f"unknown action {action!r}"}
 

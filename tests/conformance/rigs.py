@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +21,7 @@ from protocol.wire import (
     Reply,
 )
 from simulators.mqttlink import NoReply, NotConnected
+from simulators.rig import pull_plug
 from simulators.terminals import Credentials, DoorReader, Pos, Terminal
 
 
@@ -46,18 +46,8 @@ class SimRig:
         """Pull the plug: the TCP connection drops without a DISCONNECT (the broker then
         publishes the last will) and the terminal's tasks die without a goodbye."""
         terminal, self.terminal = self.terminal, None
-        if terminal is None:
-            return True
-        client = terminal.link._client
-        sock = client._client.socket() if client is not None else None
-        if isinstance(sock, socket.socket):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        for task in (terminal._session_task, terminal.link._task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        if terminal is not None:
+            await pull_plug(terminal)
         return True
 
     async def tap(self, card: str, amount_fen: int) -> TapOutcome:
