@@ -322,15 +322,11 @@ class Terminal:
     def _on_message(self, topic: str, payload: bytes) -> None:
         try:
             if topic == GATEWAY_STATUS_TOPIC:
-                state = (
-                    GatewayStatus.model_validate_json(payload).state
-                    if payload
-                    else Presence.OFFLINE
-                )
+                status = GatewayStatus.model_validate_json(payload) if payload else None
+                state = status.state if status is not None else Presence.OFFLINE
                 was, self.gateway_online = self.gateway_online, state is Presence.ONLINE
-                if payload:
-                    announced = GatewayStatus.model_validate_json(payload).denylist_version
-                    self._announced = announced or self._announced
+                if status is not None and status.denylist_version is not None:
+                    self._announced = status.denylist_version  # §8.5: the version published
                     self._check_lag()
                 if not self.gateway_online:
                     self.synced.clear()
