@@ -140,7 +140,6 @@ async def open_console_services(
 
     from gateway.fleetwatch import FleetWatch
     from gateway.mqtt.broker_files import mosquitto_password_hash, new_password
-    from gateway.services.approvals import ApprovalService
     from gateway.services.center import CardCenter
     from gateway.services.console_view import ConsoleViews
     from gateway.services.search import SearchService
@@ -155,12 +154,17 @@ async def open_console_services(
     )
     task = asyncio.create_task(watch.run(), name="console-fleet") if watch else None
     try:
-        ctx = Context(registry=registry, clock=clock or SystemClock(), wall_clock=SystemClock())
+        ctx = Context(
+            registry=registry,
+            clock=clock or SystemClock(),
+            wall_clock=SystemClock(),
+            mass_block_threshold=c.mass_block_threshold,
+        )
         center = CardCenter.build(ctx)
         yield ConsoleServices(
             center=center,
             views=ConsoleViews(ctx),
-            approvals=ApprovalService(ctx, center.cards, threshold=c.mass_block_threshold),
+            approvals=center.approvals,
             search=SearchService(ctx),
             password_hash=mosquitto_password_hash,
             new_password=new_password,

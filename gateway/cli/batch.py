@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from gateway.cli.approvals import refuse_pending
 from gateway.cli.common import OutFile
 from gateway.cli.runtime import EXIT_REFUSED, Options, emit, emit_table, refuse, run_as, to_jsonable
 from gateway.services.base import Actor
@@ -206,9 +207,9 @@ def batch_exchange(
     例 example: onecard batch exchange --college 计算机科学与技术学院 --class 计科2026-1班
     --returned 2000000000,2000000001 --temp-lost 2026000003 --collected-by 张班长
     """
-    report = run_as(
+    outcome = run_as(
         opts,
-        lambda c, a: c.batches.exchange(
+        lambda c, a: c.approvals.batch_exchange(
             a,
             college=college,
             class_name=class_name,
@@ -218,4 +219,12 @@ def batch_exchange(
             partial=skip_bad,
         ),
     )
+    if outcome.pending is not None:
+        refuse_pending(opts, outcome.pending)
+    assert isinstance(outcome.report, BatchReport)
+    emit_batch(opts, outcome.report)
+
+
+def emit_batch(opts: Options, report: BatchReport) -> None:
+    """A class batch's per-holder list (also an approved ISS-4 exchange's)."""
     _report(opts, report)

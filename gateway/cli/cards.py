@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import click
 
+from gateway.cli.approvals import emit_graduation, refuse_pending
 from gateway.cli.common import (
     ID_DOC,
     OLD_CARD_RETURNED,
@@ -20,10 +21,10 @@ from gateway.cli.common import (
 from gateway.cli.runtime import (
     Options,
     emit,
-    emit_table,
     run_as,
 )
 from gateway.services.base import Actor
+from gateway.services.cards_base import GraduationReport
 from gateway.services.center import CardCenter
 from protocol.cards.fees import yuan
 from protocol.types import CardKind
@@ -565,9 +566,9 @@ def graduate(
       onecard graduate --college 计算机科学与技术学院 --class 计科2026-2班 \\
           --returned 2000000004,2000000005 --missing-paid 2026000009
     """
-    report = run_as(
+    outcome = run_as(
         opts,
-        lambda c, a: c.cards.graduate_class(
+        lambda c, a: c.approvals.graduate_class(
             a,
             college=college,
             class_name=class_name,
@@ -575,15 +576,7 @@ def graduate(
             missing_paid=split_list(missing_paid),
         ),
     )
-    if opts.json:
-        emit(opts, report)
-        return
-    emit_table(
-        opts,
-        f"离校清卡 / clearance {college} {class_name}",
-        ["学号 / number", "离校证明 / certificate"],
-        report.cleared,
-    )
-    if report.blocked:
-        emit_table(opts, "未能办理 / blocked", ["学号 / number", "原因 / reason"], report.blocked)
-    print(f"交回 returned {report.returned}，缴费 paid for missing {report.missing_paid}")
+    if outcome.pending is not None:
+        refuse_pending(opts, outcome.pending)
+    assert isinstance(outcome.report, GraduationReport)
+    emit_graduation(opts, outcome.report)

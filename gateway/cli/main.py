@@ -11,6 +11,7 @@ import os
 import click
 
 from gateway.cli.accounts import db, init, login, logout, operator, passwd, whoami
+from gateway.cli.approvals import approvals
 from gateway.cli.batch import batch
 from gateway.cli.boundary import OnecardGroup
 from gateway.cli.cards import card, graduate
@@ -19,6 +20,7 @@ from gateway.cli.holders import holder
 from gateway.cli.ledger import ledger
 from gateway.cli.meal import meal
 from gateway.cli.money import money
+from gateway.cli.privacy import privacy
 from gateway.cli.reader import console, reader_agent
 from gateway.cli.reports import report
 from gateway.cli.runtime import DEFAULT_DB, Options
@@ -88,7 +90,9 @@ for command in (
     cli.add_command(command)
 holder.add_command(find, "find")
 cli.add_command(ledger)
+cli.add_command(privacy)
 cli.add_command(batch)
+cli.add_command(approvals)
 cli.add_command(console)
 cli.add_command(reader_agent)
 

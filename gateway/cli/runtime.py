@@ -62,6 +62,23 @@ def make_clock() -> Clock:
     return FixedClock(moment)
 
 
+def mass_block_threshold() -> int:
+    """The mass-block guard-rail's N for the CLI: the console's setting
+    (``ONECARD_CONSOLE__MASS_BLOCK_THRESHOLD``), 50 when unset, as ``[console]`` says."""
+    from gateway.config import ConsoleConfig
+
+    raw = os.environ.get("ONECARD_CONSOLE__MASS_BLOCK_THRESHOLD")
+    if raw is None:
+        return ConsoleConfig().mass_block_threshold
+    try:
+        return ConsoleConfig(mass_block_threshold=int(raw)).mass_block_threshold
+    except ValueError as exc:
+        raise click.UsageError(
+            f"ONECARD_CONSOLE__MASS_BLOCK_THRESHOLD 须为 0..1000000 的整数 / must be an integer "
+            f"0..1000000: {raw!r}"
+        ) from exc
+
+
 def console() -> Console:
     return Console(soft_wrap=True)
 
@@ -175,7 +192,12 @@ async def _with_center(
 ) -> T:
     registry = await SqlRegistry.open(opts.db, migrate=migrate)
     try:
-        ctx = Context(registry=registry, clock=make_clock(), wall_clock=SystemClock())
+        ctx = Context(
+            registry=registry,
+            clock=make_clock(),
+            wall_clock=SystemClock(),
+            mass_block_threshold=mass_block_threshold(),
+        )
         return await body(CardCenter.build(ctx))
     finally:
         await registry.close()

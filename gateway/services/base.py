@@ -71,6 +71,9 @@ class Context:
     holidays: Collection[date] = ()
     #: Real time for sessions and lockouts, even when ``clock`` is moved for training/tests.
     wall_clock: Clock | None = None
+    #: Mass-block guard-rail (gateway.services.massblock): more cards than this onto the deny
+    #: list in one operation need a second operator's approval.
+    mass_block_threshold: int = 50
 
     def wall_now(self) -> datetime:
         return (self.wall_clock or self.clock).now()

@@ -32,6 +32,7 @@ from gateway.services.common import (
     new_card,
     require_active_holder,
 )
+from gateway.services.massblock import CLASS_EXCHANGE, exchange_params, guard
 from protocol.cards.clock import local
 from protocol.cards.fees import FeeItem
 from protocol.cards.lifecycle import CardEvent, transition
@@ -253,6 +254,7 @@ class ClassBatchService:
         temp_lost: Sequence[str] = (),
         collected_by: str,
         partial: bool = False,
+        approval: str | None = None,
     ) -> BatchReport:
         """ISS-4: the temp cards handed in (serial or UID, as typed) are recovered and each
         student's ready smart card is handed over; a student whose temp card is lost (by number)
@@ -260,7 +262,8 @@ class ClassBatchService:
         A replacement or exchange smart card is not handed over here (REP-4, EXC-5: one by one,
         against the receipt or the old card). Each smart card handed over is entered in the
         collection register (``hand_overs``) as collected by the monitor, with the temp card
-        returned for it."""
+        returned for it. More temp cards onto the deny list than the mass-block threshold need
+        ``approval`` (:mod:`gateway.services.massblock`)."""
         actor.require(Permission.CARD_HANDLING)
         if not collected_by.strip():
             raise InvalidInput(
@@ -277,7 +280,13 @@ class ClassBatchService:
         now = self.ctx.clock.now()
         detail = f"class monitor {collected_by.strip()}"
         report = BatchReport("exchange", college, class_name, partial)
-        async with self.ctx.registry.transaction() as tx:
+        params = exchange_params(
+            college, class_name, list(returned), list(temp_lost), collected_by, partial
+        )
+        async with (
+            self.ctx.registry.transaction() as tx,
+            guard(tx, self.ctx, actor, action=CLASS_EXCHANGE, params=params, approval=approval),
+        ):
             students = await self._class(tx, college, class_name, "ISS-4")
             by_id = {s.id: s for s in students}
             by_number = {s.number: s for s in students if s.number}

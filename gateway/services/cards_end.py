@@ -16,6 +16,7 @@ from gateway.services.common import (
     require_active_holder,
     verify_identity,
 )
+from gateway.services.massblock import GRADUATION, graduation_params, guard
 from protocol.cards.clock import end_of_validity, local
 from protocol.cards.fees import FeeItem, yuan
 from protocol.cards.lifecycle import CardEvent, auto_termination_at
@@ -219,16 +220,24 @@ class EndProcedures(CardProcedures):
         class_name: str,
         returned_serials: list[str],
         missing_paid: list[str],
+        approval: str | None = None,
     ) -> GraduationReport:
         """TERM-5: per class: balances settled, the monitor returns the cards, a missing card costs
         the fee; the center checks roster, returned count and receipts, then issues a clearance
-        certificate per student. Students who cannot be cleared are listed with the reason."""
+        certificate per student. Students who cannot be cleared are listed with the reason.
+
+        More cards than the mass-block threshold need ``approval``, the id of another operator's
+        request for the same class and lists (:mod:`gateway.services.massblock`)."""
         actor.require(Permission.CARD_HANDLING)
         now = self.ctx.clock.now()
         report = GraduationReport(college=college, class_name=class_name)
         returned = set(returned_serials)
         paid = set(missing_paid)
-        async with self.ctx.registry.transaction() as tx:
+        params = graduation_params(college, class_name, returned_serials, missing_paid)
+        async with (
+            self.ctx.registry.transaction() as tx,
+            guard(tx, self.ctx, actor, action=GRADUATION, params=params, approval=approval),
+        ):
             students = [
                 h
                 for h in await tx.holders_where(

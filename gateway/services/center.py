@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway.services.approvals import ApprovalService
 from gateway.services.base import Context
 from gateway.services.batches import ClassBatchService
 from gateway.services.cards import CardService
@@ -32,14 +33,17 @@ class CardCenter:
     terminals: TerminalRegistryService
     ledger: LedgerService
     batches: ClassBatchService
+    approvals: ApprovalService
 
     @classmethod
     def build(cls, ctx: Context) -> CardCenter:
+        cards = CardService(ctx)
+        batches = ClassBatchService(ctx)
         return cls(
             ctx=ctx,
             operators=OperatorService(ctx),
             holders=HolderService(ctx),
-            cards=CardService(ctx),
+            cards=cards,
             money=MoneyService(ctx),
             stock=StockService(ctx),
             receipts=ReceiptService(ctx),
@@ -48,5 +52,6 @@ class CardCenter:
             reports=ReportService(ctx),
             terminals=TerminalRegistryService(ctx),
             ledger=LedgerService(ctx),
-            batches=ClassBatchService(ctx),
+            batches=batches,
+            approvals=ApprovalService(ctx, cards, batches),
         )

@@ -9,6 +9,7 @@ from json import dumps
 from typing import Any
 
 from gateway.services.base import Actor, Context
+from gateway.services.massblock import note_denied
 from protocol.cards.fees import FEE_NAMES_ZH, FeeItem
 from protocol.cards.identity import IdDocType, mask_id_doc, validate_id_doc
 from protocol.cards.lifecycle import (
@@ -107,6 +108,8 @@ async def apply_event(
     before_deny, after_deny = _state_deny(card, now), _state_deny(updated, now)
     if before_deny != after_deny:
         await tx.add_deny_change(updated, event.value, after_deny is not None, now)
+        if after_deny is not None:
+            note_denied()
     await tx.audit(
         now,
         actor.name,

@@ -38,6 +38,7 @@ from starlette.templating import Jinja2Templates
 from gateway.config import ConsoleConfig
 from gateway.services.approvals import ApprovalService
 from gateway.services.base import Actor
+from gateway.services.cards_base import GraduationReport
 from gateway.services.center import CardCenter
 from gateway.services.console_view import ConsoleViews
 from gateway.services.reports import Table, campus_today, meal_list
@@ -907,7 +908,7 @@ class Console:
                     "must approve",
                 )
                 return "/approvals"
-            assert outcome.report is not None
+            assert isinstance(outcome.report, GraduationReport)
             session.flash(
                 "ok",
                 f"已办理离校 {len(outcome.report.cleared)} 人",
@@ -931,11 +932,12 @@ class Console:
             session = request.state.session
             if decision == "approve":
                 report = await self.services.approvals.approve(actor, request_id)
-                session.flash(
-                    "ok",
-                    f"已审批并办理：离校 {len(report.cleared)} 人",
-                    f"approved and applied: {len(report.cleared)} students cleared",
-                )
+                if isinstance(report, GraduationReport):
+                    n = len(report.cleared)
+                    zh, en = f"离校 {n} 人", f"{n} students cleared"
+                else:
+                    zh, en = f"换卡 {report.done} 人", f"{report.done} students exchanged"
+                session.flash("ok", f"已审批并办理：{zh}", f"approved and applied: {en}")
             elif decision == "reject":
                 await self.services.approvals.reject(actor, request_id)
                 session.flash("ok", "已驳回", "rejected")
