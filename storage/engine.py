@@ -65,6 +65,8 @@ def _sqlite_engine(url: str, begin: str) -> AsyncEngine:
             "PRAGMA journal_mode=WAL",
             "PRAGMA synchronous=FULL",
             "PRAGMA foreign_keys=ON",
+            # issue 15: a cleared or re-encrypted ID number or name leaves no bytes in free space
+            "PRAGMA secure_delete=ON",
             # writers wait in _begin_immediate (short steps); SQLite's own busy handler backs
             # off up to 100 ms a try and would lose every race against the busy tap writer
             f"PRAGMA busy_timeout={0 if immediate else BUSY_TIMEOUT_MS}",

@@ -11,6 +11,7 @@ from protocol.cards.identity import IdDocType
 from protocol.cards.lifecycle import CardFacts, ExchangeReason
 from protocol.cards.policy import HolderData
 from protocol.types import CardKind, CardState, HolderCategory, HolderKind, HolderStatus
+from storage.pii import holder_row
 
 
 class _FromRow:
@@ -42,6 +43,14 @@ class Holder(_FromRow):
     application_ref: str | None
     #: ISS-8/11: which document ``national_id`` is the number of (migration 0007)
     id_doc_type: IdDocType = IdDocType.RESIDENT_ID
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Self:
+        """The number decrypted (issue 15) with the key its ciphertext names, on any path."""
+        if row.get("national_id") is None and row.get("national_id_enc"):
+            row = holder_row(dict(row))
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in row.items() if k in names})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "id_doc_type", IdDocType(self.id_doc_type))

@@ -90,9 +90,24 @@ holders = Table(
     # ISS-8/11: the identity document ``national_id`` holds the number of (resident ID, passport,
     # HK/Macau or Taiwan permit, permanent residence card: protocol.cards.identity.IdDocType)
     Column("id_doc_type", String(24), nullable=False, server_default="resident_id"),
+    # issue 15 (storage/pii.py, migration 0010): the number encrypted (``national_id`` stays NULL),
+    # its keyed hash for lookups and its masked form; ``purged_at``: retention cleared the person
+    Column("national_id_enc", Text, nullable=True),
+    Column("national_id_hmac", String(64), nullable=True),
+    Column("national_id_masked", String(32), nullable=True),
+    _ts("purged_at", nullable=True),
 )
 Index("ix_holders_number", holders.c.number)
 Index("ix_holders_national_id", holders.c.national_id)
+Index("ix_holders_national_id_hmac", holders.c.national_id_hmac)
+
+#: issue 15: what the registry remembers of its personal-data keys (the lookup key's check value)
+pii_meta = Table(
+    "pii_meta",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("value", String(128), nullable=False),
+)
 Index(
     "uq_holders_number_kind",
     holders.c.kind,
@@ -570,6 +585,7 @@ __all__ = [
     "operator_sessions",
     "operators",
     "payment_orders",
+    "pii_meta",
     "receipt_books",
     "receipts",
     "reconciliations",

@@ -23,9 +23,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from protocol.carduid import canonical_card_uid
 from protocol.errors import Duplicate, ErrorCode, InsufficientFunds, NotFound, OnecardError
 from protocol.ledger import NON_NEGATIVE_KINDS, TransferSpec, account_kind
+from storage import piidb
 from storage import schema as s
-from storage.engine import Engines, open_engines
+from storage.engine import Engines, database_url, open_engines
 from storage.migrate import require_head, upgrade
+from storage.pii import Keyring, load_keyring
 from storage.records import Card, Holder, Receipt, Row, Transfer
 
 IN_CHUNK = 500
@@ -61,13 +63,15 @@ class SqlTx:
     transaction on PostgreSQL (the server aborts it): let it propagate, never catch it and carry on.
     """
 
-    def __init__(self, conn: AsyncConnection) -> None:
+    def __init__(self, conn: AsyncConnection, pii: Keyring) -> None:
         self.conn = conn
         self.dialect = conn.dialect.name
+        self.pii = pii  # national IDs sealed on write, looked up by hash (storage/piidb.py)
 
     # --- generic rows (registers: stock, receipts, scrap, meal quotas, operators, ...) -----
     async def insert(self, table: str, values: Mapping[str, Any]) -> int:
         t = _table(table)
+        values = piidb.seal_values(self.pii, table, values)
         try:
             result = await self.conn.execute(insert(t).values(**values).returning(_pk(t)))
         except IntegrityError as exc:
@@ -80,6 +84,7 @@ class SqlTx:
     async def put(self, table: str, values: Mapping[str, Any]) -> None:
         """Insert a row whose key the caller gives (text keys: sessions, merchants)."""
         t = _table(table)
+        values = piidb.seal_values(self.pii, table, values)
         try:
             await self.conn.execute(insert(t).values(**values))
         except IntegrityError as exc:
@@ -90,6 +95,7 @@ class SqlTx:
 
     async def update(self, table: str, key: Any, values: Mapping[str, Any]) -> None:
         t = _table(table)
+        values = piidb.seal_values(self.pii, table, values)
         result = await self.conn.execute(update(t).where(_key_clause(t, key)).values(**values))
         if result.rowcount != 1:
             raise NotFound(f"{table} 中无记录 {key}", f"{table}: no row {key}")
@@ -102,6 +108,7 @@ class SqlTx:
         (PostgreSQL re-checks the condition after the first commits; SQLite serialises writers).
         """
         t = _table(table)
+        values = piidb.seal_values(self.pii, table, values)
         conditions = [t.c[k].is_(None) if v is None else t.c[k] == v for k, v in eq.items()]
         try:
             result = await self.conn.execute(
@@ -117,23 +124,25 @@ class SqlTx:
     async def get(self, table: str, key: Any) -> Row | None:
         t = _table(table)
         row = (await self.conn.execute(select(t).where(_key_clause(t, key)))).mappings().first()
-        return dict(row) if row is not None else None
+        return piidb.unseal(table, dict(row)) if row is not None else None
 
     async def find(
         self, table: str, *, order_by: str | None = None, limit: int | None = None, **eq: Any
     ) -> list[Row]:
         t = _table(table)
+        eq = piidb.lookup_eq(self.pii, table, eq)
         query = select(t).where(and_(True, *(t.c[k] == v for k, v in eq.items())))
         query = query.order_by(t.c[order_by] if order_by else _pk(t))
         if limit is not None:
             query = query.limit(limit)
-        return [dict(r) for r in (await self.conn.execute(query)).mappings()]
+        return [piidb.unseal(table, dict(r)) for r in (await self.conn.execute(query)).mappings()]
 
     async def insert_many(self, table: str, rows: list[dict[str, Any]]) -> None:
         """Bulk insert (one executemany); for rows whose keys the caller reads back after."""
         if not rows:
             return
         t = _table(table)
+        rows = [dict(piidb.seal_values(self.pii, table, r)) for r in rows]
         try:
             await self.conn.execute(insert(t), rows)
         except IntegrityError as exc:
@@ -145,17 +154,22 @@ class SqlTx:
     async def find_in(self, table: str, column: str, values: list[Any], **eq: Any) -> list[Row]:
         """Rows whose ``column`` is one of ``values`` (queried in chunks), with equality filters."""
         t = _table(table)
+        column, values = piidb.lookup_in(self.pii, table, column, values)
+        eq = piidb.lookup_eq(self.pii, table, eq)
         out: list[Row] = []
         for start in range(0, len(values), IN_CHUNK):
             chunk = values[start : start + IN_CHUNK]
             query = select(t).where(
                 t.c[column].in_(chunk), and_(True, *(t.c[k] == v for k, v in eq.items()))
             )
-            out.extend(dict(r) for r in (await self.conn.execute(query)).mappings())
+            out.extend(
+                piidb.unseal(table, dict(r)) for r in (await self.conn.execute(query)).mappings()
+            )
         return out
 
     async def count(self, table: str, **eq: Any) -> int:
         t = _table(table)
+        eq = piidb.lookup_eq(self.pii, table, eq)
         query = select(func.count()).select_from(t)
         query = query.where(and_(True, *(t.c[k] == v for k, v in eq.items())))
         return int((await self.conn.execute(query)).scalar_one())
@@ -179,8 +193,8 @@ class SqlTx:
                 "action": action,
                 "entity": entity,
                 "entity_id": str(entity_id),
-                "before": _dump(before),
-                "after": _dump(after),
+                "before": _dump(piidb.mask_audit(before)),
+                "after": _dump(piidb.mask_audit(after)),
             },
         )
 
@@ -483,21 +497,26 @@ def _dump(value: Mapping[str, Any] | None) -> str | None:
 class SqlRegistry:
     """The card registry on a SQLite file or a PostgreSQL database."""
 
-    def __init__(self, engines: Engines) -> None:
+    def __init__(self, engines: Engines, pii: Keyring) -> None:
         self.engines = engines
+        self.pii = pii
 
     @classmethod
     async def open(cls, target: str | Path, *, migrate: bool = False) -> SqlRegistry:
+        """``migrate``: upgrade the schema and finish encrypting ID numbers (issue 15); else
+        refuse an older schema or a registry with a clear ID number left."""
         engines = open_engines(target)
         try:
             if migrate:
                 await upgrade(engines.writer)
             else:
                 await require_head(engines.writer)
+            keyring = load_keyring(database_url(target))
+            await piidb.attach(engines.writer, keyring, convert_now=migrate)
         except BaseException:
             await engines.dispose()
             raise
-        return cls(engines)
+        return cls(engines, keyring)
 
     async def close(self) -> None:
         await self.engines.dispose()
@@ -505,9 +524,9 @@ class SqlRegistry:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqlTx]:
         async with self.engines.writer.begin() as conn:
-            yield SqlTx(conn)
+            yield SqlTx(conn, self.pii)
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[SqlTx]:
         async with self.engines.reader.begin() as conn:
-            yield SqlTx(conn)
+            yield SqlTx(conn, self.pii)

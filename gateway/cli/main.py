@@ -20,6 +20,7 @@ from gateway.cli.holders import holder
 from gateway.cli.ledger import ledger
 from gateway.cli.meal import meal
 from gateway.cli.money import money
+from gateway.cli.privacy import privacy
 from gateway.cli.reader import console, reader_agent
 from gateway.cli.reports import report
 from gateway.cli.runtime import DEFAULT_DB, Options
@@ -89,6 +90,7 @@ for command in (
     cli.add_command(command)
 holder.add_command(find, "find")
 cli.add_command(ledger)
+cli.add_command(privacy)
 cli.add_command(batch)
 cli.add_command(approvals)
 cli.add_command(console)
