@@ -303,9 +303,8 @@ class Gateway:
         if self.leader.is_leader:
             # the snapshot first, then the retained `online` status naming its version
             await self._publish_snapshot(session)
-        else:
-            # a follower names no version before it heard the leader's: its own status only
-            await self._say_online(session, shared=False)
+        # a follower names no version before it heard the leader's: its own status only
+        await self._say_online(session, shared=False)
         self.ready = True
         log.info("connected to the broker; deny list version %d", self.deny.version)
 
@@ -706,9 +705,9 @@ class Gateway:
             online = GatewayStatus(state=Presence.ONLINE, denylist_version=version)
             payload = online.model_dump_json().encode()
             await session.publish(GATEWAY_STATUS_TOPIC, payload, retain=True)
-        await session.publish(
-            instance_status_topic(self.instance), self._instance_status("online"), retain=True
-        )
+        if self.settings.mqtt.shared_group:  # one of several gateways
+            topic = instance_status_topic(self.instance)
+            await session.publish(topic, self._instance_status("online"), retain=True)
 
     def _instance_status(self, state: str) -> bytes:
         return json.dumps(

@@ -42,12 +42,12 @@ from typing import Any, TypeVar
 import asyncpg
 from sqlalchemy.util.concurrency import await_, greenlet_spawn
 
-from protocol.errors import ErrorCode, InsufficientFunds, NotFound, OnecardError, registry_busy
-from protocol.ledger import NON_NEGATIVE_KINDS, TransferSpec, account_kind
+from protocol.errors import ErrorCode, NotFound, OnecardError, registry_busy
+from protocol.ledger import account_kind
 from protocol.types import CardState
 from storage import schema as s
 from storage.records import Card, Row, TapCard, Transfer
-from storage.taptx import TapTxBase
+from storage.taptx import TRANSFER_COLUMNS, TapTxBase
 
 T = TypeVar("T")
 log = logging.getLogger("onecard.storage.pgtap")
@@ -74,6 +74,12 @@ def _row(record: asyncpg.Record | None) -> Row | None:
 
 def _ph(count: int, start: int = 1) -> str:
     return ", ".join(f"${i}" for i in range(start, start + count))
+
+
+_INSERT_TRANSFER = (
+    f"INSERT INTO transfers ({', '.join(TRANSFER_COLUMNS)})"  # noqa: S608 - fixed names
+    f" VALUES ({_ph(len(TRANSFER_COLUMNS))}) RETURNING id"
+)
 
 
 def _columns(table: str) -> list[str]:
@@ -284,86 +290,48 @@ class PgTapTx(TapTxBase):
     def balance(self, account: str) -> int:
         return int(self.scalar("SELECT balance FROM accounts WHERE id = $1", account) or 0)
 
-    def post_returning(
-        self,
-        spec: TransferSpec,
-        *,
-        at: datetime,
-        actor: str,
-        card_id: int | None = None,
-        terminal_id: str | None = None,
-        request_id: str | None = None,
-        holder_id: int | None = None,
-    ) -> tuple[int, int]:
-        """One balanced transfer: ``(transfer id, source balance after)``. A guarded source
-        (purse, hold, deposit) is debited at once and conditionally; the other side of a guarded
-        account is deferred to the end of the batch (its balance after is reported as 0: only a
-        guarded source's balance is ever shown to a cardholder)."""
-        source_kind = account_kind(spec.source)
-        after = 0
-        if source_kind in NON_NEGATIVE_KINDS:
-            found = self.scalar(
-                "UPDATE accounts SET balance = balance - $1"
-                " WHERE id = $2 AND balance >= $1 RETURNING balance",
-                spec.amount,
-                spec.source,
-            )
-            if found is None:
-                have = self.balance(spec.source)
-                raise InsufficientFunds(
-                    f"余额不足：需要 {spec.amount} 分，现有 {have} 分",
-                    f"insufficient balance: need {spec.amount} fen, have {have} fen",
-                )
-            after = int(found)
-        else:
-            self._defer(spec.source, -spec.amount, None)
-        dest_kind = account_kind(spec.dest)
-        if dest_kind in NON_NEGATIVE_KINDS:
-            status = self.execute(
-                "UPDATE accounts SET balance = balance + $1 WHERE id = $2", spec.amount, spec.dest
-            )
-            if status != "UPDATE 1":
-                self.execute(
-                    "INSERT INTO accounts (id, kind, holder_id, balance) VALUES ($1, $2, $3, $4)",
-                    spec.dest,
-                    dest_kind.value,
-                    holder_id,
-                    spec.amount,
-                )
-        else:
-            self._defer(spec.dest, spec.amount, None)
-        transfer_id = self.scalar(
-            "INSERT INTO transfers (kind, source, dest, amount, ref_id, at, actor, card_id,"
-            " terminal_id, request_id, memo) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-            " RETURNING id",
-            spec.kind.value,
-            spec.source,
-            spec.dest,
-            spec.amount,
-            spec.ref,
-            at,
-            actor,
-            card_id,
-            terminal_id,
-            request_id,
-            spec.memo,
+    def _debit_guarded(self, account: str, amount: int) -> int | None:
+        found = self.scalar(
+            "UPDATE accounts SET balance = balance - $1 WHERE id = $2 AND balance >= $1"
+            " RETURNING balance",
+            amount,
+            account,
         )
-        return int(transfer_id), after
+        return None if found is None else int(found)
 
-    def _defer(self, account: str, change: int, holder: int | None) -> None:
+    def _credit_guarded(self, account: str, amount: int, holder_id: int | None) -> None:
+        status = self.execute(
+            "UPDATE accounts SET balance = balance + $1 WHERE id = $2", amount, account
+        )
+        if status != "UPDATE 1":
+            self.execute(
+                "INSERT INTO accounts (id, kind, holder_id, balance) VALUES ($1, $2, $3, $4)",
+                account,
+                account_kind(account).value,
+                holder_id,
+                amount,
+            )
+
+    def _move_unguarded(self, account: str, change: int) -> int:
+        """Deferred to the end of the batch (:meth:`flush`): a merchant's or a fund's account is
+        touched by every tap of its terminals. Its balance after is not known here: 0 (only a
+        guarded source's balance is ever shown to a cardholder)."""
         kind = account_kind(account).value
         if account not in self.known_accounts and account not in self._created:
             # the transfer row references it: make sure it exists (balance 0, no lock taken if
             # it does); the change itself comes with the batch's flush
             self.execute(
-                "INSERT INTO accounts (id, kind, holder_id, balance) VALUES ($1, $2, $3, 0)"
+                "INSERT INTO accounts (id, kind, holder_id, balance) VALUES ($1, $2, NULL, 0)"
                 " ON CONFLICT (id) DO NOTHING",
                 account,
                 kind,
-                holder,
             )
             self._created.append(account)
-        self.deferred.append((account, change, kind, holder))
+        self.deferred.append((account, change, kind, None))
+        return 0
+
+    def _insert_transfer(self, values: tuple[Any, ...]) -> int:
+        return int(self.scalar(_INSERT_TRANSFER, *values))
 
     def referencing_total(self, ref_id: int) -> int:
         return int(

@@ -33,19 +33,22 @@ from sqlalchemy import Boolean
 
 from protocol.errors import (
     ErrorCode,
-    InsufficientFunds,
     NotFound,
     OnecardError,
     registry_busy,
 )
-from protocol.ledger import NON_NEGATIVE_KINDS, TransferSpec, account_kind
+from protocol.ledger import account_kind
 from protocol.types import CardState
 from storage import schema as s
 from storage.records import Card, Row, TapCard, Transfer
-from storage.taptx import TapTxBase
+from storage.taptx import TRANSFER_COLUMNS, TapTxBase
 
 T = TypeVar("T")
 _STOP = object()
+_INSERT_TRANSFER = (
+    f"INSERT INTO transfers ({', '.join(TRANSFER_COLUMNS)})"  # noqa: S608 - fixed names
+    f" VALUES ({', '.join('?' * len(TRANSFER_COLUMNS))})"
+)
 
 #: The WAL file is cut back to this size whenever SQLite restarts it (``journal_size_limit``).
 WAL_SIZE_LIMIT = 32 * 2**20
@@ -242,79 +245,37 @@ class SqliteTapTx(TapTxBase):
         value = self.scalar("SELECT balance FROM accounts WHERE id = ?", (account,))
         return int(value or 0)
 
-    def post_returning(
-        self,
-        spec: TransferSpec,
-        *,
-        at: datetime,
-        actor: str,
-        card_id: int | None = None,
-        terminal_id: str | None = None,
-        request_id: str | None = None,
-        holder_id: int | None = None,
-    ) -> tuple[int, int]:
-        """:meth:`post`, returning ``(transfer id, source balance after)``.
+    def _debit_guarded(self, account: str, amount: int) -> int | None:
+        rows = self.conn.execute(
+            "UPDATE accounts SET balance = balance - ?"
+            " WHERE id = ? AND balance >= ? RETURNING balance",
+            (amount, account, amount),
+        ).fetchall()  # exhaust: a RETURNING statement must finish before COMMIT
+        return int(rows[0][0]) if rows else None
 
-        Accounts are created on first use; the common case (both exist) is three statements:
-        the conditional debit (``RETURNING`` the new balance), the credit and the transfer row.
-        """
-        conn = self.conn
-        source_kind = account_kind(spec.source)
-        guarded = source_kind in NON_NEGATIVE_KINDS
-        if guarded:
-            rows = conn.execute(
-                "UPDATE accounts SET balance = balance - ?"
-                " WHERE id = ? AND balance >= ? RETURNING balance",
-                (spec.amount, spec.source, spec.amount),
-            ).fetchall()  # exhaust: a RETURNING statement must finish before COMMIT
-            found = rows[0] if rows else None
-            if found is None:
-                have = self.balance(spec.source)
-                raise InsufficientFunds(
-                    f"余额不足：需要 {spec.amount} 分，现有 {have} 分",
-                    f"insufficient balance: need {spec.amount} fen, have {have} fen",
-                )
-        else:
-            rows = conn.execute(
-                "UPDATE accounts SET balance = balance - ? WHERE id = ? RETURNING balance",
-                (spec.amount, spec.source),
-            ).fetchall()
-            found = rows[0] if rows else None
-            if found is None:
-                conn.execute(
-                    "INSERT INTO accounts (id, kind, holder_id, balance) VALUES (?, ?, NULL, ?)",
-                    (spec.source, source_kind.value, -spec.amount),
-                )
-                found = (-spec.amount,)
-        cursor = conn.execute(
-            "UPDATE accounts SET balance = balance + ? WHERE id = ?", (spec.amount, spec.dest)
+    def _credit_guarded(self, account: str, amount: int, holder_id: int | None) -> None:
+        self._add(account, amount, holder_id)
+
+    def _move_unguarded(self, account: str, change: int) -> int:
+        return self._add(account, change, None)
+
+    def _add(self, account: str, change: int, holder_id: int | None) -> int:
+        rows = self.conn.execute(
+            "UPDATE accounts SET balance = balance + ? WHERE id = ? RETURNING balance",
+            (change, account),
+        ).fetchall()
+        if rows:
+            return int(rows[0][0])
+        self.conn.execute(
+            "INSERT INTO accounts (id, kind, holder_id, balance) VALUES (?, ?, ?, ?)",
+            (account, account_kind(account).value, holder_id, change),
         )
-        if cursor.rowcount == 0:
-            dest_kind = account_kind(spec.dest)
-            owner = holder_id if dest_kind in NON_NEGATIVE_KINDS else None
-            conn.execute(
-                "INSERT INTO accounts (id, kind, holder_id, balance) VALUES (?, ?, ?, ?)",
-                (spec.dest, dest_kind.value, owner, spec.amount),
-            )
-        cursor = conn.execute(
-            "INSERT INTO transfers (kind, source, dest, amount, ref_id, at, actor, card_id,"
-            " terminal_id, request_id, memo) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                spec.kind.value,
-                spec.source,
-                spec.dest,
-                spec.amount,
-                spec.ref,
-                _to_db(at),
-                actor,
-                card_id,
-                terminal_id,
-                request_id,
-                spec.memo,
-            ),
-        )
+        return change
+
+    def _insert_transfer(self, values: tuple[Any, ...]) -> int:
+        cursor = self.conn.execute(_INSERT_TRANSFER, tuple(_to_db(v) for v in values))
         assert cursor.lastrowid is not None
-        return int(cursor.lastrowid), int(found[0])
+        return int(cursor.lastrowid)
 
     def referencing_total(self, ref_id: int) -> int:
         return int(
