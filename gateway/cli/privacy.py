@@ -7,7 +7,6 @@ and rotation, and retention (dry run first, then archive and purge).
 
 from __future__ import annotations
 
-import json
 import os
 from datetime import datetime, time, timedelta
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 import click
 
 from gateway.cli.common import holder_ref, parse_day, pass_opts
-from gateway.cli.runtime import Options, emit, emit_table, refuse, run_as, to_jsonable
+from gateway.cli.runtime import Options, emit, emit_table, refuse, run_as
 from gateway.services.base import Actor
 from gateway.services.center import CardCenter
 from gateway.services.privacy import (
@@ -159,10 +158,6 @@ def write_private(path: Path, text: str) -> None:
         fh.write(text)
 
 
-def export_text(export: Export) -> str:
-    return json.dumps(to_jsonable(export.as_dict()), ensure_ascii=False, indent=2, default=str)
-
-
 @privacy.command("export")
 @click.argument("ref")
 @click.option("--purpose", required=True, help="申请依据 the holder's request (audit-logged)")
@@ -182,7 +177,7 @@ def export(opts: Options, ref: str, purpose: str, out: Path) -> None:
         return await PrivacyService(c.ctx).export(a, hid, purpose)
 
     data = run_as(opts, body)
-    write_private(out, export_text(data))
+    write_private(out, data.to_json())
     emit(
         opts,
         {"holder_id": data.holder_id, "file": str(out), "records": data.count()},
@@ -353,7 +348,7 @@ def retention(
                 async with reg.read() as tx:
                     data = await collect(tx, due.holder_id, now)
                 sealed = pii.seal_bytes(
-                    reg.pii.enc_keys[0], export_text(data).encode(), pii.AAD_EXPORT
+                    reg.pii.enc_keys[0], data.to_json().encode(), pii.AAD_EXPORT
                 )
                 write_private(archive_dir / f"holder-{due.holder_id}.json.pii1", sealed + "\n")
                 await service.purge(a, due, policy)

@@ -14,10 +14,11 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from gateway.services.base import Actor, Context
@@ -121,6 +122,16 @@ class Export:
 
     def count(self) -> int:
         return sum(len(rows) for rows in self.tables.values())
+
+    def to_json(self) -> str:
+        """The readable file: indented UTF-8 JSON, times in ISO 8601."""
+        return json.dumps(self.as_dict(), ensure_ascii=False, indent=2, default=_plain)
+
+
+def _plain(value: object) -> str:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    return str(value)
 
 
 class PrivacyService:

@@ -46,6 +46,7 @@ from gateway.services.portal import (
     LossReceipt,
     PortalService,
 )
+from gateway.services.privacy import PrivacyService
 from gateway.web.sessions import AddressLimiter, SessionStore, WebSession
 from protocol.cards.clock import local
 from protocol.cards.fees import parse_yuan, yuan
@@ -258,6 +259,7 @@ class Portal:
             p("/history", self.history),
             p("/history.csv", self.export_csv),
             p("/history.xlsx", self.export_xlsx),
+            p("/mydata.json", self.my_data),
             p("/password", self.password, methods=("GET", "POST"), password_first=False),
             p("/topup", self.topup, methods=("GET", "POST")),
             p("/topup/{out_trade_no:str}", self.topup_order),
@@ -549,6 +551,21 @@ class Portal:
             body,
             media_type="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
             headers={"content-disposition": _attachment("xlsx")},
+        )
+
+    async def my_data(self, _request: Request, session: WebSession) -> Response:
+        """PIPL art. 45: everything held about the logged-in holder, as a JSON file (audited)."""
+        assert session.actor is not None
+        assert session.actor.holder_id is not None
+        privacy = PrivacyService(self.services.portal.ctx)
+        export = await privacy.export(session.actor, session.actor.holder_id)
+        return Response(
+            export.to_json().encode(),
+            media_type="application/json; charset=utf-8",
+            headers={
+                "content-disposition": 'attachment; filename="onecard-mydata.json"',
+                "cache-control": "no-store",
+            },
         )
 
     async def password(
