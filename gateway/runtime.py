@@ -603,6 +603,11 @@ class Gateway:
             session = self.session
             if not self.leader.is_leader:
                 session = None  # the leader publishes; this instance only enforces (issue 12)
+                # keep no delta of its own, and make its first publication, should it lead one
+                # day, a snapshot (a delta from here would not start at any published version)
+                self.deny.pending.clear()
+                self.deny.snapshot_version = self.deny.version
+                self.deny.needs_snapshot = True
             compact = (
                 self._delta_since is not None
                 and time.monotonic() - self._delta_since > self.settings.denylist.snapshot_max_age_s

@@ -169,6 +169,10 @@ async def test_a_counter_loss_report_reaches_both_gateways(pair: Pair) -> None:
             assert reply["error"]["code"] == "card_lost", reply
     assert all(a > b for a, b in zip(pair.jobs(), before, strict=True))
     assert lost.state.value == "lost"
+    # the follower keeps no delta of its own: leading one day, it publishes a snapshot first
+    follower = next(g for g in pair.gateways if not g.leader.is_leader)
+    assert follower.deny.pending == [] and follower.deny.needs_snapshot
+    assert follower.deny.cumulative_delta() is None
 
 
 async def test_each_instance_has_its_retained_status_and_one_is_leader(pair: Pair) -> None:
