@@ -84,17 +84,29 @@ def show_id(opts: Options, ref: str, purpose: str) -> None:
 @click.option("--purpose", required=True, help=PURPOSE_HELP)
 @pass_opts
 def photo(opts: Options, ref: str, purpose: str) -> None:
-    """照片引用（审计） / a holder's photo reference, audited with the purpose."""
+    """照片引用（审计） / a holder's photo reference, audited with the purpose.
+
+    例 example: onecard privacy photo 2026000001 --purpose "核对制卡照片 ISS-2"
+    """
     _audited_read(opts, ref, purpose, "photo_ref", "无照片 no photo")
 
 
 @privacy.command("history")
 @click.argument("ref")
 @click.option("--purpose", required=True, help=PURPOSE_HELP)
-@click.option("--limit", type=click.IntRange(1, 100_000), default=200, show_default=True)
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 100_000),
+    default=200,
+    show_default=True,
+    help="最多显示条数 / at most this many transfers, newest first",
+)
 @pass_opts
 def history(opts: Options, ref: str, purpose: str, limit: int) -> None:
-    """全部交易记录（审计） / a holder's transaction history, audited with the purpose."""
+    """全部交易记录（审计） / a holder's transaction history, audited with the purpose.
+
+    例 example: onecard privacy history '#12' --purpose "消费争议核查 TOP-2"
+    """
 
     async def body(c: CardCenter, a: Actor) -> list[dict[str, Any]]:
         hid = await _holder_id(c, ref)
@@ -128,7 +140,10 @@ def _day(text: str | None) -> datetime | None:
 @click.option("--until", help="截止日期 through (YYYY-MM-DD, inclusive)")
 @pass_opts
 def reads(opts: Options, since: str | None, until: str | None) -> None:
-    """各操作员查阅个人信息的次数 / reads of personal data per operator (the audit log)."""
+    """各操作员查阅个人信息的次数 / reads of personal data per operator (the audit log).
+
+    例 example: onecard privacy reads --since 2026-11-01 --until 2026-11-30
+    """
     start = _day(since)
     end = _day(until)
     end = end + timedelta(days=1) if end else None
@@ -170,7 +185,10 @@ def write_private(path: Path, text: str) -> None:
 @pass_opts
 def export(opts: Options, ref: str, purpose: str, out: Path) -> None:
     """持卡人数据导出（个人信息保护法第45条） / everything held about a holder, as a readable
-    JSON file, at their request (PIPL art. 45; audited)."""
+    JSON file, at their request (PIPL art. 45; audited).
+
+    例 example: onecard privacy export 2026000001 --purpose "本人书面申请" --out zhang.json
+    """
 
     async def body(c: CardCenter, a: Actor) -> Export:
         hid = await _holder_id(c, ref)
@@ -188,7 +206,10 @@ def export(opts: Options, ref: str, purpose: str, out: Path) -> None:
 @privacy.command("status")
 @pass_opts
 def status(opts: Options) -> None:
-    """证件号码加密状态和密钥 / how the ID numbers are stored, under which keys."""
+    """证件号码加密状态和密钥 / how the ID numbers are stored, under which keys.
+
+    例 example: onecard privacy status
+    """
 
     async def body(c: CardCenter, a: Actor) -> dict[str, Any]:
         a.require(Permission.ACCOUNTS_ADMIN)
@@ -222,7 +243,13 @@ def status(opts: Options) -> None:
 @pass_opts
 def rotate(opts: Options, prune: bool) -> None:
     """轮换加密密钥：新密钥置顶并重新加密全部证件号码 / rotate the encryption key: a new key
-    first in the key file, every ID number re-encrypted under it (docs/privacy.md runbook)."""
+    first in the key file, every ID number re-encrypted under it (docs/privacy.md runbook).
+
+    \b
+    例 examples:
+      onecard privacy rotate
+      onecard privacy rotate --prune
+    """
     if os.environ.get(pii.ENV_KEY):
         refuse(
             opts,
@@ -273,7 +300,10 @@ def rotate(opts: Options, prune: bool) -> None:
 @pass_opts
 def init_key(opts: Options, path: Path) -> None:
     """新建密钥文件（0600）；然后设置 ONECARD_PII_KEY_FILE / create a key file (mode 0600), then
-    point ONECARD_PII_KEY_FILE at it before the registry is created."""
+    point ONECARD_PII_KEY_FILE at it before the registry is created.
+
+    例 example: onecard privacy init-key /etc/onecard/pii.key
+    """
     if path.exists():
         refuse(opts, f"{path} 已存在", f"{path} exists already", code=ErrorCode.DUPLICATE)
     ring = pii.new_keyring(str(path))
@@ -320,7 +350,13 @@ def retention(
 ) -> None:
     """保存期满的个人信息：先列出（试运行），--apply 时加密归档再清除 / personal data past its
     retention period: listed first (dry run); --apply archives each holder encrypted, then
-    clears their personal fields (the ledger stays; audited)."""
+    clears their personal fields (the ledger stays; audited).
+
+    \b
+    例 examples:
+      onecard privacy retention
+      onecard privacy retention --apply --archive-dir /srv/onecard/archive
+    """
     if apply_ and archive_dir is None:
         raise click.UsageError("--apply 需要 --archive-dir / --apply needs --archive-dir")
     policy = RetentionPolicy(after_graduation_days, after_termination_days)
