@@ -175,14 +175,22 @@ def broker() -> None:
 @click.option("--bind", default="127.0.0.1", show_default=True, help="监听地址 / listen address")
 @click.option(
     "--gateway-user",
-    default="gateway",
+    "gateway_users",
+    multiple=True,
+    default=("gateway",),
     show_default=True,
-    help="网关的 MQTT 账号 / the gateway's MQTT user",
+    help=(
+        "网关的 MQTT 账号，多个网关实例各一个（可重复） / the gateway's MQTT user; one per "
+        "gateway instance (repeat it: docs/operations.md)"
+    ),
 )
 @click.option(
     "--gateway-password-stdin",
     is_flag=True,
-    help="从标准输入设置网关密码 / set the gateway account's password",
+    help=(
+        "从标准输入设置网关密码（多个账号：每个尚无密码的账号一行） / set the gateway account's "
+        "password (several accounts: one line per account that has none yet)"
+    ),
 )
 @click.option("--no-persistence", is_flag=True, help="不保存消息到磁盘 / no persistence file")
 @click.option(
@@ -215,7 +223,7 @@ def broker_render(
     directory: Path,
     port: int,
     bind: str,
-    gateway_user: str,
+    gateway_users: tuple[str, ...],
     gateway_password_stdin: bool,
     no_persistence: bool,
     tls_port: int | None,
@@ -240,10 +248,17 @@ def broker_render(
         for line in pw_file.read_text().splitlines():
             name, _, digest = line.partition(":")
             existing[name] = digest
+    gateway_users = tuple(dict.fromkeys(gateway_users))  # each account once, in order
     if gateway_password_stdin:
-        existing[gateway_user] = bf.mosquitto_password_hash(read_secret("gateway password", True))
-    if gateway_user not in existing:
-        raise click.UsageError("no gateway password yet: pass --gateway-password-stdin once")
+        # one account: set (or rotate) its password; several: each one that has none yet
+        missing = [u for u in gateway_users if len(gateway_users) == 1 or u not in existing]
+        for user in missing:
+            existing[user] = bf.mosquitto_password_hash(read_secret(f"password of {user}", True))
+    lacking = [u for u in gateway_users if u not in existing]
+    if lacking:
+        raise click.UsageError(
+            f"no password yet for {', '.join(lacking)}: pass --gateway-password-stdin once"
+        )
     tls = None
     if tls_port is not None:
         if certfile is None or keyfile is None:
@@ -257,11 +272,11 @@ def broker_render(
         )
     rows = run_as(opts, lambda c, a: c.terminals.list(a))
     terminals = [_TerminalRow(r["id"], bool(r["enabled"]), r["mqtt_password_hash"]) for r in rows]
-    entries = bf.password_entries(terminals, {gateway_user: existing[gateway_user]})
+    entries = bf.password_entries(terminals, {u: existing[u] for u in gateway_users})
     files = bf.write_broker_files(
         directory,
         entries=entries,
-        gateway_users=[gateway_user],
+        gateway_users=list(gateway_users),
         port=port,
         bind=bind,
         persistence=not no_persistence,

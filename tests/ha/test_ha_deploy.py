@@ -6,6 +6,7 @@ import configparser
 from pathlib import Path
 
 from gateway.config import load_settings
+from tests.cli import invoke, onecard, operator_site
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
@@ -41,3 +42,33 @@ def test_emqx_acl_lets_only_gateway_accounts_read_every_request() -> None:
     terminal_rules = [line for line in acl.splitlines() if line.startswith("{allow, all")]
     assert all("${username}" in line or "blacklist" in line for line in terminal_rules)
     assert acl.rstrip().endswith("{deny, all}.")
+
+
+def test_broker_render_writes_one_account_per_gateway_instance(tmp_path: Path) -> None:
+    env = operator_site(tmp_path)
+    out = tmp_path / "broker"
+    render = ("broker", "render", "--dir", str(out), "--no-persistence")
+    onecard(
+        env,
+        *render,
+        *("--gateway-user", "gw1", "--gateway-user", "gw2"),
+        "--gateway-password-stdin",
+        stdin="pw-one\npw-two\n",
+    )
+    first = dict(line.split(":", 1) for line in (out / "passwd").read_text().splitlines())
+    assert sorted(first) == ["gw1", "gw2"]
+    # adding gw3 later: only the new account reads a password; the others keep theirs
+    onecard(
+        env,
+        *render,
+        *("--gateway-user", "gw1", "--gateway-user", "gw2", "--gateway-user", "gw3"),
+        "--gateway-password-stdin",
+        stdin="pw-three\n",
+    )
+    second = dict(line.split(":", 1) for line in (out / "passwd").read_text().splitlines())
+    assert sorted(second) == ["gw1", "gw2", "gw3"]
+    assert second["gw1"] == first["gw1"] and second["gw2"] == first["gw2"]
+    acl = (out / "acl").read_text()
+    assert all(f"user {gw}" in acl for gw in ("gw1", "gw2", "gw3"))
+    refused = invoke(env, *render, "--gateway-user", "gw4")
+    assert refused.returncode != 0 and "gw4" in refused.stderr + refused.stdout
