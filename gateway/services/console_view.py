@@ -10,7 +10,9 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from gateway.services.base import Actor, Context
+from gateway.services.cards_base import RefundSlip
 from protocol.cards.clock import CAMPUS_TZ
+from protocol.cards.fees import FeeItem
 from protocol.cards.identity import mask_id_doc, mask_national_id
 from protocol.cards.lifecycle import (
     STATE_NAMES_ZH,
@@ -18,6 +20,7 @@ from protocol.cards.lifecycle import (
     replacement_possible_from,
 )
 from protocol.errors import AccessDenied, NotFound
+from protocol.ledger import TransferKind
 from protocol.ledger.postings import hold, purse
 from protocol.types import CardState, Permission
 from storage.ports import Tx
@@ -156,6 +159,31 @@ class ConsoleViews:
                 await tx.get_holder(receipt.holder_id) if receipt.holder_id is not None else None
             )
         return receipt, holder
+
+    async def refund_slip(self, actor: Actor, slip_no: int) -> tuple[RefundSlip, datetime, str]:
+        """REF-3's deposit refund slip to print again: the deposit_out transfer numbered
+        ``slip_no``, its card and holder; the deposit receipt is the holder's (ISS-10). With the
+        time and the operator who paid it out."""
+        require_counter_duty(actor)
+        async with self.ctx.registry.read() as tx:
+            row = await tx.get("transfers", slip_no)
+            if row is None or row["kind"] != TransferKind.DEPOSIT_OUT.value or not row["card_id"]:
+                raise NotFound(f"无此退款单 {slip_no}", f"no refund slip {slip_no}")
+            card = await tx.get_card(int(row["card_id"]))
+            holder = await tx.get_holder(card.holder_id)
+            deposits = [
+                int(r["receipt_no"])
+                for r in await tx.find("receipts", holder_id=holder.id, order_by="id")
+                if str(r["item"]).endswith(f"/ {FeeItem.DEPOSIT.value}")
+            ]
+        slip = RefundSlip(
+            card=card,
+            slip_no=slip_no,
+            amount=int(row["amount"]),
+            holder_name=holder.name,
+            deposit_receipt_no=deposits[-1] if deposits else None,
+        )
+        return slip, row["at"], str(row["actor"])
 
     async def record_refusal(self, actor: Actor, action: str, exc: AccessDenied) -> None:
         """A console request refused for lack of permission is audited (forged or stale form)."""

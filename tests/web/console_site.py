@@ -4,14 +4,14 @@ a graduating class with settled balances (the mass-block guard-rail)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import date
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-from gateway.services.base import Actor, Context, SystemClock
+from gateway.services.base import Actor, Context, FixedClock, SystemClock
 from gateway.services.center import CardCenter
 from protocol.cards.identity import make_national_id
-from protocol.types import HolderKind, Permission
+from protocol.types import CardKind, HolderCategory, HolderKind, Permission
 from storage.sql import SqlRegistry
 from tests.conftest import StudentRow
 from tests.gateway.services.helpers import QuotaRow, staff_rows
@@ -25,6 +25,8 @@ SECOND = "lihua"
 #: A clerk with card handling but no top-up rights (ACC-1).
 NOPAY = "wangfang"
 LOCKED = "zhaolei"
+#: Reports only: no counter procedure (the forms of issue 11 refuse it).
+VIEWER = "sunyue"
 CLASS = ("外国语学院", "英语2022-1班")
 GRADUATES = 3
 THRESHOLD = 2
@@ -38,6 +40,11 @@ class Desk:
     staff_uid: str
     staff_number: str
     class_serials: list[str]
+    #: issue 11's remaining counter forms: role -> card serial (see seed_counter)
+    counter: dict[str, str] = field(default_factory=dict)
+    #: the visitor's deposit receipt (REF-3) and the hand-over card's original (EXC-5)
+    deposit_receipt: int = 0
+    original: str = ""
 
 
 async def seed_console(db: Path) -> Desk:
@@ -52,6 +59,7 @@ async def seed_console(db: Path) -> Desk:
             (SECOND, "李华", list(Permission)),
             (NOPAY, "王芳", [Permission.CARD_HANDLING, Permission.REPORTS]),
             (LOCKED, "赵磊", [Permission.CARD_HANDLING]),
+            (VIEWER, "孙悦", [Permission.REPORTS]),
         ):
             await ops.create(
                 admin,
@@ -90,7 +98,7 @@ async def seed_console(db: Path) -> Desk:
         serials = [
             (await center.cards.issue_temp(admin, hid)).card.serial for hid in report.holder_ids
         ]
-        return Desk(
+        desk = Desk(
             people=people,
             staff_name=rows[0].name or "",
             staff_serial=staff_card.serial,
@@ -98,5 +106,65 @@ async def seed_console(db: Path) -> Desk:
             staff_number=number,
             class_serials=serials,
         )
+        await seed_counter(registry, admin, desk)
+        return desk
     finally:
         await registry.close()
+
+
+COUNTER_CLASS = ("物理学院", "物理2024-1班")
+#: roles of the counter-form cards: student numbers 2024000001.. in this order
+COUNTER_ROLES = ("fault", "exchange", "hand_over", "terminate", "data")
+
+
+async def seed_counter(registry: SqlRegistry, admin: Actor, desk: Desk) -> None:
+    """Cards for the remaining counter forms, none with money: one to report faulty (EXC-3),
+    one reported faulty 50 h ago (EXC-5 exchange due), one whose smart card from an exchange
+    8 days ago is ready (EXC-5 hand-over against the original card), one to terminate and then
+    scrap (TERM, SCR-1), one for a data change (EXC-4); and a visitor's temp card with its
+    deposit (ISS-10, REF)."""
+    now = datetime.now(UTC)
+    clock = FixedClock(now - timedelta(days=10))
+    center = CardCenter.build(Context(registry=registry, clock=clock))
+    await center.stock.purchase(admin, CardKind.SMART, 10, "2026")
+    await center.stock.requisition(admin, CardKind.SMART, 10, issued_by="科长", usage_note="测试")
+    college, class_name = COUNTER_CLASS
+    rows = [
+        StudentRow(
+            row_number=i + 2,
+            name=f"柜台{i + 1}",
+            national_id=make_national_id("110105", date(2004, 2, 10 + i), 500 + i),
+            student_number=f"2024{i + 1:06d}",
+            college=college,
+            class_name=class_name,
+        )
+        for i in range(len(COUNTER_ROLES))
+    ]
+    ids = (await center.holders.import_roster(admin, HolderKind.STUDENT, rows)).holder_ids
+    for role, holder_id in zip(COUNTER_ROLES, ids, strict=True):
+        desk.counter[role] = (await center.cards.issue_temp(admin, holder_id)).card.serial
+    # EXC-5 hand-over: faulty 10 days ago, exchanged for a smart card 8 days ago
+    original = desk.counter["hand_over"]
+    await center.cards.report_fault(
+        admin, original, presented_id="2024000003", finding="芯片无响应"
+    )
+    clock.set(now - timedelta(days=8))
+    smart = await center.cards.complete_faulty_exchange(admin, original, kind=CardKind.SMART)
+    desk.counter["hand_over"], desk.original = smart.card.serial, original
+    # EXC-5 exchange: reported faulty 50 hours ago
+    clock.set(now - timedelta(hours=50))
+    await center.cards.report_fault(
+        admin, desk.counter["exchange"], presented_id="2024000002", finding="芯片无响应"
+    )
+    clock.set(now)
+    visitor = await center.cards.register_temporary_holder(
+        admin,
+        name="访客甲",
+        national_id=make_national_id("110105", date(1980, 5, 6), 700),
+        category=HolderCategory.VISITING_PROFESSOR,
+        valid_through=date(2030, 6, 30),
+        application_ref="外事处 2026-1",
+    )
+    issued = await center.cards.issue_temp(admin, visitor.id)
+    desk.counter["refund"] = issued.card.serial
+    desk.deposit_receipt = issued.receipts[0].receipt_no

@@ -357,7 +357,8 @@ def test_loss_47h_refused_with_the_time_48h_replacement_with_receipt(stack: Stac
     page.fill("input[name=presented_id]", bob.national_id)
     page.click("#confirm-replace")
     page.wait_for_url("**/receipts/*")
-    assert (page.text_content("#receipt-no") or "").strip() == "1"  # book B1 starts at 1
+    # book B1 starts at 1; the counter forms' seed took 1 (an exchange fee) and 2 (a deposit)
+    assert (page.text_content("#receipt-no") or "").strip() == "3"
     assert "30.00" in (page.text_content("#receipt-amount") or "")  # temp card, REP-2
     assert "陈主任" in (page.text_content("#receipt-cashier") or "")  # FEE-2: real name
     page.emulate_media(media="print")
@@ -550,4 +551,90 @@ def test_roster_upload_reports_every_bad_row_then_imports_the_rest(
     assert "2" in (page.text_content("#roster-imported") or "")
     page.goto(f"{stack.base}/search?q=新生")
     assert page.locator("#results tbody tr").count() == 2
+    page.context.close()
+
+
+def _form(page: Page, base: str, url: str) -> None:
+    page.goto(f"{base}{url}")
+    assert page.locator("#whose").count() == 1  # whose card it is, before confirming
+
+
+def test_counter_forms_fault_exchange_data_change_hand_over_terminate_scrap_refund(
+    stack: Stack,
+) -> None:
+    """Issue 11's remaining counter procedures, one browser step each: EXC-3 fault (release
+    time shown), EXC-5 exchange after the 48 h (fee receipt), EXC-4 data change, EXC-5 hand-over
+    against the original card, TERM then SCR-1 of the card it brought back, REF with the deposit
+    receipt and its printable slip, and the class's clearance report (after the mass block)."""
+    base, k = stack.base, stack.desk.counter
+    page = _chief(stack)
+    _form(page, base, f"/cards/{k['fault']}/fault")
+    assert (page.text_content("#release-at") or "").startswith("20")
+    page.fill("textarea[name=finding]", "芯片无响应，外观完好")
+    page.fill("input[name=presented_id]", "2024000001")
+    page.click("#confirm")
+    page.wait_for_url("**/holders/*")
+    assert "EXC-3" in (page.text_content(".flash.ok") or "")
+    assert page.locator(f"#card-{k['fault']} .badge").first.text_content() is not None
+    _shot(page, "holder-faulty")
+
+    _form(page, base, f"/cards/{k['exchange']}/exchange")
+    assert page.locator("#guard").count() == 0  # 50 h since the fault report
+    fee = page.text_content("#fee") or ""
+    page.select_option("select[name=kind]", "temp")
+    _shot(page, "exchange")
+    page.click("#confirm")
+    page.wait_for_url("**/receipts/*")
+    assert (page.text_content("#receipt-amount") or "") == fee  # EXC-2's fee, printed
+
+    _form(page, base, f"/cards/{k['data']}/exchange-data")
+    page.fill("input[name=document_ref]", "教务处 2026-31")
+    page.select_option("select[name=field]", "class_name")
+    page.fill("input[name=value]", "物理2024-2班")
+    page.select_option("select[name=kind]", "temp")
+    page.fill("input[name=presented_id]", "2024000005")
+    page.click("#confirm")
+    page.wait_for_url("**/receipts/*")
+
+    _form(page, base, f"/cards/{k['hand_over']}/hand-over")
+    assert (page.text_content("#original") or "") == stack.desk.original
+    page.fill("input[name=returned_card]", stack.desk.original)
+    page.fill("input[name=presented_id]", "2024000003")
+    page.check("input[name=signed]")
+    page.click("#confirm")
+    page.wait_for_url("**/holders/*")
+    assert "已发放" in (page.text_content(".flash.ok") or "")
+
+    _form(page, base, f"/cards/{k['terminate']}/terminate")
+    page.select_option("select[name=reason]", "dropout")
+    page.fill("input[name=presented_id]", "2024000004")
+    page.click("#confirm")
+    page.wait_for_url("**/holders/*")
+    page.click("#do-scrap")  # the card came back (TERM-1): it may be scrapped
+    assert "已收回" in (page.text_content("#custody") or "")
+    page.click("#confirm")
+    page.wait_for_url("**/holders/*")
+    assert "SCR-1" in (page.text_content(".flash.ok") or "")
+
+    visitor_id = make_national_id("110105", date(1980, 5, 6), 700)
+    _form(page, base, f"/cards/{k['refund']}/refund")
+    deposit = page.text_content("#deposit") or ""
+    page.fill("input[name=receipt_no]", str(stack.desk.deposit_receipt))
+    page.fill("input[name=presented_id]", visitor_id)
+    _shot(page, "refund")
+    page.click("#confirm")
+    page.wait_for_url("**/refund-slips/*")
+    assert (page.text_content("#slip-amount") or "") == deposit
+    assert (page.text_content("#slip-receipt") or "") == str(stack.desk.deposit_receipt)
+    page.click("a:has-text('A5')")
+    assert page.locator("link[href='/static/print-a5.css'][media=print]").count() == 1
+    page.emulate_media(media="print")
+    assert page.is_hidden("button#print")  # the buttons do not print
+    page.emulate_media(media="screen")
+    _shot(page, "refund-slip")
+
+    college, class_name = CLASS  # graduated through the second operator above
+    page.goto(f"{base}/reports?name=clearances&college={college}&class={class_name}")
+    assert page.locator("#report tbody tr").count() == 3
+    _shot(page, "clearances")
     page.context.close()

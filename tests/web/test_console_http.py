@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import io
 import re
+import sqlite3
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
+import httpx
 import pytest
 from openpyxl import load_workbook
 from starlette.testclient import TestClient
@@ -18,7 +20,17 @@ from gateway.bootstrap import open_console_services
 from gateway.config import load_settings
 from gateway.web.console.app import REPORT_NAMES, Console
 from protocol.cards.clock import local
-from tests.web.console_site import CHIEF, CHIEF_PASSWORD, INITIAL, NOPAY, Desk, seed_console
+from protocol.cards.identity import make_national_id
+from tests.web.console_site import (
+    CHIEF,
+    CHIEF_PASSWORD,
+    CLASS,
+    INITIAL,
+    NOPAY,
+    VIEWER,
+    Desk,
+    seed_console,
+)
 
 NEW = "Counter-Desk-77!"
 BASE = "http://127.0.0.1:8090"
@@ -271,3 +283,85 @@ def test_every_register_shows_and_downloads_as_xlsx(
         sheet = load_workbook(io.BytesIO(body.content)).active
         assert sheet is not None and sheet.max_row >= 1, name
     assert client.get("/reports/nope.xlsx").status_code == 400
+
+
+def _post(client: TestClient, url: str, **fields: str) -> httpx.Response:
+    """GET the form, then POST it with its tokens and ``fields``."""
+    page = client.get(url)
+    assert page.status_code == 200, page.text[-400:]
+    return client.post(
+        url,
+        data={"csrf": _csrf(page.text), "form_token": _token(page.text), **fields},
+        follow_redirects=False,
+    )
+
+
+def test_counter_forms_refuse_with_the_rule_and_check_rights(
+    console: tuple[TestClient, Console, Clock], site: tuple[Path, Desk]
+) -> None:
+    """Issue 11's remaining forms over HTTP: REF-3 without (or with another) deposit receipt,
+    SCR-1 on a card still out, EXC-5 hand-over without the original card, EXC-3 exchange before
+    the 48 h, a forged TERM reason; a reports-only clerk gets 403 on every form (audited)."""
+    client, _, _ = console
+    _, desk = site
+    k = desk.counter
+    _ready(client, VIEWER, INITIAL)
+    for path in ("fault", "exchange", "exchange-data", "refund", "terminate", "hand-over", "scrap"):
+        assert client.get(f"/cards/{k['data']}/{path}").status_code == 403, path
+    _ready(client, CHIEF, CHIEF_PASSWORD)
+    visitor_id = make_national_id("110105", date(1980, 5, 6), 700)
+    refund = f"/cards/{k['refund']}/refund"
+    page = client.get(refund)
+    assert re.search(r'id="deposit">¥[1-9]\d*\.\d\d<', page.text)  # the deposit to refund
+    assert "访*" in page.text and "访客甲" not in page.text  # whose card, masked
+    none = _post(client, refund, presented_id=visitor_id)
+    assert none.status_code == 400 and "REF-3" in none.text and "deposit receipt" in none.text
+    other = _post(client, refund, presented_id=visitor_id, receipt_no="1")
+    assert "REF-3" in other.text and "不是该持卡人的押金收费票据" in other.text
+    assert _post(client, refund, presented_id=visitor_id, receipt_no="x1").status_code == 400
+    scrap = _post(client, f"/cards/{k['data']}/scrap")
+    assert scrap.status_code == 409 and "transition_not_allowed" in scrap.text  # in use
+    assert "未收回" in client.get(f"/cards/{k['data']}/scrap").text
+    faulty = _post(client, f"/cards/{desk.original}/scrap")
+    assert "EXC-6" in faulty.text and "warranty" in faulty.text  # to the vendor instead
+    hand = _post(client, f"/cards/{k['hand_over']}/hand-over", presented_id="2024000003")
+    assert "EXC-5" in hand.text and desk.original in hand.text  # the original must come back
+    early = client.get(f"/cards/{k['fault']}/exchange")
+    assert 'id="guard"' in early.text
+    too_early = _post(client, f"/cards/{k['fault']}/exchange")
+    assert too_early.status_code == 409
+    forged = _post(client, f"/cards/{k['data']}/terminate", reason="x", presented_id="1")
+    assert forged.status_code == 400
+    assert client.get(f"/cards/{k['data']}/terminate").status_code == 200  # nothing changed
+    denied = [r for r in _audit_rows(site[0]) if r[0] == VIEWER]
+    assert len(denied) >= 7
+
+
+def test_graduation_clearances_per_class_on_screen_and_as_xlsx(
+    console: tuple[TestClient, Console, Clock], site: tuple[Path, Desk]
+) -> None:
+    """TERM-5 below the threshold (50 here) runs at once; its clearance report per class."""
+    client, _, _ = console
+    _, desk = site
+    _ready(client, CHIEF, CHIEF_PASSWORD)
+    college, class_name = CLASS
+    done = _post(
+        client,
+        "/graduation",
+        college=college,
+        class_name=class_name,
+        returned=" ".join(desk.class_serials),
+    )
+    assert done.status_code == 303 and "name=clearances" in done.headers["location"]
+    page = client.get(done.headers["location"])
+    assert page.text.count("GC20") == 3
+    body = client.get(f"/reports/clearances.xlsx?college={college}&class={class_name}")
+    sheet = load_workbook(io.BytesIO(body.content)).active
+    assert sheet is not None and sheet.max_row == 4  # header + three students
+
+
+def _audit_rows(db: Path) -> list[tuple[str, str]]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(
+            "SELECT actor, action FROM audit_log WHERE action = 'console.denied'"
+        ).fetchall()

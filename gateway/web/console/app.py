@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from starlette.applications import Starlette
 from starlette.datastructures import FormData
@@ -45,13 +45,15 @@ from gateway.services.reports import Table, campus_today, meal_list
 from gateway.services.search import MATCHED_NAMES, SearchService
 from gateway.web.app import SecurityHeaders
 from gateway.web.console import roster
+from gateway.web.console.counter import CounterForms
+from gateway.web.console.forms import BadRequest, form_text, serial_text
 from gateway.web.console.live import LiveMetrics
 from gateway.web.sessions import AddressLimiter, SessionStore, WebSession
 from protocol.cards.clock import local
 from protocol.cards.fees import parse_yuan, yuan
 from protocol.cards.identity import mask_card, mask_name
 from protocol.carduid import canonical_card_uid
-from protocol.errors import AccessDenied, ErrorCode, InvalidInput, NotFound, OnecardError
+from protocol.errors import AccessDenied, ErrorCode, NotFound, OnecardError
 from protocol.types import HolderKind, Permission
 from protocol.wire import TerminalKind
 
@@ -61,7 +63,6 @@ MAX_BODY = 16 * 1024
 TOKEN = "op_token"
 #: Top-ups from this amount ask twice (the confirmation page says so in red).
 LARGE_TOPUP_FEN = 50_000
-_SERIAL = re.compile(r"[0-9A-Za-z-]{1,32}")
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
@@ -91,19 +92,8 @@ class ConsoleServices:
     fleet: Callable[[], Any] | None = None
 
 
-class BadRequest(InvalidInput):
-    pass
-
-
-def _str(form: FormData, name: str) -> str:
-    value = form.get(name)
-    return value.strip() if isinstance(value, str) else ""
-
-
-def _serial(text: str) -> str:
-    if not _SERIAL.fullmatch(text):
-        raise BadRequest(f"卡号格式有误：{text[:40]}", f"bad card number: {text[:40]}")
-    return text
+_str = form_text
+_serial = serial_text
 
 
 class Console:
@@ -167,6 +157,8 @@ class Console:
                 methods=[*methods],
             )
 
+        counter = CounterForms(self)
+        both = ("GET", "POST")
         routes = [
             Route("/healthz", self.healthz),
             p("/login", self.login, auth=False, methods=("GET", "POST")),
@@ -180,6 +172,14 @@ class Console:
             p("/cards/{serial:str}/replace", self.replace, methods=("GET", "POST")),
             p("/cards/{serial:str}/unlock", self.unlock, methods=("GET", "POST")),
             p("/holders/{holder_id:int}/meal", self.meal, methods=("GET", "POST")),
+            p("/cards/{serial:str}/fault", counter.fault, methods=both),
+            p("/cards/{serial:str}/exchange", counter.exchange, methods=both),
+            p("/cards/{serial:str}/exchange-data", counter.exchange_data, methods=both),
+            p("/cards/{serial:str}/refund", counter.refund, methods=both),
+            p("/refund-slips/{slip_no:int}", counter.refund_slip),
+            p("/cards/{serial:str}/terminate", counter.terminate, methods=both),
+            p("/cards/{serial:str}/hand-over", counter.hand_over, methods=both),
+            p("/cards/{serial:str}/scrap", counter.scrap, methods=both),
             p("/cards/{serial:str}/topup", self.topup, methods=("GET", "POST")),
             p("/receipts/{receipt_no:int}", self.receipt),
             p("/reports", self.reports),
@@ -692,12 +692,24 @@ class Console:
     async def reports(self, request: Request, _form: None) -> Response:
         actor = self.me(request)
         name = request.query_params.get("name") or "receipts"
-        table = await self._report(actor, name, request.query_params.get("day"))
+        table = await self._report(
+            actor, name, request.query_params.get("day"), request.query_params
+        )
         return self.render(
-            request, "console_reports.html", table=table, report=name, names=REPORT_NAMES
+            request,
+            "console_reports.html",
+            table=table,
+            report=name,
+            names=REPORT_NAMES,
+            query=str(request.query_params),
         )
 
-    async def _report(self, actor: Actor, name: str, day_text: str | None) -> Table:
+    async def _report(
+        self, actor: Actor, name: str, day_text: str | None, params: Any = None
+    ) -> Table:
+        """A register or report by name; ``params`` (the query) carries a report's own filters
+        (the graduation clearances: college and class)."""
+        params = params or {}
         reports = self.services.center.reports
         now = self.services.center.ctx.clock.now()
         day = campus_today(now)
@@ -731,12 +743,27 @@ class Console:
             )
         if name == "meal-list":
             return await meal_list(self.services.center.ctx, actor)
+        if name == "clearances":
+            college, class_name = (
+                (params.get("college") or "")[:64],
+                (params.get("class") or "")[:64],
+            )
+            if not college.strip() or not class_name.strip():
+                return Table(
+                    "毕业离校清卡表：请填写学院和班级",
+                    "graduation clearances: give the college and the class",
+                    ["学号 / number"],
+                    [],
+                )
+            return await reports.clearances(actor, college.strip(), class_name.strip())
         raise BadRequest("无此报表", "no such report")
 
     async def report_xlsx(self, request: Request, _form: None) -> Response:
         actor = self.me(request)
         name = str(request.path_params["name"])
-        table = await self._report(actor, name, request.query_params.get("day"))
+        table = await self._report(
+            actor, name, request.query_params.get("day"), request.query_params
+        )
         body = await asyncio.to_thread(_xlsx_bytes, table)
         stamp = f"{local(self.services.center.ctx.clock.now()):%Y%m%d}"
         return Response(
@@ -914,7 +941,9 @@ class Console:
                 f"已办理离校 {len(outcome.report.cleared)} 人",
                 f"{len(outcome.report.cleared)} students cleared",
             )
-            return "/graduation"
+            return "/reports?" + urlencode(
+                {"name": "clearances", "college": college, "class": class_name}
+            )
 
         return await self._once(request, form, act)
 
@@ -985,6 +1014,7 @@ REPORT_NAMES = [
     ("warranty", "保修批次", "warranty lots"),
     ("offline", "脱机交易争议", "offline disputes"),
     ("meal-list", "餐补名单", "meal-subsidy list"),
+    ("clearances", "毕业离校清卡（按班级）", "graduation clearances per class"),
 ]
 
 
