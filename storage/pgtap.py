@@ -421,6 +421,10 @@ class _Job:
             raise ValueError(msg)
 
 
+class _Exhausted(Exception):
+    """The batch ran again as often as allowed without committing: answered ``unavailable``."""
+
+
 #: Errors after which the whole batch runs again (nothing of it committed).
 _BATCH_RETRY = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 #: Errors of the connection itself: the batch is answered ``unavailable`` (a retry of the same
@@ -573,6 +577,9 @@ class PgTapExecutor:
             await self._abandon_connection()
             self._fail(batch, exc)
             return
+        except _Exhausted as exc:
+            self._fail(batch, exc)
+            return
         except asyncpg.PostgresError as exc:  # a lock held too long, the server starting up
             try:
                 await self._rollback()
@@ -632,9 +639,8 @@ class PgTapExecutor:
                 return outcomes
             await self._rollback()
             self.fallbacks += 1
-            safe = True  # a job failed in the fast path: again, one savepoint per job
-        msg = "unreachable"
-        raise AssertionError(msg)
+            safe = True  # a job failed, or a caller gave up: again, one savepoint per job
+        raise _Exhausted
 
     async def _rollback(self) -> None:
         if self._conn is not None and not self._conn.is_closed():
@@ -665,6 +671,11 @@ class PgTapExecutor:
             except _BATCH_FAIL:
                 raise
             except Exception:  # noqa: BLE001 - run again below, one savepoint per job
+                return None
+        for index, job in enumerate(batch):
+            if outcomes[index] is not _GAVE_UP and job.future.done():
+                # its caller gave up while the batch ran (and answered `unavailable`): nothing
+                # answered `unavailable` may commit, so the batch runs again without it
                 return None
         tx.flush()
         tx.execute("COMMIT")

@@ -213,3 +213,30 @@ async def test_a_lost_connection_answers_unavailable_then_reconnects(pg_url: str
     finally:
         await executor.close()
         await registry.close()
+
+
+async def test_a_job_whose_caller_gave_up_mid_batch_never_commits(pg_url: str) -> None:  # noqa: F811
+    """The router answered ``unavailable`` (it stopped waiting) while the batch still ran: that
+    job must not commit (contract §6.1: unavailable is not a decision); the others still do."""
+    registry = await SqlRegistry.open(pg_url, migrate=True)
+    holder = await _seed(registry)
+    executor = PgTapExecutor(pg_url)
+    await executor.start()
+    try:
+
+        def slow(tx: PgTapTx) -> int:
+            tx.post(ledger.purchase(holder, "c1", 100), at=NOW, actor="t")
+            tx.execute("SELECT pg_sleep(0.3)")
+            return 0
+
+        abandoned = asyncio.ensure_future(asyncio.wait_for(executor.run(slow), timeout=0.1))
+        kept = asyncio.ensure_future(executor.run(_buy(holder, 200)))  # the same batch
+        with pytest.raises(TimeoutError):
+            await abandoned
+        assert await kept == 800
+        async with registry.read() as tx:
+            assert await tx.balance(ledger.purse(holder)) == 800  # only the kept job's debit
+            assert len(await tx.find("transfers", kind="purchase")) == 1
+    finally:
+        await executor.close()
+        await registry.close()
