@@ -110,10 +110,11 @@ async def _in_batches(
 ) -> int:
     """Rewrite the rows ``query`` finds, ``BATCH`` per committed transaction, until none is
     left (or ``max_batches``): killed half-way, a rerun carries on. How many rows."""
-    total = batches = 0
+    total = batches = last = 0
     while max_batches is None or batches < max_batches:
         async with engine.begin() as conn:
-            rows = (await conn.execute(query.order_by(h.c.id).limit(BATCH))).all()
+            page = query.where(h.c.id > last).order_by(h.c.id).limit(BATCH)
+            rows = (await conn.execute(page)).all()
             if not rows:
                 break
             await conn.execute(
@@ -122,6 +123,7 @@ async def _in_batches(
             )
         total += len(rows)
         batches += 1
+        last = rows[-1][0]  # keyset: each batch starts where the last one ended
     return total
 
 
