@@ -102,9 +102,9 @@ class PgTapTx(TapTxBase):
         self._epoch: int | None = None
         self._terminals: dict[str, tuple[str, str | None, bool] | None] = {}
         self._cards: dict[str, TapCard | None] = {}
-        #: (account, change in fen, kind, holder) to apply before COMMIT (accounts that may go
-        #: negative: merchants, funds, cash); a savepoint rolled back truncates it
-        self.deferred: list[tuple[str, int, str, int | None]] = []
+        #: (account, change in fen) to apply before COMMIT (accounts that may go negative:
+        #: merchants, funds, cash); a savepoint rolled back truncates it
+        self.deferred: list[tuple[str, int]] = []
         #: accounts known to exist (committed): the transfer row's foreign key needs them
         self.known_accounts: set[str] = set()
         self._created: list[str] = []
@@ -151,10 +151,8 @@ class PgTapTx(TapTxBase):
     def flush(self) -> None:
         """Apply the batch's deferred account changes, rows locked in id order (no deadlock)."""
         totals: dict[str, int] = {}
-        owners: dict[str, tuple[str, int | None]] = {}
-        for account, change, kind, holder in self.deferred:
+        for account, change in self.deferred:
             totals[account] = totals.get(account, 0) + change
-            owners.setdefault(account, (kind, holder))
         self.deferred.clear()
         ids = sorted(a for a, v in totals.items() if v)
         if not ids:
@@ -327,7 +325,7 @@ class PgTapTx(TapTxBase):
                 kind,
             )
             self._created.append(account)
-        self.deferred.append((account, change, kind, None))
+        self.deferred.append((account, change))
         return 0
 
     def _insert_transfer(self, values: tuple[Any, ...]) -> int:
