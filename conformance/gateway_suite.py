@@ -141,7 +141,7 @@ class Term:
     def _reply(self, msg: Message) -> None:
         try:
             body = json.loads(msg.payload)
-        except ValueError:
+        except (ValueError, RecursionError):  # `[` x 16,000 is a RecursionError (FIELD-NOTES)
             body = {"unreadable": msg.payload[:200].decode("utf-8", "replace")}
         if not isinstance(body, dict):
             body = {"unreadable": str(body)[:200]}

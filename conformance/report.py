@@ -137,6 +137,9 @@ class Report:
         except TimeoutError:
             step.status = Status.FAILED
             step.detail = step.detail or "timed out waiting for the device"
+        except Exception as exc:  # noqa: BLE001 - whatever the device sent, a line, no traceback
+            step.status = Status.FAILED
+            step.detail = f"{type(exc).__name__}: {str(exc)[:300]}"
         finally:
             step.duration_ms = self.elapsed_ms() - step.started_ms
             self.current = None

@@ -66,8 +66,11 @@ class HookRig:
         assert proc.stdout is not None
         proc.stdin.write(json.dumps(request).encode() + b"\n")
         await proc.stdin.drain()
-        async with asyncio.timeout(self.timeout_s):
-            line = await proc.stdout.readline()
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                line = await proc.stdout.readline()
+        except ValueError:  # a line over the stream limit (64 KiB)
+            raise HookError("hook answered a line over 64 KiB") from None
         if not line:
             raise HookError(f"hook {self.command!r} ended (exit {proc.returncode})")
         try:
