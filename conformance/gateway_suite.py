@@ -717,7 +717,11 @@ class GatewaySuite:
         else:
             version = reported[0]
             with self.report.step(*titles[1]):
-                msg = await _next(pos.deny, DELTA_WITHIN_S, lambda m: bool(m.payload))
+                # the first message that reaches the loss's version (on a live site other
+                # changes may come just before it)
+                msg = await _next(
+                    pos.deny, DELTA_WITHIN_S, lambda m: bool(m.payload) and _reaches(m, version)
+                )
                 self.report.trace("received", msg.topic, msg.payload)  # (it came during G33)
                 expect(
                     msg.topic == DENYLIST_DELTA_TOPIC,
@@ -758,6 +762,13 @@ class GatewaySuite:
         with self.report.step(*titles[5]):
             data = self.approved("access", await door.ask("access", {"card": card.uid}))
             expect(data == {"allowed": False, "reason": "card_lost"}, f"access: {data}")
+
+
+def _reaches(msg: Message, version: int) -> bool:
+    """A snapshot or delta at ``version`` or newer."""
+    if msg.topic == DENYLIST_SNAPSHOT_TOPIC:
+        return DenySnapshot.model_validate_json(msg.payload).version >= version
+    return DenyDelta.model_validate_json(msg.payload).to_version >= version
 
 
 def _conforms(body: dict[str, Any]) -> bool:
