@@ -15,7 +15,8 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from sqlalchemy import Select, bindparam, func, insert, select, update
+from sqlalchemy import Select, bindparam, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -65,13 +66,17 @@ async def attach(engine: AsyncEngine, keyring: Keyring, *, convert_now: bool) ->
 async def check_key(engine: AsyncEngine, keyring: Keyring) -> None:
     """Remember the lookup key's check value on first use; refuse another key afterwards."""
     mine = keyring.check_value()
-    async with engine.begin() as conn:
-        stored = (
-            await conn.execute(select(s.pii_meta.c.value).where(s.pii_meta.c.name == CHECK))
-        ).scalar_one_or_none()
-        if stored is None:
-            await conn.execute(insert(s.pii_meta).values(name=CHECK, value=mine))
-            return
+    query = select(s.pii_meta.c.value).where(s.pii_meta.c.name == CHECK)
+    async with engine.connect() as conn:
+        stored = (await conn.execute(query)).scalar_one_or_none()
+    if stored is None:
+        dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+        async with engine.begin() as conn:
+            # two gateways starting on a new registry: the first check value wins, the other
+            # is compared with it like any later start
+            first = dialect.insert(s.pii_meta).values(name=CHECK, value=mine)
+            await conn.execute(first.on_conflict_do_nothing())
+            stored = (await conn.execute(query)).scalar_one()
     if stored != mine:
         raise PiiKeyError(
             f"个人信息密钥与登记库不符（{keyring.source}），拒绝运行",
