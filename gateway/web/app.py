@@ -47,6 +47,7 @@ from gateway.services.portal import (
     PortalService,
 )
 from gateway.services.privacy import PrivacyService
+from gateway.web.plumbing import checked_form, error_status, open_session, set_session_cookie
 from gateway.web.sessions import AddressLimiter, SessionStore, WebSession
 from protocol.cards.clock import local
 from protocol.cards.fees import parse_yuan, yuan
@@ -286,14 +287,12 @@ class Portal:
         password_first: bool,
     ) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
-            session, timed_out = self.sessions.get(request.cookies.get(self.cookie))
-            if session is None:
-                session = self.sessions.new()
-                if timed_out:
-                    session.flash(
-                        "error", "长时间未操作，请重新登录", "session timed out: log in again"
-                    )
-            request.state.session = session
+            session = open_session(
+                request,
+                self.sessions,
+                self.cookie,
+                ("长时间未操作，请重新登录", "session timed out: log in again"),
+            )
             try:
                 if auth and session.actor is None:
                     response: Response = RedirectResponse("/login", status_code=303)
@@ -312,35 +311,16 @@ class Portal:
         return endpoint
 
     async def _form(self, request: Request, session: WebSession) -> FormData:
-        length = request.headers.get("content-length")
-        if length is None or not length.isdigit() or int(length) > MAX_BODY:
-            raise BadRequest("提交内容过大", "the form is too large")
-        origin = request.headers.get("origin")
-        if origin is not None and origin != "null":
-            expected = f"{request.url.scheme}://{request.url.netloc}"
-            if origin != expected:
-                raise OnecardError(
-                    "来源不正确", "cross-site request refused", code=ErrorCode.PERMISSION_DENIED
-                )
-        form = await request.form(max_files=0, max_fields=20)
-        csrf = form.get("csrf")
-        if not isinstance(csrf, str) or not session.csrf_ok(csrf):
-            raise OnecardError(
-                "页面已过期，请返回刷新后重试",
-                "this page expired: go back, reload and try again",
-                code=ErrorCode.PERMISSION_DENIED,
-            )
-        return form
+        return await checked_form(
+            request,
+            session,
+            limit=MAX_BODY,
+            max_fields=20,
+            expired_code=ErrorCode.PERMISSION_DENIED,
+        )
 
     def _set_cookie(self, response: Response, session: WebSession) -> None:
-        response.set_cookie(
-            self.cookie,
-            session.id,
-            httponly=True,
-            secure=self.config.cookie_secure,
-            samesite="strict",
-            path="/",
-        )
+        set_session_cookie(response, self.cookie, session, self.config.cookie_secure)
 
     def render(self, request: Request, name: str, status: int = 200, **context: Any) -> Response:
         session: WebSession = request.state.session
@@ -359,15 +339,13 @@ class Portal:
         )
 
     def _error_page(self, request: Request, exc: OnecardError) -> Response:
-        status = {
-            ErrorCode.NOT_FOUND: 404,
-            ErrorCode.PERMISSION_DENIED: 403,
-            ErrorCode.AUTH_FAILED: 403,
-            ErrorCode.ACCOUNT_LOCKED: 403,
-            ErrorCode.INVALID_INPUT: 400,
-        }.get(exc.code, 409)
         return self.render(
-            request, "error.html", status, zh=exc.message_zh, en=exc.message_en, rule=exc.rule
+            request,
+            "error.html",
+            error_status(exc),
+            zh=exc.message_zh,
+            en=exc.message_en,
+            rule=exc.rule,
         )
 
     async def _http_error(self, request: Request, exc: Exception) -> Response:

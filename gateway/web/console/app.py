@@ -48,6 +48,7 @@ from gateway.web.console import roster
 from gateway.web.console.counter import CounterForms
 from gateway.web.console.forms import BadRequest, form_text, serial_text
 from gateway.web.console.live import LiveMetrics
+from gateway.web.plumbing import checked_form, error_status, open_session, set_session_cookie
 from gateway.web.sessions import AddressLimiter, SessionStore, WebSession
 from protocol.cards.clock import local
 from protocol.cards.fees import parse_yuan, yuan
@@ -217,16 +218,12 @@ class Console:
         upload: bool = False,
     ) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
-            session, timed_out = self.sessions.get(request.cookies.get(self.cookie))
-            if session is None:
-                session = self.sessions.new()
-                if timed_out:
-                    session.flash(
-                        "error",
-                        "长时间未操作，已自动退出，请重新登录",
-                        "idle timeout: log in again",
-                    )
-            request.state.session = session
+            session = open_session(
+                request,
+                self.sessions,
+                self.cookie,
+                ("长时间未操作，已自动退出，请重新登录", "idle timeout: log in again"),
+            )
             actor: Actor | None = None
             try:
                 if auth:
@@ -283,38 +280,17 @@ class Console:
     async def _form(
         self, request: Request, session: WebSession, *, upload: bool = False
     ) -> FormData:
-        length = request.headers.get("content-length")
-        limit = roster.MAX_UPLOAD + MAX_BODY if upload else MAX_BODY
-        if length is None or not length.isdigit() or int(length) > limit:
-            raise BadRequest("提交内容过大", "the form is too large")
-        origin = request.headers.get("origin")
-        # no-referrer makes Chromium send "Origin: null" on our own forms; the CSRF token and
-        # the SameSite=Strict cookie still hold
-        expected = f"{request.url.scheme}://{request.url.netloc}"
-        if origin is not None and origin not in ("null", expected):
-            raise AccessDenied(
-                "来源不正确", "cross-site request refused", code=ErrorCode.PERMISSION_DENIED
-            )
-        form = await request.form(max_files=1 if upload else 0, max_fields=40)
-        csrf = form.get("csrf")
-        if not isinstance(csrf, str) or not session.csrf_ok(csrf):
-            await form.close()
-            raise AccessDenied(
-                "页面已过期，请返回刷新后重试",
-                "this page expired: go back, reload and try again",
-                code=ErrorCode.AUTH_FAILED,
-            )
-        return form
+        return await checked_form(
+            request,
+            session,
+            limit=roster.MAX_UPLOAD + MAX_BODY if upload else MAX_BODY,
+            max_fields=40,
+            max_files=1 if upload else 0,
+            expired_code=ErrorCode.AUTH_FAILED,
+        )
 
     def _set_cookie(self, response: Response, session: WebSession) -> None:
-        response.set_cookie(
-            self.cookie,
-            session.id,
-            httponly=True,
-            secure=self.config.cookie_secure,
-            samesite="strict",
-            path="/",
-        )
+        set_session_cookie(response, self.cookie, session, self.config.cookie_secure)
 
     def render(self, request: Request, name: str, status: int = 200, **context: Any) -> Response:
         session: WebSession = request.state.session
@@ -334,17 +310,10 @@ class Console:
         )
 
     def _error_page(self, request: Request, exc: OnecardError) -> Response:
-        status = {
-            ErrorCode.NOT_FOUND: 404,
-            ErrorCode.PERMISSION_DENIED: 403,
-            ErrorCode.AUTH_FAILED: 403,
-            ErrorCode.ACCOUNT_LOCKED: 403,
-            ErrorCode.INVALID_INPUT: 400,
-        }.get(exc.code, 409)
         return self.render(
             request,
             "console_error.html",
-            status,
+            error_status(exc),
             zh=exc.message_zh,
             en=exc.message_en,
             rule=exc.rule,
