@@ -105,8 +105,12 @@ class Term:
         await self.peer.__aenter__()
         await self.peer.subscribe(f"onecard/v1/t/{self.id}/resp/#")
         if watch:
+            # retain as published: a live copy tells whether the gateway set retain, too
             await self.peer.subscribe(
-                DENYLIST_SNAPSHOT_TOPIC, DENYLIST_DELTA_TOPIC, GATEWAY_STATUS_TOPIC
+                DENYLIST_SNAPSHOT_TOPIC,
+                DENYLIST_DELTA_TOPIC,
+                GATEWAY_STATUS_TOPIC,
+                retain_as_published=True,
             )
         online = TerminalStatus(state=Presence.ONLINE, kind=self.creds.kind, firmware="conformance")
         await self.peer.publish(
