@@ -171,12 +171,11 @@ class PrivacyService:
         """Reads of personal data per operator and kind (and exports), oldest filter inclusive."""
         groups: dict[tuple[str, str], list[tuple[str, datetime]]] = defaultdict(list)
         async with self.ctx.registry.read() as tx:
-            for action in READ_ACTIONS:
-                for row in await tx.find("audit_log", action=action):
-                    at = row["at"]
-                    if (since and at < since) or (until and at >= until):
-                        continue
-                    groups[(row["actor"], action)].append((row["entity_id"], at))
+            found = await tx.find_in("audit_log", "action", list(READ_ACTIONS))
+        for row in found:
+            at = row["at"]
+            if (since is None or at >= since) and (until is None or at < until):
+                groups[(row["actor"], row["action"])].append((row["entity_id"], at))
         return [
             ReadCount(
                 operator=op,

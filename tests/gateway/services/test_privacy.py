@@ -142,6 +142,8 @@ async def test_ids_sealed_lookups_audited_reads_export_rotation_retention(
         assert "核对" in logged[0]["after"]
         counts = {(r.operator, r.action): r.reads for r in await svc.reads_report()}
         assert counts == {("chief", "pii.read_id"): 1, ("chief", "pii.read_history"): 1}
+        assert await svc.reads_report(since=T0 + timedelta(seconds=1)) == []
+        assert len(await svc.reads_report(since=T0, until=T0 + timedelta(days=1))) == 2
 
         # the export holds every record of the holder
         out = await svc.export(c.op, visitor.id, "本人书面申请 2026-01")
