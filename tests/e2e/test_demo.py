@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -47,6 +48,13 @@ def test_demo_runs_and_the_fleet_keeps_every_invariant(tmp_path: Path) -> None:
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-4000:]
     assert "cardholder portal: http://127.0.0.1:" in out  # make demo prints the portal (issue 9)
+    # ... and the operator console with its demo operator (issue 11), as demo-operator.json
+    console = re.search(
+        r"operator console: (http://127\.0\.0\.1:\d+/) — .*demo operator (\S+) / (\S+)", out
+    )
+    assert console, out[-3000:]
+    operator = json.loads((root / "demo-operator.json").read_text())
+    assert (console[2], console[3]) == (operator["username"], operator["password"])
     result = json.loads((root / "fleet-result.json").read_text())
     assert result["violations"] == []
     assert result["taps"] > 50
