@@ -26,6 +26,17 @@ from protocol.types import CardState, Permission
 from storage.ports import Tx
 from storage.records import Card, Holder, Receipt, Transfer
 
+
+@dataclass(frozen=True, slots=True)
+class OfflineBacklog:
+    """A terminal's offline sales as far as the gateway knows them (the terminals page)."""
+
+    uploaded: int
+    refused: int
+    missing: int  # sequence numbers not uploaded between the first and the last upload
+    last_upload: datetime | None
+
+
 #: Any counter duty may open a holder's page (ACC-1); each action checks its own permission.
 COUNTER_DUTIES = frozenset(
     {
@@ -184,6 +195,29 @@ class ConsoleViews:
             deposit_receipt_no=deposits[-1] if deposits else None,
         )
         return slip, row["at"], str(row["actor"])
+
+    async def offline_backlog(self, actor: Actor) -> dict[str, OfflineBacklog]:
+        """Per terminal, what the gateway knows of its offline sales (terminal contract §8):
+        the uploads received, the last one, those refused, and the sequence numbers missing
+        between the first and the last upload (sales the terminal has not uploaded: still in
+        its queue, or lost)."""
+        actor.require(Permission.TERMINALS)
+        async with self.ctx.registry.read() as tx:
+            rows = await tx.rows(
+                "SELECT terminal_id, count(*) AS n, min(seq) AS lo, max(seq) AS hi,"
+                " max(uploaded_at) AS last,"
+                " sum(CASE WHEN result = 'accepted' THEN 0 ELSE 1 END) AS refused"
+                " FROM offline_sales GROUP BY terminal_id"
+            )
+        return {
+            str(r["terminal_id"]): OfflineBacklog(
+                uploaded=int(r["n"]),
+                refused=int(r["refused"] or 0),
+                missing=int(r["hi"]) - int(r["lo"]) + 1 - int(r["n"]),
+                last_upload=_utc(r["last"]),
+            )
+            for r in rows
+        }
 
     async def record_refusal(self, actor: Actor, action: str, exc: AccessDenied) -> None:
         """A console request refused for lack of permission is audited (forged or stale form)."""

@@ -168,3 +168,18 @@ async def seed_counter(registry: SqlRegistry, admin: Actor, desk: Desk) -> None:
     issued = await center.cards.issue_temp(admin, visitor.id)
     desk.counter["refund"] = issued.card.serial
     desk.deposit_receipt = issued.receipts[0].receipt_no
+    # pos-001's offline sales as uploaded: seq 1, 2, 3 and 5 (4 not yet), 5 refused
+    async with registry.transaction() as tx:
+        for seq in (1, 2, 3, 5):
+            await tx.put(
+                "offline_sales",
+                {
+                    "terminal_id": "pos-001",
+                    "seq": seq,
+                    "card_uid": issued.card.uid or "04A1B2C3D4E5F6",
+                    "amount": 350,
+                    "sold_at": now - timedelta(hours=2),
+                    "uploaded_at": now - timedelta(hours=1),
+                    "result": "card_lost" if seq == 5 else "accepted",
+                },
+            )

@@ -27,12 +27,13 @@ import uvicorn
 from openpyxl import load_workbook
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from gateway.bootstrap import console_app
+from gateway.bootstrap import open_console_services
 from gateway.cli.reader import run_agent
 from gateway.config import load_settings
 from gateway.metrics import Metrics
 from gateway.readers.agent import ReaderAgent
 from gateway.services.base import FixedClock
+from gateway.web.console.app import Console
 from protocol.cardfile.layout import CampusRecord
 from protocol.cards.identity import make_national_id
 from protocol.types import CardKind
@@ -70,10 +71,21 @@ class Stack:
     browser: Browser
     pcscd: Pcscd
     metrics: Metrics
+    idle: SessionClock
 
     def page(self) -> Page:
         context = self.browser.new_context(viewport=DESKTOP, locale="zh-CN", accept_downloads=True)
         return context.new_page()
+
+
+class SessionClock:
+    """The console sessions' clock: monotonic time plus what a test skips."""
+
+    def __init__(self) -> None:
+        self.skipped = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.skipped
 
 
 class _Thread:
@@ -150,9 +162,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 ],
             },
         )
+        console = Console(settings.console, lambda: open_console_services(settings, clock=clock))
+        idle = SessionClock()
+        console.sessions.clock = idle  # the idle logout test moves the sessions' time
         server = uvicorn.Server(
             uvicorn.Config(
-                console_app(settings, clock=clock),
+                console.build(),
                 host="127.0.0.1",
                 port=console_port,
                 log_config=None,
@@ -173,7 +188,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             with sync_playwright() as pw:
                 browser = _launch(pw)
                 try:
-                    yield Stack(base, desk, db, clock, broker, browser, daemon, metrics)
+                    yield Stack(base, desk, db, clock, broker, browser, daemon, metrics, idle)
                 finally:
                     browser.close()
         finally:
@@ -442,6 +457,13 @@ def test_terminals_page_shows_a_pos_going_offline_and_back(stack: Stack) -> None
         _shot(page, "terminals")
         pos.publish(topic, offline, retain=True)
         assert "离线" in _presence(page, stack.base, "离线")
+        # its offline sales as the gateway knows them: 4 uploaded, 1 refused, seq 4 missing
+        backlog = page.locator("#t-pos-001 .backlog")
+        assert (backlog.locator(".uploaded").text_content() or "") == "4"
+        assert "缺号 1" in (backlog.locator(".missing").text_content() or "")
+        assert "拒绝 1" in (backlog.text_content() or "")
+        assert backlog.locator(".held").is_visible()  # offline: its new sales wait on it
+        _shot(page, "terminals-offline")
         pos.publish(topic, online, retain=True)
         assert "在线" in _presence(page, stack.base, "在线")
     # disable and re-enable a terminal; add one and see its broker password once
@@ -637,4 +659,23 @@ def test_counter_forms_fault_exchange_data_change_hand_over_terminate_scrap_refu
     page.goto(f"{base}/reports?name=clearances&college={college}&class={class_name}")
     assert page.locator("#report tbody tr").count() == 3
     _shot(page, "clearances")
+    page.context.close()
+
+
+def test_idle_operator_is_logged_out(stack: Stack) -> None:
+    """ACC: an operator idle past idle_timeout_s is logged out: the next click lands on the
+    login page with the reason; an idle page sends itself there too (its refresh tag)."""
+    page = _chief(stack)
+    page.goto(f"{stack.base}/reports")
+    refresh = page.locator("meta[http-equiv=refresh]").get_attribute("content") or ""
+    assert refresh == "605;url=/login"  # idle_timeout_s + 5 s
+    stack.idle.skipped += 601
+    try:
+        page.click("nav a[href='/terminals']")
+        page.wait_for_url("**/login")
+        assert "长时间未操作" in (page.text_content("main") or "")
+        page.goto(f"{stack.base}/reports")
+        assert page.url.endswith("/login")  # the old session is gone for good
+    finally:
+        stack.idle.skipped = 0.0
     page.context.close()

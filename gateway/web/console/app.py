@@ -746,7 +746,10 @@ class Console:
         actor = self.me(request)
         rows = await self.services.center.terminals.list(actor)
         fleet = self.services.fleet() if self.services.fleet is not None else None
-        return self.render(request, "console_terminals.html", rows=rows, fleet=fleet)
+        backlog = await self.services.views.offline_backlog(actor)
+        return self.render(
+            request, "console_terminals.html", rows=rows, fleet=fleet, backlog=backlog
+        )
 
     async def terminal_enabled(self, request: Request, form: FormData) -> Response:
         actor = self.me(request)
