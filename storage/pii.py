@@ -58,6 +58,9 @@ _LINE = re.compile(r"^(hmac|enc)\s+([A-Za-z0-9+/=_-]+)\s*$")
 #: every encryption key this process has loaded, by key id: a holder row read on the tap path
 #: (records.Holder.from_row) names its key id and finds the key here
 _KNOWN: dict[str, bytes] = {}
+#: key files this process has read: re-read once when a value names a key not loaded yet (another
+#: process rotated the key since this one started)
+_SOURCES: set[Path] = set()
 
 
 class PiiKeyError(OnecardError):
@@ -166,6 +169,8 @@ def open_bytes(token: str, aad: bytes, keys: Mapping[str, bytes] | None = None) 
     kid = sealed_kid(token)
     if kid is None:
         raise PiiKeyError("密文格式无效", "not a sealed value")
+    if keys is None and kid not in _KNOWN:
+        _reload()
     key = (keys or _KNOWN).get(kid)
     if key is None:
         raise PiiKeyError(
@@ -258,7 +263,17 @@ def read_key_file(path: Path) -> Keyring:
             f"密钥文件 {path} 权限过宽 ({mode:04o})，请 chmod 600",
             f"key file {path} is accessible to others (mode {mode:04o}): chmod 600 (or 640)",
         )
-    return parse(text, str(path))
+    keyring = parse(text, str(path))
+    _SOURCES.add(path)
+    return keyring
+
+
+def _reload() -> None:
+    for path in list(_SOURCES):
+        try:
+            read_key_file(path)  # registers its keys
+        except PiiKeyError:
+            continue
 
 
 def default_key_path(url: str) -> Path:

@@ -314,3 +314,18 @@ def _copy(src: Path, dst: Path) -> None:
 
 def _loosen(path: Path) -> None:
     path.chmod(0o644)
+
+
+async def test_a_key_added_by_another_process_is_picked_up(tmp_path: Path, key_file: Path) -> None:
+    """After `privacy rotate` in another process, a value under the new key still decrypts in a
+    process started before it: the key file is read again once."""
+    started = pii.read_key_file(key_file)
+    rotated = pii.Keyring(started.hmac_key, (pii.new_keyring().enc_keys[0], *started.enc_keys))
+    token = rotated.seal("11010519491231002X")
+    pii.write_key_file(key_file, rotated)
+    pii._KNOWN.pop(rotated.current_kid)
+    assert pii.open_id(token) == "11010519491231002X"
+    pii._KNOWN.pop(rotated.current_kid)
+    pii.write_key_file(key_file, started)  # a key that is nowhere: refused, never guessed
+    with pytest.raises(pii.PiiKeyError, match="no key"):
+        pii.open_id(token)
