@@ -35,6 +35,7 @@ from conformance.report import Report
 from conformance.rig import HookRig, PromptRig, Rig
 from conformance.site import Site, SiteError
 from conformance.terminal_suite import ALL_STEPS, TerminalPlan, run_terminal_suite
+from protocol.carduid import is_card_uid
 from protocol.wire import TerminalKind, is_valid_terminal_id
 
 
@@ -42,14 +43,21 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m conformance",
         description="一卡通终端合规测试 onecard conformance kit (terminal contract 1.1)",
+        epilog=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="mode", required=True)
     for mode in ("gateway", "terminal"):
         s = sub.add_parser(mode)
-        s.add_argument("--host", default="127.0.0.1")
-        s.add_argument("--port", type=int, default=None)
+        s.add_argument("--host", default="127.0.0.1", help="the broker")
+        s.add_argument("--port", type=int, default=None, help="the broker's port")
         s.add_argument("--cafile", default=None, help="TLS: the campus CA certificate")
-        s.add_argument("--out", type=Path, default=Path("conformance-report"))
+        s.add_argument(
+            "--out",
+            type=Path,
+            default=Path("conformance-report"),
+            help="directory for conformance-MODE.json and .html",
+        )
     g = sub.choices["gateway"]
     g.add_argument("--site", type=Path, help="site file: test terminals and cards (JSON)")
     g.add_argument(
@@ -104,8 +112,8 @@ async def _terminal(args: argparse.Namespace) -> tuple[int, Report | None]:
     except OSError as exc:
         return _fail(str(exc)), None
     cards = tuple(args.cards.split(",")) if args.cards else None
-    if cards is not None and len(cards) != 3:
-        return _fail("--cards takes three UIDs: good,lost,other"), None
+    if cards is not None and (len(cards) != 3 or not all(is_card_uid(c) for c in cards)):
+        return _fail("--cards takes three card UIDs (upper-case hex): good,lost,other"), None
     rig: Rig = HookRig(args.hook) if args.hook else PromptRig()
     only = frozenset(args.only.split(",")) if args.only else None
     if only is not None and not only <= set(ALL_STEPS):

@@ -14,6 +14,9 @@ refusal per error code shown as such; ``unavailable`` retried; then offline (gat
 ``offline``): a card on the deny list refused, the offline limits kept, the stale list refusing
 everything; back online: ``hello`` then the offline sales uploaded in ``seq`` order; request ids
 never reused for other content; retained ``offline`` on an orderly stop and as last will.
+
+Not observable from the broker, so not checked: the keep-alive interval, TCP_NODELAY, the clean
+start flag and session expiry, TLS settings (the broker's listener enforces those it can).
 """
 
 from __future__ import annotations
