@@ -34,7 +34,7 @@ __all__ = [
 #: A payload longer than this is cut in the report (a 1 MB snapshot stays readable).
 MAX_EVIDENCE_CHARS = 600
 #: At most this many evidence lines per step.
-MAX_EVIDENCE = 30
+MAX_EVIDENCE = 80
 _SECRET = re.compile(r'("(?:password|old_password|new_password|session)"\s*:\s*)"[^"]*"')
 
 
