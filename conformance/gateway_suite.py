@@ -715,6 +715,10 @@ class GatewaySuite:
                 f"reply after {answer.ms:.0f} ms, budget 300 ms + round trip",
             )
             self.loss_applied = data["terminals_applied"]
+            self.report.note(
+                f"report_loss answered after {answer.ms:.0f} ms,"
+                f" terminals_applied {self.loss_applied}"
+            )
         if not reported:
             for step_id, title, section in titles[1:4]:
                 self.report.not_applicable(step_id, title, section, "G33 did not report a loss")
