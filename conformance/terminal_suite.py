@@ -67,7 +67,8 @@ __all__ = ["TerminalPlan", "TerminalSuite", "run_terminal_suite"]
 GOOD, LOST, OTHER = "04C0FFEE000001", "04C0FFEE000002", "04C0FFEE000003"
 #: §8.5: the acknowledgement heartbeat comes within 1 s; the kit allows scheduling slack.
 ACK_WITHIN_S = 1.3
-#: Errors a POS must show as refusals (and never approve or store offline).
+#: Errors a POS must show as refusals (and never approve or store offline). Not
+#: ``terminal_disabled``: a terminal may rightly stop working on it until re-provisioned.
 REFUSALS = (
     ErrorCode.CARD_LOST,
     ErrorCode.CARD_FROZEN,
@@ -80,7 +81,6 @@ REFUSALS = (
     ErrorCode.INSUFFICIENT_FUNDS,
     ErrorCode.INVALID_AMOUNT,
     ErrorCode.PERMISSION_DENIED,
-    ErrorCode.TERMINAL_DISABLED,
     ErrorCode.INTERNAL,
     ErrorCode.EXPIRED,
 )
