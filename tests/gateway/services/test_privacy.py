@@ -16,6 +16,7 @@ from sqlalchemy import insert
 
 from gateway.services.base import Actor, Context, FixedClock
 from gateway.services.center import CardCenter
+from gateway.services.holders import check_holder_password
 from gateway.services.privacy import PURGED_NAME, PURGED_SNAPSHOT, PrivacyService, RetentionPolicy
 from protocol.cards.identity import mask_id_doc
 from protocol.errors import AccessDenied, ErrorCode, InvalidInput, OnecardError
@@ -25,7 +26,9 @@ from storage import pii, piidb
 from storage import schema as s
 from storage.engine import open_engines
 from storage.migrate import upgrade
+from storage.pgtap import PgTapExecutor
 from storage.sql import SqlRegistry
+from storage.tapwriter import SqliteTapWriter
 from tests.conftest import T0, Counter, student_rows
 from tests.gateway.services import helpers as h
 from tests.storage.test_postgres_contract import PG_HOST, PG_PORT, PG_USER, pg_server, pg_url
@@ -329,3 +332,31 @@ async def test_a_key_added_by_another_process_is_picked_up(tmp_path: Path, key_f
     pii.write_key_file(key_file, started)  # a key that is nowhere: refused, never guessed
     with pytest.raises(pii.PiiKeyError, match="no key"):
         pii.open_id(token)
+
+
+async def test_the_tap_path_reads_the_number_for_the_default_password(
+    site: tuple[str, RawText], tmp_path: Path
+) -> None:
+    """LOSS-1 at a kiosk: the gateway's tap transaction (SQLite writer thread or PostgreSQL
+    executor) reads the holder with the number decrypted, so the default password still works."""
+    target, _ = site
+    reg = await SqlRegistry.open(target, migrate=True)
+    executor: SqliteTapWriter | PgTapExecutor
+    try:
+        c = await _counter(reg, tmp_path / "r.sqlite3")
+        visitor, _card = await h.visitor_with_temp(c)
+        if target.startswith("postgresql"):
+            executor = PgTapExecutor(target)
+            await executor.start()
+        else:
+            executor = SqliteTapWriter(target)
+            executor.start()
+        try:
+            seen = await executor.run(lambda tx: tx.get_holder(visitor.id))
+        finally:
+            await executor.close()
+        assert seen.national_id == visitor.national_id
+        assert check_holder_password(seen, str(visitor.national_id)[-6:])
+        assert not check_holder_password(seen, "000000")
+    finally:
+        await reg.close()
