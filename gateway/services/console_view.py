@@ -162,7 +162,11 @@ class ConsoleViews:
         """A receipt to print again (FEE-2): by its number from the receipt book."""
         require_counter_duty(actor)
         async with self.ctx.registry.read() as tx:
-            rows = await tx.find("receipts", receipt_no=receipt_no, limit=1)
+            rows = (
+                await tx.find("receipts", receipt_no=receipt_no, limit=1)
+                if _fits(receipt_no)
+                else []
+            )
             if not rows:
                 raise NotFound(f"无此收据 {receipt_no}", f"no receipt {receipt_no}")
             receipt = Receipt.from_row(rows[0])
@@ -177,7 +181,7 @@ class ConsoleViews:
         time and the operator who paid it out."""
         require_counter_duty(actor)
         async with self.ctx.registry.read() as tx:
-            row = await tx.get("transfers", slip_no)
+            row = await tx.get("transfers", slip_no) if _fits(slip_no) else None
             if row is None or row["kind"] != TransferKind.DEPOSIT_OUT.value or not row["card_id"]:
                 raise NotFound(f"无此退款单 {slip_no}", f"no refund slip {slip_no}")
             card = await tx.get_card(int(row["card_id"]))
@@ -314,6 +318,11 @@ def _time_param(tx: Tx, moment: datetime) -> object:
     if tx.dialect == "sqlite":  # stored as naive UTC text (storage/sql.py)
         return utc.replace(tzinfo=None).strftime(SQLITE_TIME_FORMAT)
     return utc
+
+
+def _fits(number: int) -> bool:
+    """A number typed into a URL that a BIGINT column can hold (else it names nothing)."""
+    return 0 <= number < 2**63
 
 
 def _utc(value: object) -> datetime | None:

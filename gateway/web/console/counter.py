@@ -597,7 +597,8 @@ def _after(request: Request, result: Any, holder_id: int, zh: str, en: str) -> s
     """After an exchange: its receipt to print, or the holder page."""
     if result.receipts:
         return f"/receipts/{result.receipts[0].receipt_no}?new=1"
-    request.state.session.flash("ok", f"{zh}：新卡 {result.card.serial}", f"{en}")
+    serial = result.card.serial
+    request.state.session.flash("ok", f"{zh}：新卡 {serial}", f"{en}: new card {serial}")
     return f"/holders/{holder_id}"
 
 
