@@ -41,6 +41,7 @@ BY_HOLDER = (
     "clearances",
     "holder_archive",
     "holder_alerts",
+    "holder_sessions",  # kiosk sessions: when and where (the token hash is left out)
     "meal_quotas",
     "meal_usage",
     "payment_orders",

@@ -152,8 +152,9 @@ async def test_ids_sealed_lookups_audited_reads_export_rotation_retention(
         out = await svc.export(c.op, visitor.id, "本人书面申请 2026-01")
         assert out.holder["national_id"] == visitor.national_id
         assert "password_hash" not in out.holder and "national_id_enc" not in out.holder
-        for table in ("accounts", "cards", "receipts"):
+        for table in ("accounts", "cards", "receipts", "holder_archive", "holder_sessions"):
             assert len(out.tables[table]) == await h.count(c, table, holder_id=visitor.id)
+        assert out.tables["accounts"] and out.tables["receipts"]
         assert [x["serial"] for x in out.tables["cards"]] == [card.serial]
         assert len(out.tables["card_events"]) == await h.count(c, "card_events", card_id=card.id)
         mine = {a["id"] for a in out.tables["accounts"]}
