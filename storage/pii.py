@@ -49,6 +49,8 @@ NONCE_BYTES = 12
 KEY_FILE_MODE = 0o600
 ENV_KEY = "ONECARD_PII_KEY"
 ENV_KEY_FILE = "ONECARD_PII_KEY_FILE"
+#: where the default key files of PostgreSQL registries go (tests point it at a temp directory)
+ENV_KEY_DIR = "ONECARD_PII_KEY_DIR"
 #: associated data: a ciphertext copied into another column or table does not decrypt there
 AAD_NATIONAL_ID = b"onecard:holders.national_id"
 AAD_EXPORT = b"onecard:holder-archive-file"
@@ -279,9 +281,13 @@ def _reload() -> None:
 def default_key_path(url: str) -> Path:
     """Where a registry's key lives when nothing is configured (see the module docstring)."""
     if url.startswith("sqlite"):
-        return Path(url.split(":///", 1)[1].split("?", 1)[0]).expanduser().with_suffix(".key")
+        registry = Path(url.split(":///", 1)[1].split("?", 1)[0]).expanduser()
+        return registry.with_name(registry.name + ".key")
     tail = url.split("://", 1)[-1].split("@", 1)[-1].split("?", 1)[0]
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", tail.replace(":", "-").replace("/", "-"))
+    configured = os.environ.get(ENV_KEY_DIR)
+    if configured:
+        return Path(configured).expanduser() / f"{name}.key"
     base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
     return base / "onecard" / "pii-keys" / f"{name}.key"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -18,6 +19,13 @@ from storage.sql import SqlRegistry
 
 #: A Monday morning in term time, campus time 10:05.
 T0 = datetime(2026, 11, 23, 2, 5, tzinfo=UTC)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _pii_key_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The default key files of test PostgreSQL databases go to a temp directory, not ~/.config
+    (issue 15, storage/pii.py); gateways started as processes inherit it."""
+    os.environ.setdefault("ONECARD_PII_KEY_DIR", str(tmp_path_factory.mktemp("pii-keys")))
 
 
 @dataclass

@@ -31,7 +31,7 @@ def test_counter_privacy_commands(tmp_path: Path) -> None:
         "--category", "retired_staff", "--valid-through", "2027-06-30", "--application", "离退休处 1",
     )  # fmt: skip
     ref = f"#{registered['holder_id']}"
-    key = tmp_path / "r.key"  # the default key file: beside the registry, owner only
+    key = tmp_path / "r.sqlite3.key"  # the default key file: beside the registry, owner only
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     db = tmp_path / "r.sqlite3"
     raw = b"".join(p.read_bytes() for p in (db, Path(f"{db}-wal")) if p.exists())
