@@ -14,8 +14,8 @@ environment (``ONECARD_PII_KEY``), never a table. A key file holds one ``hmac`` 
 ``enc`` lines, newest (current) first; ``kid`` is a fingerprint of the key, so a ciphertext names
 the key it needs and a wrong key is refused, never silently used. Without either setting a SQLite
 registry gets ``<registry>.key`` beside it (created 0600 on first use) and a PostgreSQL registry
-``~/.config/onecard/pii-keys/<host>-<port>-<db>.key``; docs/privacy.md says where production keys
-belong and how rotation works.
+``<host>-<port>-<db>.key`` in ``ONECARD_PII_KEY_DIR`` (default ``~/.config/onecard/pii-keys``);
+docs/privacy.md says where production keys belong and how rotation works.
 
 The lookup key never rotates with the encryption keys (every lookup hash would change at once);
 an HMAC without the key reveals nothing, and the registry remembers a check value of its lookup
