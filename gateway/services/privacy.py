@@ -215,8 +215,7 @@ class PrivacyService:
                 left = row["deregistered_at"]
                 if left is None:
                     continue
-                archived = await tx.find("holder_archive", holder_id=row["id"], order_by="id")
-                reason = archived[-1]["reason"] if archived else "termination"
+                reason = await _left_because(tx, row["id"])
                 due_at = left + policy.period(reason)
                 if due_at > now:
                     continue
@@ -241,11 +240,12 @@ class PrivacyService:
         async with self.ctx.registry.transaction() as tx:
             holder = await tx.get_holder(due.holder_id)
             left = holder.deregistered_at
+            reason = await _left_because(tx, holder.id)  # not the caller's word for it
             if (
                 holder.status is not HolderStatus.DEREGISTERED
                 or left is None
-                or left + policy.period(due.reason) > now
-                or due.blocked
+                or left + policy.period(reason) > now
+                or any([await tx.balance(a) for a in await _accounts(tx, holder.id)])
             ):
                 raise InvalidInput(
                     f"持卡人 #{holder.id} 未到保存期限或不可清除",
@@ -268,8 +268,8 @@ class PrivacyService:
                 "pii.purge",
                 "holder",
                 holder.id,
-                {"fields": list(PURGED_FIELDS), "reason": due.reason},
-                {"purged": True, "policy_days": policy.period(due.reason).days},
+                {"fields": list(PURGED_FIELDS), "reason": reason},
+                {"purged": True, "policy_days": policy.period(reason).days},
             )
 
 
@@ -285,6 +285,12 @@ async def _audit_read(
         None,
         {"purpose": purpose, "channel": actor.channel},
     )
+
+
+async def _left_because(tx: Tx, holder_id: int) -> str:
+    """The deregistration reason the archive recorded (graduation, refund, termination...)."""
+    archived = await tx.find("holder_archive", holder_id=holder_id, order_by="id")
+    return str(archived[-1]["reason"]) if archived else "termination"
 
 
 async def _accounts(tx: Tx, holder_id: int) -> list[str]:

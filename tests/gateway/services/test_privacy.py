@@ -17,7 +17,13 @@ from sqlalchemy import insert
 from gateway.services.base import Actor, Context, FixedClock
 from gateway.services.center import CardCenter
 from gateway.services.holders import check_holder_password
-from gateway.services.privacy import PURGED_NAME, PURGED_SNAPSHOT, PrivacyService, RetentionPolicy
+from gateway.services.privacy import (
+    PURGED_NAME,
+    PURGED_SNAPSHOT,
+    PrivacyService,
+    RetentionDue,
+    RetentionPolicy,
+)
 from protocol.cards.identity import mask_id_doc
 from protocol.errors import AccessDenied, ErrorCode, InvalidInput, OnecardError
 from protocol.ledger import deposit
@@ -200,7 +206,12 @@ async def test_ids_sealed_lookups_audited_reads_export_rotation_retention(
         )  # fmt: skip
         policy = RetentionPolicy(after_graduation_days=365, after_termination_days=730)
         assert await svc.retention_plan(policy) == []
-        c.clock.advance(hours=24 * 731)
+        c.clock.advance(hours=24 * 31)  # past a 30-day graduation period, not the refund's
+        forged = RetentionDue(visitor.id, "访*", "graduation", c.clock.now(), c.clock.now())
+        short = RetentionPolicy(after_graduation_days=30, after_termination_days=730)
+        with pytest.raises(InvalidInput):  # the reason is the archive's, not the caller's
+            await svc.purge(c.op, forged, short)
+        c.clock.advance(hours=24 * 700)
         (due,) = await svc.retention_plan(policy)
         assert (due.holder_id, due.reason, due.blocked) == (visitor.id, "refund", None)
         with pytest.raises(AccessDenied):
