@@ -258,7 +258,9 @@ def read_key_file(path: Path) -> Keyring:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise PiiKeyError(
-            f"无法读取个人信息密钥文件 {path}", f"cannot read personal-data key file {path}: {exc}"
+            f"无法读取个人信息密钥文件 {path}（新建：onecard privacy init-key {path}）",
+            f"cannot read personal-data key file {path} ({exc.strerror}); a new registry's key is"
+            f" made with `onecard privacy init-key {path}`",
         ) from None
     if mode & 0o027:
         raise PiiKeyError(

@@ -5,6 +5,7 @@ the export file, key rotation, a half-converted registry refused (the gateway to
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import stat
 from pathlib import Path
@@ -134,3 +135,24 @@ def test_retention_dry_run_then_apply(tmp_path: Path) -> None:
     con.close()
     assert row[0] != "李四" and row[1] is None and row[2] is None and row[3] is not None
     assert data(env, "privacy", "retention") == []
+
+
+def test_a_configured_key_file_is_created_first_and_used(tmp_path: Path) -> None:
+    key = tmp_path / "etc" / "pii.key"
+    env = {
+        **os.environ,
+        "ONECARD_DB": str(tmp_path / "r.sqlite3"),
+        "ONECARD_SESSION": str(tmp_path / "s.json"),
+        pii.ENV_KEY_FILE: str(key),
+    }
+    env.pop(pii.ENV_KEY, None)
+    init = ("init", "--admin", "chief", "--name", "王科长", "--password-stdin")
+    missing = invoke(env, *init, stdin="First-pass-1\n")
+    assert missing.returncode != 0
+    assert f"onecard privacy init-key {key}" in missing.stdout + missing.stderr
+    made = data(env, "privacy", "init-key", str(key))
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert invoke(env, "privacy", "init-key", str(key)).returncode != 0  # never overwritten
+    onecard(env, *init, stdin="First-pass-1\n")
+    assert not (tmp_path / "r.sqlite3.key").exists()  # the configured file, not a default one
+    assert pii.read_key_file(key).current_kid == made["key"]
