@@ -54,6 +54,8 @@ _INSERT_TRANSFER = (
 WAL_SIZE_LIMIT = 32 * 2**20
 #: While commits fail (a full disk), a ``TRUNCATE`` checkpoint is tried this often.
 FAILING_CHECKPOINT_S = 1.0
+#: A checkpoint between batches that could not copy everything is tried again this soon.
+CHECKPOINT_RETRY_S = 0.1
 
 
 def _to_db(value: Any) -> Any:
@@ -551,10 +553,15 @@ class SqliteTapWriter:
         self._next_checkpoint = now + (
             FAILING_CHECKPOINT_S if failing else self.checkpoint_interval_s
         )
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute(
-                f"PRAGMA wal_checkpoint({'TRUNCATE' if failing else 'PASSIVE'})"
-            ).fetchall()
+        mode = "TRUNCATE" if failing else "PASSIVE"
+        try:
+            busy, frames, copied = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        except sqlite3.Error:
+            busy, frames, copied = 1, 0, 0
+        if busy or copied < frames:
+            # the background checkpoint held the lock, or a reader still needs old frames
+            self._next_checkpoint = min(self._next_checkpoint, now + CHECKPOINT_RETRY_S)
+        else:
             self.checkpoints += 1
 
     def _main(self, ready: Future[None]) -> None:
@@ -643,10 +650,11 @@ class SqliteTapWriter:
             failure = OnecardError(
                 "数据库暂不可用", f"registry unavailable: {exc}", code=ErrorCode.UNAVAILABLE
             )
-            for job in batch:
-                job.future.set_exception(failure)
+            # before the callers hear of it (they run on another thread): /readyz agrees at once
             if self.failing_since is None:
                 self.failing_since = time.monotonic()
+            for job in batch:
+                job.future.set_exception(failure)
             return
         self.failing_since = None
         self.batches += 1

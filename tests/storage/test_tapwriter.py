@@ -266,14 +266,14 @@ async def test_the_wal_starts_over_under_sustained_load(tmp_path: Path) -> None:
         def buy(tx: SqliteTapTx) -> int:
             return tx.post_returning(ledger.purchase(holder, "c1", 1), at=NOW, actor="t")[1]
 
-        for _ in range(60):
+        for _ in range(120):
             await asyncio.gather(*(writer.run_many([buy] * 10) for _ in range(10)))
             biggest = max(biggest, writer.wal_bytes)
-        assert writer.jobs == 6_000
+        assert writer.jobs == 12_000
         data_bytes = path.stat().st_size
-        # measured: 0.9 MiB of WAL for 1.2 MiB of data; the old writer's WAL held every page
-        # written since the start, 5.4 MiB here and growing with every tap
-        assert biggest < 2 * 2**20, (biggest, data_bytes, writer.checkpoints)
+        # measured: 0.9-2.3 MiB of WAL (the high-water mark of the busiest interval); the old
+        # writer's WAL held every page written since the start, 5.4 MiB after half as many taps
+        assert biggest < 4 * 2**20, (biggest, data_bytes, writer.checkpoints)
         assert writer.checkpoints > 0
     finally:
         await writer.close()
