@@ -98,7 +98,7 @@ def to_jsonable(value: Any) -> Any:
 
 
 #: options whose value is an identity document number: shown back masked
-MASKED_PARAMS = frozenset({"presented_id", "national_id", "id_no"})
+MASKED_PARAMS = frozenset({"presented_id", "national_id", "id_no", "purpose"})  # purpose: issue 15
 
 
 def typed_args() -> dict[str, str]:

@@ -156,3 +156,11 @@ def test_a_configured_key_file_is_created_first_and_used(tmp_path: Path) -> None
     onecard(env, *init, stdin="First-pass-1\n")
     assert not (tmp_path / "r.sqlite3.key").exists()  # the configured file, not a default one
     assert pii.read_key_file(key).current_kid == made["key"]
+
+
+def test_a_refused_read_never_echoes_an_id_typed_into_the_purpose(tmp_path: Path) -> None:
+    env = operator_site(tmp_path)
+    done = invoke(env, "privacy", "show-id", "#999", "--purpose", f"核对 {NID} 的申请")
+    assert done.returncode != 0
+    assert "#999" in done.stdout + done.stderr
+    assert NID not in done.stdout + done.stderr
