@@ -97,6 +97,8 @@ class SessionStore:
         self.idle = idle_timeout_s
         self.clock = clock
         self._sessions: OrderedDict[str, WebSession] = OrderedDict()
+        #: logged-in sessions the sweep ended for idleness: their next request still says why
+        self._timed_out: OrderedDict[str, None] = OrderedDict()
 
     def get(self, sid: str | None) -> tuple[WebSession | None, bool]:
         """The live session for ``sid`` and whether it had just timed out."""
@@ -104,6 +106,9 @@ class SessionStore:
             return None, False
         session = self._sessions.get(sid)
         if session is None:
+            if sid in self._timed_out:  # the sweep was first: still say why
+                del self._timed_out[sid]
+                return None, True
             return None, False
         now = self.clock()
         if now - session.last_seen > self.idle:
@@ -138,6 +143,10 @@ class SessionStore:
         gone = [s for s in self._sessions.values() if now - s.last_seen > self.idle]
         for s in gone:
             del self._sessions[s.id]
+            if s.actor is not None:
+                self._timed_out[s.id] = None
+        while len(self._timed_out) > MAX_SESSIONS:
+            self._timed_out.popitem(last=False)
         return [s.actor for s in gone if s.actor is not None]
 
 

@@ -47,6 +47,9 @@ def test_sweep_returns_the_actors_of_idle_sessions() -> None:
     clock.t += 61
     assert [a.holder_id for a in store.expired_actors()] == [7]
     assert store.get(anonymous.id) == (None, False)
+    # the sweep came first: the logged-in session's next request still learns why, once
+    assert store.get(holder.id) == (None, True)
+    assert store.get(holder.id) == (None, False)
 
 
 @pytest.mark.asyncio
