@@ -241,10 +241,12 @@ GATEWAY_TOPICS: tuple[tuple[str, str], ...] = (
     ("readwrite", f"{ROOT}/gateway/#"),
     ("readwrite", f"{ROOT}/blacklist/#"),
 )
-#: Read-only operator accounts (``mosquitto_sub`` watching presence and the deny list).
+#: Read-only operator accounts (``mosquitto_sub`` watching presence and the deny list). With
+#: several gateways each instance also keeps its own retained status under ``gateway/instance/``.
 MONITOR_TOPICS: tuple[tuple[str, str], ...] = (
     ("read", f"{ROOT}/t/+/status"),
     ("read", f"{ROOT}/gateway/status"),
+    ("read", f"{ROOT}/gateway/instance/+/status"),
     ("read", f"{ROOT}/blacklist/#"),
 )
 

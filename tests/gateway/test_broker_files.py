@@ -154,7 +154,13 @@ def test_acl_patterns_and_gateway_sections() -> None:
     ]
     ops = lines[lines.index("user ops") + 1 :]
     assert all(ln.startswith("topic read ") for ln in ops)
-    assert len(ops) == 3
+    # presence, the shared status, every gateway instance's own status (HA), the deny list
+    assert ops == [
+        "topic read onecard/v1/t/+/status",
+        "topic read onecard/v1/gateway/status",
+        "topic read onecard/v1/gateway/instance/+/status",
+        "topic read onecard/v1/blacklist/#",
+    ]
 
 
 def test_acl_refuses_bad_accounts() -> None:

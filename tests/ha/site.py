@@ -114,8 +114,8 @@ def broker(directory: Path, tids: list[str]) -> PrivateBroker:
     users = {tid: f"pw-{tid}" for tid in tids}
     users.update({gw: f"pw-{gw}" for gw in GATEWAYS})
     users["watcher"] = "pw-watcher"
-    # the watcher reads what operators read, the instances' own statuses too (gateway section)
-    return PrivateBroker(directory, users=users, gateway_users=(*GATEWAYS, "watcher"))
+    # the watcher is a read-only operator account: it reads the instances' own statuses too
+    return PrivateBroker(directory, users=users, gateway_users=GATEWAYS, monitor_users=("watcher",))
 
 
 def gateway_settings(url: str, mq: PrivateBroker, name: str) -> dict[str, Any]:
