@@ -82,18 +82,7 @@ async def seed_console(db: Path) -> Desk:
         await center.meal.import_quotas(admin, [QuotaRow(2, number, 20)], source="HR")
         await center.meal.enable(admin, number)
         # TERM-5: a class whose students settled their balances (temp cards, no money)
-        college, class_name = CLASS
-        class_rows = [
-            StudentRow(
-                row_number=i + 2,
-                name=f"毕业生{i + 1}",
-                national_id=make_national_id("110105", date(2003, 1, 10 + i), 300 + i),
-                student_number=f"2022{i + 1:06d}",
-                college=college,
-                class_name=class_name,
-            )
-            for i in range(GRADUATES)
-        ]
+        class_rows = _class_rows(CLASS, "毕业生", GRADUATES, year=2022, born=date(2003, 1, 10))
         report = await center.holders.import_roster(admin, HolderKind.STUDENT, class_rows)
         serials = [
             (await center.cards.issue_temp(admin, hid)).card.serial for hid in report.holder_ids
@@ -112,6 +101,24 @@ async def seed_console(db: Path) -> Desk:
         await registry.close()
 
 
+def _class_rows(
+    where: tuple[str, str], name: str, n: int, *, year: int, born: date
+) -> list[StudentRow]:
+    """``n`` students of one class: numbers YEAR000001.., names NAME1.., valid IDs."""
+    college, class_name = where
+    return [
+        StudentRow(
+            row_number=i + 2,
+            name=f"{name}{i + 1}",
+            national_id=make_national_id("110105", born + timedelta(days=i), year % 100 * 10 + i),
+            student_number=f"{year}{i + 1:06d}",
+            college=college,
+            class_name=class_name,
+        )
+        for i in range(n)
+    ]
+
+
 COUNTER_CLASS = ("物理学院", "物理2024-1班")
 #: roles of the counter-form cards: student numbers 2024000001.. in this order
 COUNTER_ROLES = ("fault", "exchange", "hand_over", "terminate", "data")
@@ -128,18 +135,7 @@ async def seed_counter(registry: SqlRegistry, admin: Actor, desk: Desk) -> None:
     center = CardCenter.build(Context(registry=registry, clock=clock))
     await center.stock.purchase(admin, CardKind.SMART, 10, "2026")
     await center.stock.requisition(admin, CardKind.SMART, 10, issued_by="科长", usage_note="测试")
-    college, class_name = COUNTER_CLASS
-    rows = [
-        StudentRow(
-            row_number=i + 2,
-            name=f"柜台{i + 1}",
-            national_id=make_national_id("110105", date(2004, 2, 10 + i), 500 + i),
-            student_number=f"2024{i + 1:06d}",
-            college=college,
-            class_name=class_name,
-        )
-        for i in range(len(COUNTER_ROLES))
-    ]
+    rows = _class_rows(COUNTER_CLASS, "柜台", len(COUNTER_ROLES), year=2024, born=date(2004, 2, 10))
     ids = (await center.holders.import_roster(admin, HolderKind.STUDENT, rows)).holder_ids
     for role, holder_id in zip(COUNTER_ROLES, ids, strict=True):
         desk.counter[role] = (await center.cards.issue_temp(admin, holder_id)).card.serial
