@@ -422,14 +422,16 @@ class PaymentService:
 
     # --- the provider -----------------------------------------------------------------------
     async def handle_notification(
-        self, body: bytes, headers: Mapping[str, str] | None = None
+        self, body: bytes, headers: Mapping[str, str] | None = None, *, audit_forged: bool = True
     ) -> NotifyOutcome:
         """The provider's callback (``POST /pay/notify/<provider>``): verified, then applied
-        once. Never raises for what a caller sends: the outcome says what happened."""
+        once. Never raises for what a caller sends: the outcome says what happened.
+        ``audit_forged=False``: a forged one is only logged (the caller's flood limit)."""
         try:
             status = self.provider.parse_notification(body, headers or {})
         except ForgedNotification as exc:
-            await self._audit_alone(self._system, "topup.forged", "-", reason=exc.message_en)
+            if audit_forged:
+                await self._audit_alone(self._system, "topup.forged", "-", reason=exc.message_en)
             log.warning("payment notification refused: %s", exc.message_en)
             return NotifyOutcome(False, False, "forged", self.provider.notify_reply(False))
         code = await self._apply(status, via="notify")

@@ -57,6 +57,9 @@ log = logging.getLogger("onecard.web")
 HERE = Path(__file__).resolve().parent
 MAX_BODY = 16 * 1024
 MAX_NOTIFY_BODY = 64 * 1024
+#: Forged payment callbacks audited per client address and minute; more are refused unwritten.
+FORGED_NOTIFY_LIMIT = 20
+_FORMULA_LEAD = ("=", "+", "-", "@", "\t", "\r")
 _OUT_TRADE_NO = re.compile(r"[A-Za-z0-9_-]{6,64}")
 CHANNEL = "web"
 
@@ -170,6 +173,7 @@ class Portal:
         self.deny_poll_ms = deny_poll_ms
         self.sessions = SessionStore(config.idle_timeout_s)
         self.addresses = AddressLimiter(config.max_failures_per_address, config.address_window_s)
+        self.forged_notifies = AddressLimiter(FORGED_NOTIFY_LIMIT, 60.0)
         self.cookie = "__Host-onecard" if config.cookie_secure else "onecard_session"
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         env = self.templates.env
@@ -515,7 +519,7 @@ class Portal:
         rows = await self._export_rows(request, session, "csv")
         buf = io.StringIO()
         writer = csv.writer(buf)
-        writer.writerows([_EXPORT_HEADER, *(_export_line(r) for r in rows)])
+        writer.writerows([_EXPORT_HEADER, *(_csv_safe(_export_line(r)) for r in rows)])
         return Response(
             ("\ufeff" + buf.getvalue()).encode(),  # BOM: Excel opens it as UTF-8
             media_type="text/csv; charset=utf-8",
@@ -632,9 +636,19 @@ class Portal:
         if length is None or not length.isdigit() or int(length) > MAX_NOTIFY_BODY:
             return PlainTextResponse("too large", status_code=413)
         body = await request.body()
-        result = await payments.handle_notification(body, dict(request.headers))
+        # anyone may POST here: past the limit a forged callback costs no registry write (a
+        # genuine one from the same address is still verified and applied)
+        address = request.client.host if request.client else "unknown"
+        flooding = self.forged_notifies.blocked(address)
+        result = await payments.handle_notification(
+            body, dict(request.headers), audit_forged=not flooding
+        )
         log.info("payment notification: %s", result.code)
-        return Response(result.body, status_code=result.status, media_type=result.media_type)
+        status = result.status
+        if result.code == "forged":
+            self.forged_notifies.failed(address)
+            status = 429 if flooding else status
+        return Response(result.body, status_code=status, media_type=result.media_type)
 
     async def alerts(
         self, request: Request, session: WebSession, form: FormData | None = None
@@ -696,6 +710,12 @@ def _export_line(r: HistoryRow) -> list[str]:
     ]
 
 
+def _csv_safe(line: list[str]) -> list[str]:
+    """A place (a merchant's name, typed by staff) never starts a formula in Excel (OWASP CSV
+    injection); the amount column is ours and may be negative."""
+    return [("'" + v if i == 3 and v.startswith(_FORMULA_LEAD) else v) for i, v in enumerate(line)]
+
+
 def _attachment(ext: str) -> str:
     return f'attachment; filename="onecard-history-{datetime.now().astimezone():%Y%m%d}.{ext}"'
 
@@ -712,6 +732,9 @@ def _xlsx(rows: list[HistoryRow]) -> bytes:
         line: list[object] = [*_export_line(r)]
         line[2] = Decimal(r.amount_fen).scaleb(-2)  # a number cell, exact (no float)
         ws.append(line)
+        for cell in ws[ws.max_row]:
+            if cell.data_type == "f":  # a merchant named "=..." stays text, never a formula
+                cell.data_type = "s"
     for col, width in zip("ABCDE", (20, 22, 16, 24, 10), strict=True):
         ws.column_dimensions[col].width = width
     out = io.BytesIO()
