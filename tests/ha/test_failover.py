@@ -78,7 +78,12 @@ def _metric(port: int, name: str) -> float | None:
 
 
 def _serve(config: Path, log: Any) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ONECARD_")}
+    # no stray settings, but the personal-data key the seeding used (issue 15)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("ONECARD_") or k.startswith("ONECARD_PII_KEY")
+    }
     return subprocess.Popen(
         [ONECARD, "serve", "--config", str(config)], env=env, stdout=log, stderr=subprocess.STDOUT
     )
