@@ -26,7 +26,7 @@ from gateway.services.center import CardCenter
 from protocol.cards.fees import yuan
 from protocol.cards.identity import ID_DOC_NAMES_ZH, IdDocType, mask_id_doc
 from protocol.types import HolderCategory, HolderKind
-from storage.records import Card, Holder, Transfer
+from storage.records import Card, Holder
 
 
 @click.group()
@@ -181,7 +181,6 @@ class HolderView:
     holder: Holder
     cards: list[Card]
     balance: int
-    recent: list[Transfer]
 
 
 @holder.command("show")
@@ -199,12 +198,11 @@ def holder_show(opts: Options, ref: str) -> None:
 
     async def body(c: CardCenter, a: Actor) -> HolderView:
         h = await c.cards.holder(holder_ref(ref))
-        balance, recent = await c.money.statement(a, h, 10)
+        # no transactions here: the history is `onecard privacy history`, audited (issue 15)
+        balance, _ = await c.money.statement(a, h, 0)
         async with c.ctx.registry.read() as tx:
             cards = await tx.cards_of_holder(h.id)
-        return HolderView(
-            replace(h, national_id=mask_id_doc(h.national_id or "")), cards, balance, recent
-        )
+        return HolderView(replace(h, national_id=mask_id_doc(h.national_id or "")), cards, balance)
 
     view = run_as(opts, body)
     h = view.holder

@@ -44,6 +44,7 @@ def test_counter_privacy_commands(tmp_path: Path) -> None:
     assert "证件号码 / ID document" in found
     assert NID not in found
     assert NID not in onecard(env, "holder", "show", ref)
+    assert "recent" not in data(env, "holder", "show", ref)  # the history needs a purpose
 
     missing = invoke(env, "privacy", "show-id", ref)
     assert missing.returncode != 0
