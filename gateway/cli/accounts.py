@@ -61,8 +61,9 @@ def db() -> None:
 @db.command("upgrade")
 @pass_opts
 def db_upgrade(opts: Options) -> None:
-    """把数据库结构升级到本版本（拒绝更新的结构） / bring the schema to this version's head (a
-    newer schema is refused).
+    """把数据库结构升级到本版本（拒绝更新的结构），并分批加密尚未加密的证件号码 / bring the schema
+    to this version's head (a newer schema is refused) and encrypt ID numbers still in clear, in
+    committed batches (interrupted: run it again; docs/privacy.md).
 
     \b
     例 example:
