@@ -46,8 +46,9 @@ from protocol.errors import ErrorCode, NotFound, OnecardError, registry_busy
 from protocol.ledger import account_kind
 from protocol.types import CardState
 from storage import schema as s
+from storage.posting import TRANSFER_COLUMNS
 from storage.records import Card, Row, TapCard, Transfer
-from storage.taptx import TRANSFER_COLUMNS, TapTxBase
+from storage.taptx import TapTxBase
 
 T = TypeVar("T")
 log = logging.getLogger("onecard.storage.pgtap")
@@ -288,7 +289,7 @@ class PgTapTx(TapTxBase):
     def balance(self, account: str) -> int:
         return int(self.scalar("SELECT balance FROM accounts WHERE id = $1", account) or 0)
 
-    def _debit_guarded(self, account: str, amount: int) -> int | None:
+    def debit_guarded(self, account: str, amount: int) -> int | None:
         found = self.scalar(
             "UPDATE accounts SET balance = balance - $1 WHERE id = $2 AND balance >= $1"
             " RETURNING balance",
@@ -297,7 +298,7 @@ class PgTapTx(TapTxBase):
         )
         return None if found is None else int(found)
 
-    def _credit_guarded(self, account: str, amount: int, holder_id: int | None) -> None:
+    def credit_guarded(self, account: str, amount: int, holder_id: int | None) -> None:
         status = self.execute(
             "UPDATE accounts SET balance = balance + $1 WHERE id = $2", amount, account
         )
@@ -310,7 +311,7 @@ class PgTapTx(TapTxBase):
                 amount,
             )
 
-    def _move_unguarded(self, account: str, change: int) -> int:
+    def move_unguarded(self, account: str, change: int) -> int:
         """Deferred to the end of the batch (:meth:`flush`): a merchant's or a fund's account is
         touched by every tap of its terminals. Its balance after is not known here: 0 (only a
         guarded source's balance is ever shown to a cardholder)."""
@@ -328,7 +329,7 @@ class PgTapTx(TapTxBase):
         self.deferred.append((account, change))
         return 0
 
-    def _insert_transfer(self, values: tuple[Any, ...]) -> int:
+    def insert_transfer(self, values: tuple[Any, ...]) -> int:
         return int(self.scalar(_INSERT_TRANSFER, *values))
 
     def referencing_total(self, ref_id: int) -> int:

@@ -21,13 +21,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from protocol.carduid import canonical_card_uid
-from protocol.errors import Duplicate, ErrorCode, InsufficientFunds, NotFound, OnecardError
+from protocol.errors import Duplicate, ErrorCode, NotFound, OnecardError
 from protocol.ledger import NON_NEGATIVE_KINDS, TransferSpec, account_kind
 from storage import piidb
 from storage import schema as s
 from storage.engine import Engines, database_url, open_engines
 from storage.migrate import require_head, upgrade
 from storage.pii import Keyring, load_keyring
+from storage.posting import TRANSFER_COLUMNS, posting, run_async
 from storage.records import Card, Holder, Receipt, Row, Transfer
 
 IN_CHUNK = 500
@@ -317,41 +318,51 @@ class SqlTx:
         request_id: str | None = None,
         holder_id: int | None = None,
     ) -> int:
-        """Append one balanced transfer and move the balances, or raise InsufficientFunds."""
-        for account in (spec.source, spec.dest):
-            owner = holder_id if account_kind(account) in NON_NEGATIVE_KINDS else None
-            await self.ensure_account(account, owner)
-        debit = update(s.accounts).where(s.accounts.c.id == spec.source)
-        if account_kind(spec.source) in NON_NEGATIVE_KINDS:
-            debit = debit.where(s.accounts.c.balance >= spec.amount)
-        result = await self.conn.execute(debit.values(balance=s.accounts.c.balance - spec.amount))
-        if result.rowcount != 1:
-            have = await self.balance(spec.source)
-            raise InsufficientFunds(
-                f"余额不足：需要 {spec.amount} 分，现有 {have} 分",
-                f"insufficient balance: need {spec.amount} fen, have {have} fen",
-            )
-        await self.conn.execute(
-            update(s.accounts)
-            .where(s.accounts.c.id == spec.dest)
-            .values(balance=s.accounts.c.balance + spec.amount)
+        """Append one balanced transfer and move the balances, or raise InsufficientFunds: the
+        one posting rule (:mod:`storage.posting`), as on the tap path."""
+        plan = posting(
+            spec,
+            at=at,
+            actor=actor,
+            card_id=card_id,
+            terminal_id=terminal_id,
+            request_id=request_id,
+            holder_id=holder_id,
         )
-        return await self.insert(
-            "transfers",
-            {
-                "kind": spec.kind.value,
-                "source": spec.source,
-                "dest": spec.dest,
-                "amount": spec.amount,
-                "ref_id": spec.ref,
-                "at": at,
-                "actor": actor,
-                "card_id": card_id,
-                "terminal_id": terminal_id,
-                "request_id": request_id,
-                "memo": spec.memo,
-            },
+        return (await run_async(self, plan))[0]
+
+    # the five ledger operations of storage.posting.AsyncStatements
+    async def debit_guarded(self, account: str, amount: int) -> int | None:
+        a = s.accounts
+        stmt = (
+            update(a)
+            .where(a.c.id == account, a.c.balance >= amount)
+            .values(balance=a.c.balance - amount)
+            .returning(a.c.balance)
         )
+        value = (await self.conn.execute(stmt)).scalar_one_or_none()
+        return None if value is None else int(value)
+
+    async def credit_guarded(self, account: str, amount: int, holder_id: int | None) -> None:
+        await self.ensure_account(account, holder_id)
+        await self._add(account, amount)
+
+    async def move_unguarded(self, account: str, change: int) -> int:
+        await self.ensure_account(account)
+        return await self._add(account, change)
+
+    async def _add(self, account: str, change: int) -> int:
+        a = s.accounts
+        stmt = (
+            update(a)
+            .where(a.c.id == account)
+            .values(balance=a.c.balance + change)
+            .returning(a.c.balance)
+        )
+        return int((await self.conn.execute(stmt)).scalar_one())
+
+    async def insert_transfer(self, values: tuple[Any, ...]) -> int:
+        return await self.insert("transfers", dict(zip(TRANSFER_COLUMNS, values, strict=True)))
 
     async def post_many(
         self, specs: list[TransferSpec], *, at: datetime, actor: str, card_ids: list[int | None]

@@ -1,29 +1,16 @@
 """What both tap-path transactions (SQLite's :class:`storage.tapwriter.SqliteTapTx`, PostgreSQL's
-:class:`storage.pgtap.PgTapTx`) build on the few statements each writes in its own dialect."""
+:class:`storage.pgtap.PgTapTx`) build on the few statements each writes in its own dialect; money
+goes through :mod:`storage.posting`, as the counter's does."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from protocol.errors import InsufficientFunds, NotFound
-from protocol.ledger import NON_NEGATIVE_KINDS, TransferSpec, account_kind
+from protocol.errors import NotFound
+from protocol.ledger import TransferSpec
+from storage.posting import posting, run
 from storage.records import Holder, Row, Transfer
-
-#: The columns of a transfer row as :meth:`TapTxBase._insert_transfer` receives them.
-TRANSFER_COLUMNS = (
-    "kind",
-    "source",
-    "dest",
-    "amount",
-    "ref_id",
-    "at",
-    "actor",
-    "card_id",
-    "terminal_id",
-    "request_id",
-    "memo",
-)
 
 
 class TapTxBase:
@@ -41,61 +28,35 @@ class TapTxBase:
         request_id: str | None = None,
         holder_id: int | None = None,
     ) -> tuple[int, int]:
-        """The tap path's one posting rule, on both backends: ``(transfer id, the source's
-        balance after)``. A source that may not go negative (purse, hold, deposit) is debited
-        by one conditional statement or the transfer is refused; the other side moves as the
-        backend moves unguarded accounts (SQLite at once, PostgreSQL at the end of the batch);
-        then the immutable transfer row."""
-        if account_kind(spec.source) in NON_NEGATIVE_KINDS:
-            after = self._debit_guarded(spec.source, spec.amount)
-            if after is None:
-                have = self.balance(spec.source)
-                raise InsufficientFunds(
-                    f"余额不足：需要 {spec.amount} 分，现有 {have} 分",
-                    f"insufficient balance: need {spec.amount} fen, have {have} fen",
-                )
-        else:
-            after = self._move_unguarded(spec.source, -spec.amount)
-        if account_kind(spec.dest) in NON_NEGATIVE_KINDS:
-            self._credit_guarded(spec.dest, spec.amount, holder_id)
-        else:
-            self._move_unguarded(spec.dest, spec.amount)
-        transfer_id = self._insert_transfer(
-            (
-                spec.kind.value,
-                spec.source,
-                spec.dest,
-                spec.amount,
-                spec.ref,
-                at,
-                actor,
-                card_id,
-                terminal_id,
-                request_id,
-                spec.memo,
-            )
+        """``(transfer id, the source's balance after)`` by the one posting rule
+        (:func:`storage.posting.posting`); the backend writes its five operations."""
+        return run(
+            self,
+            posting(
+                spec,
+                at=at,
+                actor=actor,
+                card_id=card_id,
+                terminal_id=terminal_id,
+                request_id=request_id,
+                holder_id=holder_id,
+            ),
         )
-        return transfer_id, after
 
-    # --- the statements each backend writes in its dialect ---------------------------------
+    # --- the operations each backend writes in its dialect (storage.posting.Statements) ---
     def balance(self, account: str) -> int:
         raise NotImplementedError
 
-    def _debit_guarded(self, account: str, amount: int) -> int | None:
-        """``balance -= amount`` only if it stays >= 0: the balance after, or None."""
+    def debit_guarded(self, account: str, amount: int) -> int | None:
         raise NotImplementedError
 
-    def _credit_guarded(self, account: str, amount: int, holder_id: int | None) -> None:
-        """``balance += amount``, creating the (purse, hold, deposit) account of ``holder_id``."""
+    def credit_guarded(self, account: str, amount: int, holder_id: int | None) -> None:
         raise NotImplementedError
 
-    def _move_unguarded(self, account: str, change: int) -> int:
-        """``balance += change`` on an account that may go negative (created on first use);
-        the balance after where the backend knows it at once, else 0."""
+    def move_unguarded(self, account: str, change: int) -> int:
         raise NotImplementedError
 
-    def _insert_transfer(self, values: tuple[Any, ...]) -> int:
-        """The transfer row (:data:`TRANSFER_COLUMNS`, in that order); its id."""
+    def insert_transfer(self, values: tuple[Any, ...]) -> int:
         raise NotImplementedError
 
     def post(

@@ -40,8 +40,9 @@ from protocol.errors import (
 from protocol.ledger import account_kind
 from protocol.types import CardState
 from storage import schema as s
+from storage.posting import TRANSFER_COLUMNS
 from storage.records import Card, Row, TapCard, Transfer
-from storage.taptx import TRANSFER_COLUMNS, TapTxBase
+from storage.taptx import TapTxBase
 
 T = TypeVar("T")
 _STOP = object()
@@ -247,7 +248,7 @@ class SqliteTapTx(TapTxBase):
         value = self.scalar("SELECT balance FROM accounts WHERE id = ?", (account,))
         return int(value or 0)
 
-    def _debit_guarded(self, account: str, amount: int) -> int | None:
+    def debit_guarded(self, account: str, amount: int) -> int | None:
         rows = self.conn.execute(
             "UPDATE accounts SET balance = balance - ?"
             " WHERE id = ? AND balance >= ? RETURNING balance",
@@ -255,10 +256,10 @@ class SqliteTapTx(TapTxBase):
         ).fetchall()  # exhaust: a RETURNING statement must finish before COMMIT
         return int(rows[0][0]) if rows else None
 
-    def _credit_guarded(self, account: str, amount: int, holder_id: int | None) -> None:
+    def credit_guarded(self, account: str, amount: int, holder_id: int | None) -> None:
         self._add(account, amount, holder_id)
 
-    def _move_unguarded(self, account: str, change: int) -> int:
+    def move_unguarded(self, account: str, change: int) -> int:
         return self._add(account, change, None)
 
     def _add(self, account: str, change: int, holder_id: int | None) -> int:
@@ -274,7 +275,7 @@ class SqliteTapTx(TapTxBase):
         )
         return change
 
-    def _insert_transfer(self, values: tuple[Any, ...]) -> int:
+    def insert_transfer(self, values: tuple[Any, ...]) -> int:
         cursor = self.conn.execute(_INSERT_TRANSFER, tuple(_to_db(v) for v in values))
         assert cursor.lastrowid is not None
         return int(cursor.lastrowid)
