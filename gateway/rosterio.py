@@ -74,6 +74,10 @@ HEADER_ROW: Final = 1
 PROGRESS_EVERY: Final = 500
 MAX_NAME_LENGTH: Final = 64
 MAX_TEXT_LENGTH: Final = 128
+#: Rows a roster may have (a whole intake is ~10,000): a file past it is refused, unread.
+MAX_DATA_ROWS: Final = 100_000
+#: Sheet XML an .xlsx may unpack to (a 100,000-row roster is ~60 MiB): no zip bomb is read.
+MAX_XLSX_XML_BYTES: Final = 128 * 1024 * 1024
 MAX_MEAL_QUOTA: Final = 10_000
 EXCEL_SIGNIFICANT_DIGITS: Final = 15
 
@@ -431,6 +435,22 @@ def _xlsx_rows(
     path: Path,
 ) -> tuple[Iterator[tuple[CellValue, ...]], int | None, Callable[[], None]]:
     try:
+        with zipfile.ZipFile(path) as archive:
+            # a member's declared size bounds what zipfile unpacks (a lie fails its CRC)
+            unpacked = sum(i.file_size for i in archive.infolist() if not i.is_dir())
+            unpacked -= sum(
+                i.file_size for i in archive.infolist() if i.filename.startswith("xl/media/")
+            )
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise _FileProblem("无法读取Excel文件", f"cannot read the Excel file ({exc})") from None
+    if unpacked > MAX_XLSX_XML_BYTES:
+        mib = MAX_XLSX_XML_BYTES // (1024 * 1024)
+        raise _FileProblem(
+            f"Excel文件解压后过大（超过 {mib} MiB），请检查文件或分批上传",
+            f"the workbook unpacks to {unpacked // (1024 * 1024)} MiB (at most {mib} MiB):"
+            " check the file or split it",
+        )
+    try:
         wb = load_workbook(path, read_only=True, data_only=True)
     except (zipfile.BadZipFile, InvalidFileException, KeyError, ValueError) as exc:
         raise _FileProblem("无法读取Excel文件", f"cannot read the Excel file ({exc})") from None
@@ -580,6 +600,13 @@ def _read_rows(
         if all(_is_blank(v) for v in raw):
             continue
         done += 1
+        if done > MAX_DATA_ROWS:
+            result.rows.clear()
+            result.errors.clear()  # the file's one problem, not 100,000 row complaints
+            raise _FileProblem(
+                f"行数过多（最多 {MAX_DATA_ROWS} 行），请分批上传",
+                f"too many rows (at most {MAX_DATA_ROWS}): split the file",
+            )
         result.data_rows += 1
         values, problems = _parse_row(row_number, raw, columns, required)
         for fld in unique:

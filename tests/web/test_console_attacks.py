@@ -1,0 +1,76 @@
+"""Attacks on the operator console over HTTP (issue 11 security review, docs/security.md §7):
+a hostile roster file, login timing. Real SQLite, Starlette's test client."""
+
+from __future__ import annotations
+
+import io
+import time
+import zipfile
+
+from openpyxl import Workbook
+from starlette.testclient import TestClient
+
+from gateway.web.console.app import Console
+from tests.web.console_site import CHIEF, CHIEF_PASSWORD
+from tests.web.test_console_http import Clock, _csrf, _ready, console, site
+
+__all__ = ["console", "site"]  # fixtures, imported for their names
+
+HEADER = "姓名,学号,身份证号,学院,班级\n"
+
+
+def _upload(client: TestClient, name: str, body: bytes) -> str:
+    csrf = _csrf(client.get("/roster").text)
+    reply = client.post(
+        "/roster",
+        data={"csrf": csrf, "kind": "student"},
+        files={"file": (name, body, "application/octet-stream")},
+        follow_redirects=False,
+    )
+    assert reply.status_code == 303, reply.text
+    return str(reply.headers["location"])
+
+
+def _finished(client: TestClient, job: str, within_s: float) -> str:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if client.get(f"{job}.json").json()["finished"]:
+            return client.get(job).text
+        time.sleep(0.05)
+    raise AssertionError(f"the roster was still being read after {within_s} s")
+
+
+def _bomb() -> bytes:
+    """A 20 KiB-ish workbook whose sheet unpacks to ~160 MiB: millions of rows."""
+    wb = Workbook()
+    ws = wb.active
+    assert ws is not None
+    ws.append(["姓名", "学号", "身份证号", "学院", "班级"])
+    plain = io.BytesIO()
+    wb.save(plain)
+    out = io.BytesIO()
+    row = b'<row><c t="inlineStr"><is><t>x</t></is></c></row>'
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename == "xl/worksheets/sheet1.xml":
+                data = data.replace(b"</sheetData>", row * 3_300_000 + b"</sheetData>")
+            dst.writestr(info.filename, data, compresslevel=9)
+    return out.getvalue()
+
+
+def test_roster_zip_bomb_and_endless_rows_are_refused_fast(
+    console: tuple[TestClient, Console, Clock],
+) -> None:
+    """A tiny .xlsx that unpacks to millions of rows, or a CSV past any real roster, kept a
+    worker thread busy for minutes and gathered one error per row in memory; now refused as a
+    file problem in about a second."""
+    client, _, _ = console
+    _ready(client, CHIEF, CHIEF_PASSWORD)
+    bomb = _bomb()
+    assert len(bomb) < 1024 * 1024
+    page = _finished(client, _upload(client, "bomb.xlsx", bomb), within_s=5)
+    assert "解压后过大" in page and "unpacks to" in page
+    rows = (HEADER + "张三,S1,bad,学院,班级\n" * 100_001).encode()
+    page = _finished(client, _upload(client, "many.csv", rows), within_s=10)
+    assert "行数过多" in page and "too many rows" in page
