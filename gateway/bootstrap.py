@@ -15,6 +15,7 @@ from gateway.services.base import Clock, Context, SystemClock
 from protocol.errors import ErrorCode, OnecardError
 from storage.engine import database_url
 from storage.lease import PgLease
+from storage.listen import PgChangeListener
 from storage.pgtap import PgTapExecutor
 from storage.sql import SqlRegistry
 from storage.tapwriter import SqliteTapWriter
@@ -63,6 +64,7 @@ async def open_gateway(
     lock_wait_s = settings.requests.lock_wait_ms / 1000
     executor: SqliteTapWriter | PgTapExecutor
     leader: SoleLeader | LeaseLeader
+    listener: PgChangeListener | None = None
     try:
         if database_url(settings.db).startswith("postgresql"):
             executor = PgTapExecutor(
@@ -70,6 +72,7 @@ async def open_gateway(
             )
             await executor.start()
             leader = LeaseLeader(PgLease(settings.db), retry_s=settings.ha.leader_retry_s)
+            listener = PgChangeListener(settings.db, retry_s=settings.ha.leader_retry_s)
         else:
             executor = SqliteTapWriter(sqlite_path(settings.db), lock_wait_s=lock_wait_s)
             executor.start()
@@ -86,6 +89,7 @@ async def open_gateway(
             metrics=metrics,
             session_factory=session_factory(settings),
             leader=leader,
+            listener=listener,
         )
     finally:
         await executor.close()

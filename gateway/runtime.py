@@ -16,10 +16,10 @@ import logging
 import random
 import re
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.config import Settings
 from gateway.denylist import DenyState, Fleet
@@ -94,6 +94,12 @@ class _Pending:
     outcome: Outcome | None = None
 
 
+class ChangeListener(Protocol):
+    """Calls ``on_change(table)`` when another process commits a change (storage/listen.py)."""
+
+    async def run(self, stop: asyncio.Event, on_change: Callable[[str], None]) -> None: ...
+
+
 class Gateway:
     def __init__(
         self,
@@ -104,8 +110,12 @@ class Gateway:
         metrics: Metrics | None = None,
         session_factory: SessionFactory | None = None,
         leader: Leadership | None = None,
+        listener: ChangeListener | None = None,
     ) -> None:
         self.executor = executor
+        #: PostgreSQL: the counter's commits wake the deny-list watch at once (LISTEN/NOTIFY);
+        #: the poll stays as the fallback
+        self.listener = listener
         #: Who publishes the deny list and runs the scheduler (several gateways: issue 12).
         self.leader = leader or SoleLeader()
         self.instance = settings.instance_id
@@ -189,6 +199,10 @@ class Gateway:
                 tg.create_task(self._gauges(), name="gauges")
                 tg.create_task(self.leader.run(self.stop), name="leader")
                 tg.create_task(self._leadership(), name="leadership")
+                if self.listener is not None:
+                    tg.create_task(
+                        self.listener.run(self.stop, self._registry_changed), name="listen"
+                    )
         finally:
             await self.http.close()
 
@@ -583,6 +597,12 @@ class Gateway:
         )
 
     # --- deny list distribution -------------------------------------------------------------------
+    def _registry_changed(self, table: str) -> None:
+        """A NOTIFY from another process's commit (or "" after (re)connecting): a card's state
+        may have changed, so read the deny-list log now."""
+        if table in ("", "cards"):
+            self._deny_wakeup.set()
+
     async def _deny_watch(self) -> None:
         interval = self.settings.denylist.poll_interval_ms / 1000
         while not self.stop.is_set():

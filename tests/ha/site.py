@@ -25,6 +25,7 @@ import asyncpg
 from gateway.mqtt.broker_files import mosquitto_password_hash
 from gateway.services.base import Actor, Context, FixedClock
 from gateway.services.center import CardCenter
+from protocol.cards.identity import default_password
 from protocol.types import CardKind, HolderKind, Permission
 from protocol.wire import TerminalKind
 from storage.sql import SqlRegistry
@@ -39,6 +40,7 @@ GROUP = "onecard-gw-" + secrets.token_hex(4)  # a secret share group (broker_fil
 NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 ADMIN = Actor(name="chief", permissions=frozenset(Permission), operator_id=1)
 START_FEN = 10_000
+KIOSK = "kiosk-001"  # a self-service kiosk (seeded beside the POS terminals)
 
 
 async def _admin() -> asyncpg.Connection:
@@ -72,6 +74,7 @@ class Card:
     uid: str
     serial: str
     number: str
+    password: str = ""  # LOSS-1's default (the ID number's last six) for the kiosk
 
 
 async def seed(url: str, *, students: int, pos: int) -> tuple[list[Card], list[str]]:
@@ -95,7 +98,11 @@ async def seed(url: str, *, students: int, pos: int) -> tuple[list[Card], list[s
             issued = await center.cards.issue_temp(ADMIN, holder_id)
             await center.money.topup(ADMIN, issued.card.serial, START_FEN)
             assert issued.card.uid is not None and row.student_number
-            cards.append(Card(holder_id, issued.card.uid, issued.card.serial, row.student_number))
+            assert row.national_id is not None
+            password = default_password(row.national_id)
+            cards.append(
+                Card(holder_id, issued.card.uid, issued.card.serial, row.student_number, password)
+            )
         tids = [f"pos-{i:03d}" for i in range(1, pos + 1)]
         for tid in tids:
             await center.terminals.add(
@@ -105,13 +112,16 @@ async def seed(url: str, *, students: int, pos: int) -> tuple[list[Card], list[s
                 password_hash=mosquitto_password_hash(f"pw-{tid}"),
                 merchant_id="canteen1",
             )
+        await center.terminals.add(
+            ADMIN, KIOSK, TerminalKind.KIOSK, password_hash=mosquitto_password_hash(f"pw-{KIOSK}")
+        )
         return cards, tids
     finally:
         await registry.close()
 
 
 def broker(directory: Path, tids: list[str]) -> PrivateBroker:
-    users = {tid: f"pw-{tid}" for tid in tids}
+    users = {tid: f"pw-{tid}" for tid in (*tids, KIOSK)}
     users.update({gw: f"pw-{gw}" for gw in GATEWAYS})
     users["watcher"] = "pw-watcher"
     # the watcher is a read-only operator account: it reads the instances' own statuses too

@@ -27,6 +27,8 @@ from gateway.config import load_settings
 from gateway.runtime import Gateway
 from gateway.services.base import Context, FixedClock
 from gateway.services.center import CardCenter
+from protocol.wire.denylist import DenyDelta, DenySnapshot
+from storage.listen import PgChangeListener
 from storage.sql import SqlRegistry
 from tests.broker import PrivateBroker
 from tests.ha import site
@@ -197,3 +199,69 @@ async def test_each_instance_has_its_retained_status_and_one_is_leader(pair: Pai
     assert sorted(seen) == sorted(site.GATEWAYS)
     assert all(s["state"] == "online" for s in seen.values())
     assert [s["leader"] for s in seen.values()].count(True) == 1
+
+
+def _decided(gateway: Gateway, op: str) -> float:
+    """Requests of ``op`` this instance decided (its own metrics)."""
+    return sum(
+        sample.value
+        for metric in gateway.metrics.registry.collect()
+        if metric.name == "onecard_decisions"
+        for sample in metric.samples
+        if sample.name == "onecard_decisions_total" and sample.labels.get("op") == op
+    )
+
+
+async def test_a_kiosk_loss_answered_by_the_follower_reaches_a_pos_at_once(pair: Pair) -> None:
+    """LOSS-1 at a kiosk whose report_loss the FOLLOWER decides: the leader hears of the commit
+    through NOTIFY (LISTEN, not its poll), publishes the delta, and a POS holding the deny list
+    has the card within the single-gateway budget (the reply within applied_wait_ms + margin,
+    the POS's copy within 1 s of it; the single-gateway e2e test allows 5 s)."""
+    card = pair.cards[4]
+    leader = next(g for g in pair.gateways if g.leader.is_leader)
+    follower = next(g for g in pair.gateways if not g.leader.is_leader)
+    assert isinstance(leader.listener, PgChangeListener) and leader.listener.listening
+    heard = leader.listener.notifications
+    pos = aiomqtt.Client(
+        pair.broker.host,
+        pair.broker.port,
+        username="pos-002",
+        password="pw-pos-002",
+        identifier="pos-002-deny",
+        protocol=aiomqtt.ProtocolVersion.V5,
+    )
+    async with site.terminal(pair.broker, site.KIOSK) as kiosk, pos:
+        await pos.subscribe("onecard/v1/blacklist/#", qos=1)
+        # round-robin: after a login the leader decided, the next request goes to the follower
+        for attempt in range(8):
+            before = _decided(leader, "login")
+            login = await kiosk.request(
+                "login", f"login-{attempt}", {"number": card.number, "password": card.password}
+            )
+            assert login["ok"], login
+            if _decided(leader, "login") > before:
+                break
+        else:
+            pytest.fail("the leader decided none of 8 logins")
+        start = time.monotonic()
+        lost = await kiosk.request("report_loss", "loss-1", {"session": login["data"]["session"]})
+        answered = time.monotonic() - start
+        assert lost["ok"], lost
+        assert _decided(follower, "report_loss") == 1 and _decided(leader, "report_loss") == 0
+        version = lost["data"]["denylist_version"]
+        assert answered < 0.3 + 0.7, answered  # applied_wait_ms 300 (site.gateway_settings)
+        held: set[str] = set()
+        async with asyncio.timeout(1.0):
+            async for message in pos.messages:
+                assert isinstance(message.payload, bytes)
+                if b'"entries"' in message.payload:
+                    snap = DenySnapshot.model_validate_json(message.payload)
+                    if snap.version >= version:
+                        held = set(snap.entries)
+                else:
+                    delta = DenyDelta.model_validate_json(message.payload)
+                    held |= {c.card for c in delta.changes if c.kind.blocks}
+                if card.uid in held:
+                    break
+    assert card.uid in held
+    assert leader.listener.notifications > heard  # the commit reached the leader by NOTIFY
