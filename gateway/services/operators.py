@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -22,6 +24,14 @@ from storage.ports import Tx
 from storage.records import Row
 
 SESSION_TTL = timedelta(hours=12)
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """A hash no password matches, checked for an unknown user name (same cost as a real one)."""
+    return hash_password(new_token()[0])
+
+
 MAX_FAILED_LOGINS = 5
 LOCKOUT = timedelta(minutes=15)
 
@@ -364,18 +374,31 @@ class OperatorService:
             code=ErrorCode.AUTH_FAILED,
             rule="ACC-3",
         )
-        async with self.ctx.registry.transaction() as tx:
+        # scrypt (tens of ms) in a thread and outside any transaction (never holding the write
+        # lock the taps wait for); an unknown name costs a hash too, so timing tells no names
+        async with self.ctx.registry.read() as tx:
             rows = await tx.find("operators", username=username)
-            if not rows:
-                raise wrong
-            row = rows[0]
-            if row["disabled"]:
+        if not rows:
+            await asyncio.to_thread(verify_password, password, _dummy_hash())
+            raise wrong
+        row = rows[0]
+        if row["disabled"]:
+            raise _disabled(username)
+        if row["locked_until"] is not None and row["locked_until"] > now:
+            raise _locked(username, row["locked_until"])
+        ok = await asyncio.to_thread(verify_password, password, row["password_hash"])
+        locked: datetime | None = None
+        async with self.ctx.registry.transaction() as tx:
+            fresh = await tx.get("operators", row["id"])  # counted under the write lock
+            assert fresh is not None
+            if fresh["disabled"]:
                 raise _disabled(username)
-            if row["locked_until"] is not None and row["locked_until"] > now:
-                raise _locked(username, row["locked_until"])
-            ok = verify_password(password, row["password_hash"])
+            if fresh["locked_until"] is not None and fresh["locked_until"] > now:
+                raise _locked(username, fresh["locked_until"])  # by a parallel attempt
+            if fresh["password_hash"] != row["password_hash"]:
+                ok = False  # changed meanwhile: the check above no longer holds
             if not ok:
-                failed = int(row["failed_logins"]) + 1
+                failed = int(fresh["failed_logins"]) + 1
                 locked = now + LOCKOUT if failed >= MAX_FAILED_LOGINS else None
                 await tx.update(
                     "operators",
@@ -401,7 +424,9 @@ class OperatorService:
                 raise _locked(username, locked, code=ErrorCode.AUTH_FAILED)
             raise wrong
         return Session(
-            token=token, actor=_actor(row), must_change_password=bool(row["must_change_password"])
+            token=token,
+            actor=_actor(fresh),
+            must_change_password=bool(fresh["must_change_password"]),
         )
 
     async def authenticate(self, token: str, *, allow_password_change_only: bool = False) -> Actor:

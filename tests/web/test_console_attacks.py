@@ -11,7 +11,8 @@ from openpyxl import Workbook
 from starlette.testclient import TestClient
 
 from gateway.web.console.app import Console
-from tests.web.console_site import CHIEF, CHIEF_PASSWORD
+from gateway.web.sessions import AddressLimiter
+from tests.web.console_site import CHIEF, CHIEF_PASSWORD, VIEWER
 from tests.web.test_console_http import Clock, _csrf, _ready, console, site
 
 __all__ = ["console", "site"]  # fixtures, imported for their names
@@ -74,3 +75,27 @@ def test_roster_zip_bomb_and_endless_rows_are_refused_fast(
     rows = (HEADER + "张三,S1,bad,学院,班级\n" * 100_001).encode()
     page = _finished(client, _upload(client, "many.csv", rows), within_s=10)
     assert "行数过多" in page and "too many rows" in page
+
+
+def _login_ms(client: TestClient, username: str) -> float:
+    page = client.get("/login")
+    start = time.perf_counter()
+    reply = client.post(
+        "/login",
+        data={"csrf": _csrf(page.text), "username": username, "password": "Wrong-Pass-0000!"},
+    )
+    elapsed = (time.perf_counter() - start) * 1000
+    assert reply.status_code == 403, reply.text
+    return elapsed
+
+
+def test_login_time_does_not_tell_which_operator_names_exist(
+    console: tuple[TestClient, Console, Clock],
+) -> None:
+    """A wrong password cost scrypt (~50 ms), an unknown user name nothing: a student on the
+    counter network could list the clerks' accounts by timing /login. Now both cost a hash."""
+    client, app, _ = console
+    app.addresses = AddressLimiter(1_000, 60.0)  # the per-address limit is tested elsewhere
+    known = min(_login_ms(client, VIEWER) for _ in range(3))
+    unknown = min(_login_ms(client, "no-such-clerk") for _ in range(3))
+    assert unknown >= 0.5 * known, (unknown, known)
