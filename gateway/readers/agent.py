@@ -10,17 +10,22 @@ MEAL-3/MEAL-4 write-back: when the registry says a card's type must still be wri
 the card's serial first), reads it back, and only then clears the flag.
 
 Who may listen: only the configured console origin (CORS), only through a loopback Host header
-(a DNS-rebinding page names another host), only from the loopback address. A curious student on
-the counter network cannot reach a loopback socket; a page of another origin in the counter's
-browser is refused.
+(a DNS-rebinding page names another host), only from the loopback address, and (on Linux) only a
+connection owned by the agent's own user — the clerk's browser, the agent being a user service.
+A curious student on the counter network cannot reach a loopback socket; a page of another origin
+in the counter's browser is refused; another user of the PC, who can send any Origin header, is
+refused by the owner of its socket (a card's UID is all a cloned card needs).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
+import os
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -173,6 +178,11 @@ class ReaderAgent:
             # the console's EventSource always names its origin; a no-cors request from any page
             # (an <img> pointing here) names none and would only hold a listener slot
             return PlainTextResponse("the console's origin only\n", status_code=403)
+        client = request.client
+        owner = peer_uid(client.host, client.port, self.port) if client else None
+        if owner is not None and owner != os.getuid():
+            log.warning("reader agent: refused a connection of another local user (uid %d)", owner)
+            return PlainTextResponse("another user's connection\n", status_code=403)
         if len(self._listeners) >= MAX_LISTENERS:
             return PlainTextResponse("too many listeners\n", status_code=503)
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=64)
@@ -206,6 +216,40 @@ class ReaderAgent:
                 "x-content-type-options": "nosniff",
             },
         )
+
+
+def _proc_address(text: str) -> tuple[str, int]:
+    """``0100007F:1F90`` of /proc/net/tcp{,6} as (address, port): the address is printed as the
+    raw 32-bit words in host order."""
+    hex_addr, hex_port = text.split(":")
+    raw = b"".join(
+        struct.pack("=I", int(hex_addr[i : i + 8], 16)) for i in range(0, len(hex_addr), 8)
+    )
+    address = ipaddress.ip_address(raw)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return str(address), int(hex_port, 16)
+
+
+def peer_uid(host: str, port: int, agent_port: int, proc: str = "/proc/net") -> int | None:
+    """The uid owning the client end (``host``:``port``) of a loopback connection to the agent,
+    from Linux's socket tables; None where there are none (not Linux).  A connection the tables
+    do not show (it closed meanwhile) belongs to nobody: -1."""
+    tables = [f"{proc}/tcp", f"{proc}/tcp6"]
+    if not any(os.path.exists(t) for t in tables):
+        return None
+    for table in tables:
+        with contextlib.suppress(OSError), open(table, encoding="ascii") as fh:
+            next(fh, None)
+            for line in fh:
+                fields = line.split()
+                if len(fields) < 8:
+                    continue
+                with contextlib.suppress(ValueError):
+                    local, remote = _proc_address(fields[1]), _proc_address(fields[2])
+                    if local == (host, port) and remote[1] == agent_port:
+                        return int(fields[7])
+    return -1
 
 
 def _sse(payload: dict[str, Any]) -> bytes:
