@@ -146,6 +146,14 @@ class TerminalClient:
         body = json.dumps({"v": 1, "request_id": rid, "data": data})
         return await self.send(op, body, rid, timeout)
 
+    async def next_deny(self, timeout: float = 5.0) -> tuple[str, bytes]:
+        """The next non-empty deny-list publication (snapshot or delta): its topic and payload."""
+        async with asyncio.timeout(timeout):
+            while True:
+                topic, payload = await self.other.get()
+                if "/blacklist/" in topic and payload:
+                    return topic, payload
+
     async def next_other(self, topic_part: str, timeout: float = 5.0) -> bytes:
         async with asyncio.timeout(timeout):
             while True:
