@@ -255,7 +255,7 @@ class Portal:
             p("/logout", self.logout, methods=("POST",), password_first=False),
             p("/cards", self.cards, password_first=False),
             p(
-                "/cards/{card_id:int}/loss",
+                "/cards/{card_id:rowid}/loss",
                 self.loss,
                 methods=("GET", "POST"),
                 password_first=False,

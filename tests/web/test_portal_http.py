@@ -162,11 +162,21 @@ def test_bad_input_gets_a_clear_page(site: tuple[TestClient, list[Person]]) -> N
         "/history?x=1",
         "/nowhere",
         "/cards/99999999/loss",
+        "/cards/9223372036854775808/loss",  # past a BIGINT: 404, not a database overflow
+        f"/cards/{'9' * 40}/loss",
+        f"/cards/{'0' * 19}{alice.card_id}/loss",  # leading zeros: still past 18 digits
     ):
         resp = client.get(url, follow_redirects=True)
         assert 400 <= resp.status_code < 500, url
         assert "Traceback" not in resp.text
         assert "无法完成" in resp.text, url
+    # a forged POST with a card id past 18 digits (a BIGINT) is 404 before any query
+    form = client.get(f"/cards/{alice.card_id}/loss")
+    forged = client.post(
+        f"/cards/{'9' * 19}/loss",
+        data={"csrf": _csrf(form.text), "form_token": _token(form.text)},
+    )
+    assert forged.status_code == 404 and "Traceback" not in forged.text
 
 
 def test_password_rules_then_history_and_exports(site: tuple[TestClient, list[Person]]) -> None:

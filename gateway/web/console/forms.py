@@ -1,10 +1,10 @@
-"""What every console page reads from a form: trimmed text, a card serial, a bad request."""
+"""What every console page reads from a form: trimmed text, a card serial, a bad request. (The
+``{name:rowid}`` URL convertor of both apps is in gateway.web.plumbing.)"""
 
 from __future__ import annotations
 
 import re
 
-from starlette.convertors import Convertor, register_url_convertor
 from starlette.datastructures import FormData
 
 from protocol.errors import InvalidInput
@@ -35,19 +35,3 @@ def optional_int(form: FormData, name: str, zh: str, en: str) -> int | None:
     if not text.isdigit() or len(text) > 12:
         raise BadRequest(f"{zh}应为数字", f"{en} must be a number")
     return int(text)
-
-
-class RowId(Convertor[int]):
-    """``{name:rowid}``: a registry row number in a URL, at most 18 digits (a BIGINT holds it;
-    a longer one matches no route: 404, not a database overflow)."""
-
-    regex = "[0-9]{1,18}"
-
-    def convert(self, value: str) -> int:
-        return int(value)
-
-    def to_string(self, value: int) -> str:
-        return str(value)
-
-
-register_url_convertor("rowid", RowId())
