@@ -61,6 +61,12 @@ def _locked(
     )
 
 
+async def _end_sessions(tx: Tx, operator_id: int, now: datetime, keep: str | None = None) -> None:
+    for session in await tx.find("operator_sessions", operator_id=operator_id):
+        if session["token_hash"] != keep and session["expires_at"] > now:
+            await tx.update("operator_sessions", session["token_hash"], {"expires_at": now})
+
+
 @dataclass(frozen=True, slots=True)
 class Session:
     token: str
@@ -463,19 +469,45 @@ class OperatorService:
                 rule="ACC-3",
             )
         now = self.ctx.wall_now()
-        async with self.ctx.registry.transaction() as tx:
+        async with self.ctx.registry.read() as tx:
             row = await tx.get("operators", actor.operator_id)
-            assert row is not None
-            if not verify_password(old, row["password_hash"]):
-                raise AccessDenied(
-                    "原密码错误", "wrong current password", code=ErrorCode.AUTH_FAILED
+        assert row is not None
+        # a wrong current password counts towards the lockout like a wrong login (someone at an
+        # unlocked console must not guess it without limit); scrypt in a thread, outside the tx
+        ok = await asyncio.to_thread(verify_password, old, row["password_hash"])
+        new_hash = await asyncio.to_thread(hash_password, new) if ok else ""
+        locked: datetime | None = None
+        async with self.ctx.registry.transaction() as tx:
+            fresh = await tx.get("operators", row["id"])
+            assert fresh is not None
+            if fresh["password_hash"] != row["password_hash"]:
+                ok = False
+            if not ok:
+                failed = int(fresh["failed_logins"]) + 1
+                locked = now + LOCKOUT if failed >= MAX_FAILED_LOGINS else None
+                await tx.update(
+                    "operators",
+                    row["id"],
+                    {"failed_logins": 0 if locked else failed, "locked_until": locked},
                 )
-            await tx.update(
-                "operators",
-                row["id"],
-                {"password_hash": hash_password(new), "must_change_password": False},
-            )
-            await tx.audit(now, actor.name, "operator.password_changed", "operator", row["id"])
+                await tx.audit(
+                    now, actor.name, "operator.password_change_failed", "operator", row["id"]
+                )
+                if locked is not None:
+                    await _end_sessions(tx, row["id"], now)
+            else:
+                await tx.update(
+                    "operators",
+                    row["id"],
+                    {"password_hash": new_hash, "must_change_password": False, "failed_logins": 0},
+                )
+                # a stolen session of the old password ends with it
+                await _end_sessions(tx, row["id"], now, keep=token_hash(token))
+                await tx.audit(now, actor.name, "operator.password_changed", "operator", row["id"])
+        if locked is not None:
+            raise _locked(actor.name, locked, code=ErrorCode.AUTH_FAILED)
+        if not ok:
+            raise AccessDenied("原密码错误", "wrong current password", code=ErrorCode.AUTH_FAILED)
 
     async def logout(self, token: str) -> None:
         now = self.ctx.wall_now()

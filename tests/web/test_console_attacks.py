@@ -12,8 +12,8 @@ from starlette.testclient import TestClient
 
 from gateway.web.console.app import Console
 from gateway.web.sessions import AddressLimiter
-from tests.web.console_site import CHIEF, CHIEF_PASSWORD, VIEWER
-from tests.web.test_console_http import Clock, _csrf, _ready, console, site
+from tests.web.console_site import CHIEF, CHIEF_PASSWORD, INITIAL, NOPAY, SECOND, VIEWER
+from tests.web.test_console_http import NEW, Clock, _csrf, _login, _ready, console, site
 
 __all__ = ["console", "site"]  # fixtures, imported for their names
 
@@ -99,3 +99,53 @@ def test_login_time_does_not_tell_which_operator_names_exist(
     known = min(_login_ms(client, VIEWER) for _ in range(3))
     unknown = min(_login_ms(client, "no-such-clerk") for _ in range(3))
     assert unknown >= 0.5 * known, (unknown, known)
+
+
+def _change(client: TestClient, old: str) -> str:
+    """``changed``, ``refused`` (the form again) or ``logged out`` (sent to /login)."""
+    page = client.get("/password", follow_redirects=False)
+    if page.status_code == 303:
+        assert page.headers["location"] == "/login"
+        return "logged out"
+    reply = client.post(
+        "/password",
+        data={"csrf": _csrf(page.text), "old": old, "new": NEW, "repeat": NEW},
+        follow_redirects=False,
+    )
+    if reply.status_code == 303:
+        return "changed" if reply.headers["location"] == "/" else "logged out"
+    assert reply.status_code in (400, 403), reply.text
+    return "refused"
+
+
+def test_password_form_is_no_unlimited_oracle_and_ends_other_sessions(
+    console: tuple[TestClient, Console, Clock],
+) -> None:
+    """Someone at a clerk's unlocked console guessed the current password on /password without
+    limit (never counted towards the lockout), and a changed password left the other sessions
+    (a stolen cookie) alive. Now wrong guesses lock the account like wrong logins, and a change
+    ends every other session of the account."""
+    client, app, _ = console
+    app.addresses = AddressLimiter(1_000, 60.0)
+    # the guessing
+    assert _login(client, NOPAY, INITIAL) == "/password"
+    for _ in range(5):
+        assert _change(client, "Guess-Pass-1234!") != "changed"
+    assert _change(client, INITIAL) == "logged out"  # the right one, too late: locked
+    page = client.post(
+        "/login",
+        data={"csrf": _csrf(client.get("/login").text), "username": NOPAY, "password": INITIAL},
+    )
+    assert page.status_code == 403 and "锁定" in page.text
+    # the other sessions
+    client.cookies.clear()
+    assert _login(client, SECOND, INITIAL) == "/password"
+    stolen = client.cookies[app.cookie]
+    client.cookies.clear()
+    assert _login(client, SECOND, INITIAL) == "/password"
+    assert _change(client, INITIAL) == "changed"
+    assert client.get("/", follow_redirects=False).status_code == 200
+    client.cookies.clear()
+    client.cookies.set(app.cookie, stolen)
+    reply = client.get("/", follow_redirects=False)
+    assert reply.status_code == 303 and reply.headers["location"] == "/login"
