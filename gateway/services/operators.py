@@ -61,6 +61,17 @@ def _locked(
     )
 
 
+async def _count_failure(tx: Tx, row: Row, now: datetime, who: str, action: str) -> datetime | None:
+    """One more wrong password for the account (ACC-2): the lockout's end once it locks."""
+    failed = int(row["failed_logins"]) + 1
+    locked = now + LOCKOUT if failed >= MAX_FAILED_LOGINS else None
+    await tx.update(
+        "operators", row["id"], {"failed_logins": 0 if locked else failed, "locked_until": locked}
+    )
+    await tx.audit(now, who, action, "operator", row["id"])
+    return locked
+
+
 async def _end_sessions(tx: Tx, operator_id: int, now: datetime, keep: str | None = None) -> None:
     for session in await tx.find("operator_sessions", operator_id=operator_id):
         if session["token_hash"] != keep and session["expires_at"] > now:
@@ -404,14 +415,7 @@ class OperatorService:
             if fresh["password_hash"] != row["password_hash"]:
                 ok = False  # changed meanwhile: the check above no longer holds
             if not ok:
-                failed = int(fresh["failed_logins"]) + 1
-                locked = now + LOCKOUT if failed >= MAX_FAILED_LOGINS else None
-                await tx.update(
-                    "operators",
-                    row["id"],
-                    {"failed_logins": 0 if locked else failed, "locked_until": locked},
-                )
-                await tx.audit(now, username, "operator.login_failed", "operator", row["id"])
+                locked = await _count_failure(tx, fresh, now, username, "operator.login_failed")
             else:
                 token, digest = new_token()
                 await tx.update("operators", row["id"], {"failed_logins": 0, "locked_until": None})
@@ -483,15 +487,8 @@ class OperatorService:
             if fresh["password_hash"] != row["password_hash"]:
                 ok = False
             if not ok:
-                failed = int(fresh["failed_logins"]) + 1
-                locked = now + LOCKOUT if failed >= MAX_FAILED_LOGINS else None
-                await tx.update(
-                    "operators",
-                    row["id"],
-                    {"failed_logins": 0 if locked else failed, "locked_until": locked},
-                )
-                await tx.audit(
-                    now, actor.name, "operator.password_change_failed", "operator", row["id"]
+                locked = await _count_failure(
+                    tx, fresh, now, actor.name, "operator.password_change_failed"
                 )
                 if locked is not None:
                     await _end_sessions(tx, row["id"], now)
