@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Generator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from protocol.errors import InsufficientFunds
 from protocol.ledger import NON_NEGATIVE_KINDS, TransferSpec, account_kind
@@ -79,10 +79,36 @@ class InsertTransfer:
     values: tuple[Any, ...]
 
 
-Operation = DebitGuarded | CreditGuarded | MoveUnguarded | ReadBalance | InsertTransfer
-#: A posting plan: yields operations, is sent each one's answer, returns
-#: ``(transfer id, the source's balance after)``.
-Posting = Generator[Operation, Any, tuple[int, int]]
+@dataclass(frozen=True, slots=True)
+class MoveMany:
+    """Bulk, never refused: ``balance += change`` for each ``(account, change, owner)`` in
+    account order (one lock order for every writer); an account is created for its owner
+    (a holder id or None) on first use."""
+
+    changes: tuple[tuple[str, int, int | None], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class InsertTransfers:
+    """Many transfer rows (each :data:`TRANSFER_COLUMNS`, in that order)."""
+
+    rows: tuple[tuple[Any, ...], ...]
+
+
+Operation = (
+    DebitGuarded
+    | CreditGuarded
+    | MoveUnguarded
+    | ReadBalance
+    | InsertTransfer
+    | MoveMany
+    | InsertTransfers
+)
+R = TypeVar("R")
+#: A plan: yields operations, is sent each one's answer, returns its result.
+Plan = Generator[Operation, Any, R]
+#: :func:`posting`'s plan returns ``(transfer id, the source's balance after)``.
+Posting = Plan[tuple[int, int]]
 
 
 def posting(
@@ -112,21 +138,66 @@ def posting(
     else:
         yield MoveUnguarded(spec.dest, spec.amount)
     transfer_id = yield InsertTransfer(
-        (
-            spec.kind.value,
-            spec.source,
-            spec.dest,
-            spec.amount,
-            spec.ref,
-            at,
-            actor,
-            card_id,
-            terminal_id,
-            request_id,
-            spec.memo,
-        )
+        _transfer_row(spec, at, actor, card_id, terminal_id, request_id)
     )
     return int(transfer_id), int(after)
+
+
+def posting_many(
+    specs: list[TransferSpec], *, at: datetime, actor: str, card_ids: list[int | None]
+) -> Plan[None]:
+    """The same rule in bulk for transfers whose sources may go negative (cash, external
+    channels: a cash point's top-up batch): nothing can be refused, so every account moves once
+    by its net change and the rows go in together. A source that may not go negative is the
+    single :func:`posting`'s business (``ValueError``)."""
+    for spec in specs:
+        if account_kind(spec.source) in NON_NEGATIVE_KINDS:
+            msg = f"a bulk posting cannot debit {spec.source}: post it alone"
+            raise ValueError(msg)
+    if not specs:
+        return
+    net: dict[str, int] = {}
+    for spec in specs:
+        net[spec.source] = net.get(spec.source, 0) - spec.amount
+        net[spec.dest] = net.get(spec.dest, 0) + spec.amount
+    yield MoveMany(tuple((a, net[a], _owner(a)) for a in sorted(net)))
+    yield InsertTransfers(
+        tuple(
+            _transfer_row(spec, at, actor, card_id, None, None)
+            for spec, card_id in zip(specs, card_ids, strict=True)
+        )
+    )
+
+
+def _owner(account: str) -> int | None:
+    """The holder of a purse, hold or deposit account (``purse:42`` -> 42)."""
+    if account_kind(account) not in NON_NEGATIVE_KINDS:
+        return None
+    suffix = account.split(":", 1)[1]
+    return int(suffix) if suffix.isdigit() else None
+
+
+def _transfer_row(
+    spec: TransferSpec,
+    at: datetime,
+    actor: str,
+    card_id: int | None,
+    terminal_id: str | None,
+    request_id: str | None,
+) -> tuple[Any, ...]:
+    return (
+        spec.kind.value,
+        spec.source,
+        spec.dest,
+        spec.amount,
+        spec.ref,
+        at,
+        actor,
+        card_id,
+        terminal_id,
+        request_id,
+        spec.memo,
+    )
 
 
 class Statements(Protocol):
@@ -147,10 +218,12 @@ class AsyncStatements(Protocol):
     async def credit_guarded(self, account: str, amount: int, holder_id: int | None) -> None: ...
     async def move_unguarded(self, account: str, change: int) -> int: ...
     async def insert_transfer(self, values: tuple[Any, ...]) -> int: ...
+    async def move_many(self, changes: tuple[tuple[str, int, int | None], ...]) -> None: ...
+    async def insert_transfers(self, rows: tuple[tuple[Any, ...], ...]) -> None: ...
 
 
-def run(tx: Statements, plan: Posting) -> tuple[int, int]:
-    """Carry out ``plan`` on a synchronous transaction."""
+def run(tx: Statements, plan: Plan[R]) -> R:
+    """Carry out ``plan`` on a synchronous transaction (the tap path posts one at a time)."""
     answer: Any = None
     try:
         while True:
@@ -167,14 +240,17 @@ def run(tx: Statements, plan: Posting) -> tuple[int, int]:
                     answer = tx.balance(account)
                 case InsertTransfer(values):
                     answer = tx.insert_transfer(values)
+                case MoveMany() | InsertTransfers():
+                    msg = f"{type(op).__name__}: no bulk posting on the tap path"
+                    raise TypeError(msg)
     except StopIteration as done:
-        result: tuple[int, int] = done.value
+        result: R = done.value
         return result
     finally:
         plan.close()
 
 
-async def run_async(tx: AsyncStatements, plan: Posting) -> tuple[int, int]:
+async def run_async(tx: AsyncStatements, plan: Plan[R]) -> R:
     """Carry out ``plan`` on an asynchronous transaction."""
     answer: Any = None
     try:
@@ -192,8 +268,14 @@ async def run_async(tx: AsyncStatements, plan: Posting) -> tuple[int, int]:
                     answer = await tx.balance(account)
                 case InsertTransfer(values):
                     answer = await tx.insert_transfer(values)
+                case MoveMany(changes):
+                    await tx.move_many(changes)
+                    answer = None
+                case InsertTransfers(rows):
+                    await tx.insert_transfers(rows)
+                    answer = None
     except StopIteration as done:
-        result: tuple[int, int] = done.value
+        result: R = done.value
         return result
     finally:
         plan.close()

@@ -22,13 +22,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from protocol.carduid import canonical_card_uid
 from protocol.errors import Duplicate, ErrorCode, NotFound, OnecardError
-from protocol.ledger import NON_NEGATIVE_KINDS, TransferSpec, account_kind
+from protocol.ledger import TransferSpec, account_kind
 from storage import piidb
 from storage import schema as s
 from storage.engine import Engines, database_url, open_engines
 from storage.migrate import require_head, upgrade
 from storage.pii import Keyring, load_keyring
-from storage.posting import TRANSFER_COLUMNS, posting, run_async
+from storage.posting import TRANSFER_COLUMNS, posting, posting_many, run_async
 from storage.records import Card, Holder, Receipt, Row, Transfer
 
 IN_CHUNK = 500
@@ -368,54 +368,26 @@ class SqlTx:
         self, specs: list[TransferSpec], *, at: datetime, actor: str, card_ids: list[int | None]
     ) -> None:
         """Bulk transfers whose sources may go negative (cash, external channels): top-up
-        batches. Three executemany statements instead of six statements per transfer."""
-        if not specs:
-            return
-        for spec in specs:
-            if account_kind(spec.source) in NON_NEGATIVE_KINDS:
-                msg = f"post_many cannot debit {spec.source}: use post()"
-                raise ValueError(msg)
-        accounts = {spec.source for spec in specs} | {spec.dest for spec in specs}
+        batches, by the bulk form of the one rule (:func:`storage.posting.posting_many`): one
+        statement per kind of write instead of four per transfer."""
+        await run_async(self, posting_many(specs, at=at, actor=actor, card_ids=card_ids))
+
+    async def move_many(self, changes: tuple[tuple[str, int, int | None], ...]) -> None:
         rows = [
-            {
-                "id": a,
-                "kind": account_kind(a).value,
-                "holder_id": int(a.split(":")[1])
-                if account_kind(a) in NON_NEGATIVE_KINDS and a.split(":")[1].isdigit()
-                else None,
-            }
-            for a in sorted(accounts)
+            {"id": a, "kind": account_kind(a).value, "holder_id": owner} for a, _, owner in changes
         ]
         ins = (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(s.accounts)
         await self.conn.execute(ins.on_conflict_do_nothing(), rows)
-        moves: dict[str, int] = {}
-        for spec in specs:
-            moves[spec.source] = moves.get(spec.source, 0) - spec.amount
-            moves[spec.dest] = moves.get(spec.dest, 0) + spec.amount
         await self.conn.execute(
             update(s.accounts)
             .where(s.accounts.c.id == bindparam("account"))
             .values(balance=s.accounts.c.balance + bindparam("delta")),
-            [{"account": a, "delta": d} for a, d in moves.items()],
+            [{"account": a, "delta": d} for a, d, _ in changes],
         )
+
+    async def insert_transfers(self, rows: tuple[tuple[Any, ...], ...]) -> None:
         await self.conn.execute(
-            insert(s.transfers),
-            [
-                {
-                    "kind": spec.kind.value,
-                    "source": spec.source,
-                    "dest": spec.dest,
-                    "amount": spec.amount,
-                    "ref_id": spec.ref,
-                    "at": at,
-                    "actor": actor,
-                    "card_id": card_id,
-                    "terminal_id": None,
-                    "request_id": None,
-                    "memo": spec.memo,
-                }
-                for spec, card_id in zip(specs, card_ids, strict=True)
-            ],
+            insert(s.transfers), [dict(zip(TRANSFER_COLUMNS, r, strict=True)) for r in rows]
         )
 
     async def get_transfer(self, transfer_id: int) -> Transfer:

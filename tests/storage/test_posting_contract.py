@@ -20,9 +20,12 @@ from storage.posting import (
     CreditGuarded,
     DebitGuarded,
     InsertTransfer,
+    InsertTransfers,
+    MoveMany,
     MoveUnguarded,
     ReadBalance,
     posting,
+    posting_many,
 )
 from storage.records import Row
 from storage.sql import SqlRegistry
@@ -60,8 +63,28 @@ def test_the_rule_is_one_plan_of_typed_operations() -> None:
         refused.send(12)
 
 
+def test_the_bulk_form_moves_each_account_once_in_account_order() -> None:
+    specs = [ledger.topup(9, 20, ledger.cash()), ledger.topup(7, 30, ledger.cash())]
+    plan = posting_many(specs, at=NOW, actor="t", card_ids=[1, 2])
+    assert next(plan) == MoveMany(
+        (("cash:counter", -50, None), ("purse:7", 30, 7), ("purse:9", 20, 9))
+    )
+    rows = plan.send(None)
+    assert isinstance(rows, InsertTransfers) and [r[7] for r in rows.rows] == [1, 2]
+    with pytest.raises(ValueError, match="cannot debit purse:7"):
+        next(posting_many([ledger.purchase(7, "c1", 1)], at=NOW, actor="t", card_ids=[None]))
+
+
+async def _other_holder(registry: SqlRegistry) -> int:
+    async with registry.transaction() as tx:
+        return await tx.insert(
+            "holders",
+            {"kind": "staff", "category": "staff", "number": "2", "name": "乙", "created_at": NOW},
+        )
+
+
 @asynccontextmanager
-async def _counter(url: str) -> AsyncIterator[tuple[SqlRegistry, Post]]:
+async def _counter(url: str | Path) -> AsyncIterator[tuple[SqlRegistry, Post]]:
     registry = await SqlRegistry.open(url, migrate=True)
 
     async def post(spec: TransferSpec, holder_id: int | None) -> int | None:
@@ -134,17 +157,7 @@ async def _same_ledger(opened: Opener, target: str | Path) -> None:
     tap = opened is not _counter
     async with opened(target) as (registry, post):
         holder = await _seed(registry)  # 1,000 fen in the purse from the counter's cash
-        async with registry.transaction() as tx:
-            other = await tx.insert(
-                "holders",
-                {
-                    "kind": "staff",
-                    "category": "staff",
-                    "number": "2",
-                    "name": "乙",
-                    "created_at": NOW,
-                },
-            )
+        other = await _other_holder(registry)
         assert await post(ledger.purchase(holder, "c1", 300), holder) == (700 if tap else None)
         with pytest.raises(InsufficientFunds, match="have 700 fen"):
             await post(ledger.purchase(holder, "c1", 800), holder)
@@ -178,3 +191,47 @@ async def _same_ledger(opened: Opener, target: str | Path) -> None:
         ("freeze", f"purse:{holder}", f"hold:{holder}", 200),
         ("topup", "external:wechat", f"purse:{other}", 50),
     ]
+
+
+@pytest.mark.asyncio
+async def test_bulk_topups_on_sqlite(tmp_path: Path) -> None:
+    await _bulk(tmp_path / "r.sqlite3")
+
+
+@pytest.mark.asyncio
+@pytest.mark.postgres
+async def test_bulk_topups_on_postgresql(pg_url: str) -> None:  # noqa: F811
+    await _bulk(pg_url)
+
+
+async def _bulk(target: str | Path) -> None:
+    """The counter's top-up batch (post_many): every account once, owners set, rows in order."""
+    async with _counter(target) as (registry, _):
+        holder = await _seed(registry)
+        other = await _other_holder(registry)
+        specs = [
+            ledger.topup(holder, 200, ledger.cash()),
+            ledger.topup(other, 30, ledger.cash("p2")),
+            ledger.topup(other, 20, ledger.cash()),
+        ]
+        async with registry.transaction() as tx:
+            await tx.post_many(specs, at=NOW, actor="t", card_ids=[None, None, None])
+        with pytest.raises(ValueError, match="cannot debit"):
+            async with registry.transaction() as tx:
+                await tx.post_many(
+                    [ledger.purchase(holder, "c1", 1)], at=NOW, actor="t", card_ids=[None]
+                )
+        async with registry.read() as tx:
+            accounts = await tx.rows(
+                "SELECT id, kind, holder_id, balance FROM accounts ORDER BY id"
+            )
+            amounts = [
+                r["amount"] for r in await tx.rows("SELECT amount FROM transfers ORDER BY id")
+            ]
+    assert accounts == [
+        {"id": "cash:counter", "kind": "cash", "holder_id": None, "balance": -1220},
+        {"id": "cash:p2", "kind": "cash", "holder_id": None, "balance": -30},
+        {"id": f"purse:{holder}", "kind": "purse", "holder_id": holder, "balance": 1200},
+        {"id": f"purse:{other}", "kind": "purse", "holder_id": other, "balance": 50},
+    ]
+    assert amounts == [1000, 200, 30, 20]
