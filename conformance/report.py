@@ -12,6 +12,7 @@ import html
 import json
 import re
 import time
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -133,13 +134,13 @@ class Report:
         try:
             yield step
         except StepFailed as exc:
-            step.status, step.detail = Status.FAILED, str(exc)
+            step.status, step.detail = Status.FAILED, inert(str(exc))
         except TimeoutError:
             step.status = Status.FAILED
             step.detail = step.detail or "timed out waiting for the device"
         except Exception as exc:  # noqa: BLE001 - whatever the device sent, a line, no traceback
             step.status = Status.FAILED
-            step.detail = f"{type(exc).__name__}: {str(exc)[:300]}"
+            step.detail = inert(f"{type(exc).__name__}: {exc}")
         finally:
             step.duration_ms = self.elapsed_ms() - step.started_ms
             self.current = None
@@ -200,6 +201,23 @@ class Report:
             f"不适用 not applicable {c['not_applicable']}  (contract {CONTRACT_VERSION})"
         )
         return lines
+
+
+MAX_DETAIL_CHARS = 500
+
+
+def inert(text: str) -> str:
+    """A failure's detail as one inert line: a device's bytes in it (a request id, an op) must
+    not drive the operator's terminal (escape sequences, bidi overrides), nor fill it."""
+    out = "".join(
+        ch.encode("unicode_escape").decode("ascii")
+        if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp")
+        else ch
+        for ch in text[: MAX_DETAIL_CHARS * 2]
+    )
+    return (
+        out if len(out) <= MAX_DETAIL_CHARS else out[:MAX_DETAIL_CHARS] + f"… ({len(text)} chars)"
+    )
 
 
 _LABELS = {
