@@ -20,12 +20,17 @@ _OTHER_ID_DOC = re.compile(
 )
 
 
-def mask_text(text: str) -> str:
-    """Mask 18-char national IDs (keep 4+4), the other ID documents a log line can recognise
-    (:func:`~protocol.cards.identity.mask_id_doc`) and card serials/UIDs of 10+ digits (keep
-    last 4)."""
+def mask_id_docs(text: str) -> str:
+    """Mask 18-char national IDs (keep 4+4) and the other ID documents a text can be recognised
+    by (:func:`~protocol.cards.identity.mask_id_doc`); card numbers stay (the CLI's echo)."""
     text = _NATIONAL_ID.sub(lambda m: f"{m.group(1)}{'*' * 10}{m.group(2)}", text)
-    text = _OTHER_ID_DOC.sub(lambda m: mask_id_doc(m.group(1)), text)
+    return _OTHER_ID_DOC.sub(lambda m: mask_id_doc(m.group(1)), text)
+
+
+def mask_text(text: str) -> str:
+    """Mask ID documents (:func:`mask_id_docs`) and card serials/UIDs of 10+ digits (keep
+    last 4)."""
+    text = mask_id_docs(text)
     return _CARD_NUMBER.sub(
         lambda m: ("*" * len(m.group(1)) + m.group(2)) if len(m.group(0)) >= 10 else m.group(0),
         text,

@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import click
 
 from gateway.cli.common import last_valid_day, pass_opts
 from gateway.cli.runtime import Options, emit, refuse, run_as
+from gateway.logs import mask_id_docs
 from gateway.services.search import LIMIT, MATCHED_NAMES, HolderHit, SearchResult, SearchService
 from protocol.cards.lifecycle import STATE_NAMES_ZH
 from protocol.errors import ErrorCode
@@ -66,8 +69,8 @@ def find(opts: Options, text: str) -> None:
     if not result.hits:
         refuse(
             opts,
-            f"未找到“{result.text}”",
-            f"nothing found for '{result.text}'",
+            f"未找到“{mask_id_docs(result.text)}”",
+            f"nothing found for '{mask_id_docs(result.text)}'",
             code=ErrorCode.NOT_FOUND,
         )
     more = (
@@ -77,7 +80,7 @@ def find(opts: Options, text: str) -> None:
     )
     emit(
         opts,
-        result,
+        dataclasses.replace(result, text=mask_id_docs(result.text)),  # echoed: an ID masked
         "\n".join(line for hit in result.hits for line in hit_lines(hit))
         + f"\n找到 found {len(result.hits)} 人{more}",
     )

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table as RichTable
 from rich.text import Text
 
+from gateway.logs import mask_id_docs
 from gateway.services.base import Actor, Clock, Context, FixedClock, SystemClock
 from gateway.services.center import CardCenter
 from protocol.cards.clock import fmt_local
@@ -132,7 +133,10 @@ def print_error(
     data: Any = None,
 ) -> None:
     """A refusal, error or usage error: one JSON object on standard output (``"ok": false``)
-    with ``--json``, else ``错误 / error: RULE: 中文 / English`` and what was typed on stderr."""
+    with ``--json``, else ``错误 / error: RULE: 中文 / English`` and what was typed on stderr.
+    An ID number in any of it (typed where a card or student number goes) is shown masked."""
+    message_zh, message_en = mask_id_docs(message_zh), mask_id_docs(message_en)
+    typed = {k: mask_id_docs(v) for k, v in typed.items()} if typed else typed
     if as_json:
         error: dict[str, Any] = {
             "code": code,
