@@ -24,7 +24,7 @@ from protocol.ledger import TransferKind
 from protocol.ledger.postings import hold, purse
 from protocol.types import CardState, Permission
 from storage.ports import Tx
-from storage.records import Card, Holder, Receipt, Transfer
+from storage.records import Card, Holder, Receipt
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +81,6 @@ class HolderView:
     balance: int
     frozen: int
     cards: list[CardView]
-    transfers: list[Transfer]
     receipts: list[Receipt]
     alerts: int
     meal: dict[str, Any] | None = field(default=None)
@@ -97,8 +96,10 @@ class ConsoleViews:
         self.ctx = ctx
 
     async def holder(self, actor: Actor, holder_id: int) -> HolderView:
-        """Everything the counter sees of one holder: masked ID, cards with their full state
-        history and time guards, balance and frozen amount, recent money, receipts, alerts."""
+        """What the counter sees of one holder without giving a purpose: masked ID, cards with
+        their full state history and time guards, balance and frozen amount, receipts, alerts.
+        The full ID, the photo and the transaction history are read through
+        :class:`gateway.services.privacy.PrivacyService` with a purpose, audited (issue 15)."""
         require_counter_duty(actor)
         async with self.ctx.registry.read() as tx:
             holder = await tx.get_holder(holder_id)
@@ -130,7 +131,6 @@ class ConsoleViews:
                 )
             balance = await tx.balance(purse(holder_id))
             frozen = await tx.balance(hold(holder_id))
-            transfers = await tx.transfers_of(purse(holder_id), 20)
             receipt_rows = await tx.find(
                 "receipts", holder_id=holder_id, order_by="id", limit=MAX_LISTED
             )
@@ -143,7 +143,6 @@ class ConsoleViews:
             balance=balance,
             frozen=frozen,
             cards=views,
-            transfers=transfers,
             receipts=receipts,
             alerts=alerts,
             meal=dict(meal) if meal is not None else None,

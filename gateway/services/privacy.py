@@ -71,7 +71,13 @@ def clean_purpose(purpose: str | None) -> str:
             f"请说明查阅目的（{PURPOSE_MIN}–{PURPOSE_MAX} 字）",
             f"give the purpose of this read ({PURPOSE_MIN}-{PURPOSE_MAX} characters)",
         )
-    return _LONG_DIGITS.sub(lambda m: mask_id_doc(m.group(0)), text)
+    return _LONG_DIGITS.sub(_mask_number, text)
+
+
+def _mask_number(found: re.Match[str]) -> str:
+    """A run shaped like a document number (six digits or more) masked; a word kept."""
+    token = found.group(0)
+    return mask_id_doc(token) if sum(c.isdigit() for c in token) >= 6 else token
 
 
 @dataclass(frozen=True, slots=True)

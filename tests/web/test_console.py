@@ -420,6 +420,35 @@ def test_top_up_with_confirmation_and_a_forged_request_refused_and_audited(stack
     clerk.context.close()
 
 
+def test_history_and_full_id_only_with_a_purpose_audited(stack: Stack) -> None:
+    """Issue 15: the holder page is masked (no transactions); the clerk picks a purpose and
+    reads the history, then writes one for the full ID; both reads are audited and counted in
+    the reads-per-operator register."""
+    page = _chief(stack)
+    alice = stack.desk.people[0]
+    page.goto(f"{stack.base}/holders/{alice.holder_id}")
+    assert page.locator("#transfers").count() == 0
+    assert alice.national_id not in page.content()
+    page.select_option("#purpose", "dispute")
+    page.click("#read-history")
+    page.wait_for_selector("#transfers")
+    assert page.locator("#transfers tbody tr").count() >= 2  # purchases and top-ups
+    assert "消费争议核查" in (page.text_content("#read-purpose") or "")
+    _shot(page, "pii-history")
+    page.go_back()
+    page.select_option("#purpose", "other")
+    page.fill("#purpose-note", "补卡申请表核对")
+    page.click("#read-id")
+    page.wait_for_selector("#read-value")
+    assert (page.text_content("#read-value") or "").strip() == alice.national_id
+    reads = [r for r in _audit(stack.db, "pii.read_id") if r["actor"] == CHIEF]
+    assert reads and "补卡申请表核对" in reads[-1]["after"]
+    page.goto(f"{stack.base}/reports?name=pii-reads")
+    cells = page.locator("#report tbody tr", has_text="pii.read_history").first
+    assert CHIEF in (cells.text_content() or "")
+    page.context.close()
+
+
 def test_report_download_opens_in_openpyxl(stack: Stack) -> None:
     page = _chief(stack)
     page.goto(f"{stack.base}/reports?name=receipts")

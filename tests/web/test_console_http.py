@@ -368,3 +368,73 @@ def _audit_rows(db: Path) -> list[tuple[str, str]]:
         return conn.execute(
             "SELECT actor, action FROM audit_log WHERE action = 'console.denied'"
         ).fetchall()
+
+
+def _pii_reads(db: Path) -> list[tuple[str, str, str, str]]:
+    """(actor, action, holder id, the ``after`` JSON) of every audited read of personal data."""
+    with sqlite3.connect(db) as conn:
+        return conn.execute(
+            "SELECT actor, action, entity_id, after FROM audit_log"
+            " WHERE action LIKE 'pii.read_%' ORDER BY id"
+        ).fetchall()
+
+
+def test_full_id_photo_and_history_only_with_a_purpose_audited(
+    console: tuple[TestClient, Console, Clock], site: tuple[Path, Desk]
+) -> None:
+    """Issue 15 (PIPL arts. 5-6, 28): the masked holder page needs no purpose and shows no
+    transactions; the full ID, the photo and the history are read with one, each audited and
+    counted in the reads-per-operator report. Forged reads without a purpose or with an
+    unknown one, and reads by a clerk without the right, are refused with nothing read."""
+    client, _, _ = console
+    db, desk = site
+    alice = desk.people[0]
+    _ready(client, NOPAY, INITIAL)  # card handling and reports
+    page = client.get(f"/holders/{alice.holder_id}")
+    assert page.status_code == 200 and 'id="pii-read"' in page.text
+    assert 'id="transfers"' not in page.text and alice.national_id not in page.text
+    before = len(_pii_reads(db))
+    url = f"/holders/{alice.holder_id}/read"
+    csrf = _csrf(page.text)
+    for forged in (
+        {"what": "id"},  # no purpose at all
+        {"what": "id", "purpose": "other"},  # "other" without the clerk's words
+        {"what": "id", "purpose": "other", "note": "  a "},
+        {"what": "id", "purpose": "curiosity"},
+        {"what": "everything", "purpose": "identity"},
+    ):
+        refused = client.post(url, data={"csrf": csrf, **forged})
+        assert refused.status_code == 400, forged
+        assert alice.national_id not in refused.text
+    assert client.post(url, data={"what": "id", "purpose": "identity"}).status_code == 403
+    assert len(_pii_reads(db)) == before  # nothing was read
+    shown = client.post(url, data={"csrf": csrf, "what": "id", "purpose": "identity"})
+    assert shown.status_code == 200 and alice.national_id in shown.text
+    assert "no-store" in shown.headers["cache-control"]
+    history = client.post(
+        url,
+        data={"csrf": csrf, "what": "history", "purpose": "other", "note": "学生来电核对扣款"},
+    )
+    assert history.status_code == 200 and history.text.count("purchase") >= 1
+    photo = client.post(url, data={"csrf": csrf, "what": "photo", "purpose": "photo"})
+    assert photo.status_code == 200 and 'id="read-value"' in photo.text
+    reads = _pii_reads(db)[before:]
+    assert [(r[0], r[1], r[2]) for r in reads] == [
+        (NOPAY, "pii.read_id", str(alice.holder_id)),
+        (NOPAY, "pii.read_history", str(alice.holder_id)),
+        (NOPAY, "pii.read_photo", str(alice.holder_id)),
+    ]
+    assert '"channel": "console"' in reads[0][3] and "核验持卡人身份" in reads[0][3]
+    assert "学生来电核对扣款" in reads[1][3]
+    report = client.get("/reports?name=pii-reads")
+    assert report.status_code == 200
+    assert re.search(rf"<td>{NOPAY}</td><td>pii.read_id</td><td>\d+</td><td>1</td>", report.text)
+    # a clerk with reports only: no read buttons, and a forged read is refused and audited
+    client.post("/logout", data={"csrf": _csrf(client.get("/").text)})
+    _ready(client, VIEWER, INITIAL)
+    page = client.get(f"/holders/{alice.holder_id}")
+    assert 'id="read-id"' not in page.text and 'id="read-history"' not in page.text
+    denied = client.post(url, data={"csrf": _csrf(page.text), "what": "id", "purpose": "identity"})
+    assert denied.status_code == 403 and alice.national_id not in denied.text
+    assert len(_pii_reads(db)) == before + 3
+    assert (VIEWER, "console.denied") in _audit_rows(db)

@@ -48,6 +48,7 @@ from gateway.web.console import roster
 from gateway.web.console.counter import CounterForms
 from gateway.web.console.forms import BadRequest, form_text, serial_text
 from gateway.web.console.live import LiveMetrics
+from gateway.web.console.privacy import PURPOSES, PrivacyPages
 from gateway.web.plumbing import checked_form, error_status, open_session, set_session_cookie
 from gateway.web.sessions import AddressLimiter, SessionStore, WebSession
 from protocol.cards.clock import local
@@ -117,6 +118,8 @@ class Console:
         env.globals["P"] = Permission
         self._services: ConsoleServices | None = None
         self.metrics = LiveMetrics(config.gateway_metrics_urls)
+        #: the audited reads of an ID, a photo, a history (issue 15)
+        self.privacy = PrivacyPages(self)
 
     @property
     def services(self) -> ConsoleServices:
@@ -159,6 +162,7 @@ class Console:
             )
 
         counter = CounterForms(self)
+        privacy = self.privacy
         both = ("GET", "POST")
         routes = [
             Route("/healthz", self.healthz),
@@ -169,6 +173,7 @@ class Console:
             p("/search", self.search),
             p("/reader", self.reader, methods=("POST",)),
             p("/holders/{holder_id:rowid}", self.holder),
+            p("/holders/{holder_id:rowid}/read", privacy.read, methods=("POST",)),
             p("/cards/{serial:str}/loss", self.loss, methods=("GET", "POST")),
             p("/cards/{serial:str}/replace", self.replace, methods=("GET", "POST")),
             p("/cards/{serial:str}/unlock", self.unlock, methods=("GET", "POST")),
@@ -471,6 +476,7 @@ class Console:
             v=view,
             now=self.services.center.ctx.clock.now(),
             reader_uid=canonical_card_uid(request.query_params.get("uid") or "") or "",
+            purposes=PURPOSES,
         )
 
     async def _card_and_holder(self, serial: str) -> tuple[Any, Any]:
@@ -710,6 +716,8 @@ class Console:
             return await reports.offline_disputes(
                 actor, now - timedelta(days=31), now + timedelta(days=1)
             )
+        if name == "pii-reads":
+            return await self.privacy.reads_table(actor, now)
         if name == "meal-list":
             return await meal_list(self.services.center.ctx, actor)
         if name == "clearances":
@@ -986,6 +994,7 @@ REPORT_NAMES = [
     ("warranty", "保修批次", "warranty lots"),
     ("offline", "脱机交易争议", "offline disputes"),
     ("meal-list", "餐补名单", "meal-subsidy list"),
+    ("pii-reads", "个人信息查阅（按操作员）", "reads of personal data per operator"),
     ("clearances", "毕业离校清卡（按班级）", "graduation clearances per class"),
 ]
 

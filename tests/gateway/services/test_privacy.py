@@ -23,6 +23,7 @@ from gateway.services.privacy import (
     PrivacyService,
     RetentionDue,
     RetentionPolicy,
+    clean_purpose,
 )
 from protocol.cards.identity import mask_id_doc
 from protocol.errors import AccessDenied, ErrorCode, InvalidInput, OnecardError
@@ -372,3 +373,17 @@ async def test_the_tap_path_reads_the_number_for_the_default_password(
         assert not check_holder_password(seen, "000000")
     finally:
         await reg.close()
+
+
+async def test_purpose_masks_numbers_not_words() -> None:
+    """A purpose keeps the clerk's words ("transaction dispute", "identity") and masks what
+    looks like a document number typed into it (an ID, a passport number)."""
+    nid = "11010519491231002X"
+    assert clean_purpose("transaction dispute identity check") == (
+        "transaction dispute identity check"
+    )
+    text = clean_purpose(f"核对 {nid} passport E12345678 ISS-9")
+    assert nid not in text and mask_id_doc(nid) in text
+    assert "E12345678" not in text and "ISS-9" in text and "passport" in text
+    with pytest.raises(InvalidInput):
+        clean_purpose("  ab ")
