@@ -147,6 +147,25 @@ class Receipt(_FromRow):
 Row = dict[str, Any]
 
 
+class MealAllowance(NamedTuple):
+    """MEAL-1: a holder's subsidised meals in one month, where the quota exists and is enabled."""
+
+    per_month: int
+    used: int
+
+    @property
+    def left(self) -> int:
+        return max(0, self.per_month - self.used)
+
+    @classmethod
+    def of(cls, quota: Row | None, usage: Row | None) -> MealAllowance | None:
+        """From the holder's ``meal_quotas`` row and the month's ``meal_usage`` row (each
+        backend reads the two rows its own way; this is the one reading of them)."""
+        if quota is None or not quota["enabled"]:
+            return None
+        return cls(int(quota["meals_per_month"]), int(usage["used"]) if usage else 0)
+
+
 class TapCard(NamedTuple):
     """What a tap decision reads of a card and its holder, in one indexed lookup."""
 

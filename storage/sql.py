@@ -29,7 +29,7 @@ from storage.engine import Engines, database_url, open_engines
 from storage.migrate import require_head, upgrade
 from storage.pii import Keyring, load_keyring
 from storage.posting import TRANSFER_COLUMNS, posting, posting_many, run_async
-from storage.records import Card, Holder, Receipt, Row, Transfer
+from storage.records import Card, Holder, MealAllowance, Receipt, Row, Transfer
 
 IN_CHUNK = 500
 
@@ -211,6 +211,13 @@ class SqlTx:
 
     async def holders_where(self, **eq: Any) -> list[Holder]:
         return [Holder.from_row(r) for r in await self.find("holders", **eq)]
+
+    async def meal_allowance(self, holder_id: int, month: str) -> MealAllowance | None:
+        """MEAL-1's subsidised meals of ``month`` (``YYYY-MM``, campus time); None: no quota."""
+        quota = await self.get("meal_quotas", holder_id)
+        if quota is None:
+            return None
+        return MealAllowance.of(quota, await self.get("meal_usage", (holder_id, month)))
 
     # --- cards -----------------------------------------------------------------------------
     async def get_card(self, card_id: int) -> Card:

@@ -4,13 +4,14 @@ goes through :mod:`storage.posting`, as the counter's does."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 from protocol.errors import NotFound
 from protocol.ledger import TransferSpec
 from storage.posting import posting, run
-from storage.records import Holder, Row, Transfer
+from storage.records import Holder, MealAllowance, Row, Transfer
 
 
 class TapTxBase:
@@ -80,6 +81,27 @@ class TapTxBase:
             request_id=request_id,
             holder_id=holder_id,
         )[0]
+
+    def put(self, table: str, values: Mapping[str, Any]) -> None:
+        raise NotImplementedError
+
+    def update(self, table: str, key: Any, values: Mapping[str, Any]) -> None:
+        raise NotImplementedError
+
+    def meal_allowance(self, holder_id: int, month: str) -> MealAllowance | None:
+        """MEAL-1's subsidised meals of ``month`` (``YYYY-MM``, campus time); None: no quota."""
+        quota = self.get("meal_quotas", holder_id)
+        if quota is None:
+            return None
+        return MealAllowance.of(quota, self.get("meal_usage", (holder_id, month)))
+
+    def count_meal(self, holder_id: int, month: str) -> None:
+        """One more subsidised meal in ``month``."""
+        usage = self.get("meal_usage", (holder_id, month))
+        if usage is None:
+            self.put("meal_usage", {"holder_id": holder_id, "month": month, "used": 1})
+        else:
+            self.update("meal_usage", (holder_id, month), {"used": int(usage["used"]) + 1})
 
     def get_holder(self, holder_id: int) -> Holder:
         row = self.get("holders", holder_id)

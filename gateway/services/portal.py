@@ -287,14 +287,8 @@ class PortalService:
             cards = [c for c in await tx.cards_of_holder(me.holder_id) if c.state not in HIDDEN]
             balance = await tx.balance(purse(me.holder_id))
             frozen = await tx.balance(hold(me.holder_id))
-            quota = await tx.get("meal_quotas", me.holder_id)
-            usage = await tx.get("meal_usage", (me.holder_id, local(now).strftime("%Y-%m")))
+            meals = await tx.meal_allowance(me.holder_id, local(now).strftime("%Y-%m"))
         releases = [r for c in cards if (r := faulty_release_at(c.facts)) is not None]
-        per_month: int | None = None
-        left: int | None = None
-        if quota is not None and quota["enabled"]:
-            per_month = int(quota["meals_per_month"])
-            left = max(0, per_month - (int(usage["used"]) if usage else 0))
         cards.sort(key=lambda c: (c.state is not CardState.ACTIVE, -c.id))
         return Overview(
             me=me,
@@ -302,8 +296,8 @@ class PortalService:
             balance_fen=balance,
             frozen_fen=frozen,
             frozen_release_at=max(releases) if frozen and releases else None,
-            meals_per_month=per_month,
-            meals_left=left,
+            meals_per_month=meals.per_month if meals else None,
+            meals_left=meals.left if meals else None,
         )
 
     async def card(self, actor: Actor, card_id: int) -> CardView:

@@ -481,12 +481,10 @@ class TerminalService:
         """MEAL-1: a subsidised swipe while the month's count lasts, then the purse."""
         card = self._usable_card(tx, data.card, now)
         mid = self._merchant(t, None)
-        quota = tx.get("meal_quotas", card.holder_id)
         month = local(now).strftime("%Y-%m")
-        if quota is not None and quota["enabled"] and card.type_group == MEAL_GROUP:
-            usage = tx.get("meal_usage", (card.holder_id, month))
-            used = int(usage["used"]) if usage else 0
-            left = int(quota["meals_per_month"]) - used
+        allowance = tx.meal_allowance(card.holder_id, month)
+        if allowance is not None and card.type_group == MEAL_GROUP:
+            left = allowance.left
             if left > 0:
                 tid = tx.post(
                     subsidy_grant(mid, data.amount_fen),
@@ -495,10 +493,7 @@ class TerminalService:
                     card_id=card.id,
                     terminal_id=t.id,
                 )
-                if usage is None:
-                    tx.put("meal_usage", {"holder_id": card.holder_id, "month": month, "used": 1})
-                else:
-                    tx.update("meal_usage", (card.holder_id, month), {"used": used + 1})
+                tx.count_meal(card.holder_id, month)
                 return MealResponse(
                     paid_by=MealPaidBy.SUBSIDY,
                     subsidy_left=left - 1,
