@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import itertools
 import secrets
 import time
 from collections import OrderedDict, deque
@@ -123,9 +124,19 @@ class SessionStore:
             id=secrets.token_urlsafe(32), csrf=secrets.token_urlsafe(32), last_seen=self.clock()
         )
         self._sessions[session.id] = session
-        while len(self._sessions) > MAX_SESSIONS:
-            self._sessions.popitem(last=False)
+        if len(self._sessions) > MAX_SESSIONS:
+            self._evict()
         return session
+
+    def _evict(self) -> None:
+        """Past the bound, the oldest sessions nobody logged in to go first: a loop of
+        cookie-less requests (anyone's) must not log the operators or holders out."""
+        excess = len(self._sessions) - MAX_SESSIONS
+        oldest_first = (sid for sid, s in self._sessions.items() if s.actor is None)
+        for sid in list(itertools.islice(oldest_first, excess)):
+            del self._sessions[sid]
+        while len(self._sessions) > MAX_SESSIONS:  # all logged in: the longest idle
+            self._sessions.popitem(last=False)
 
     def rotate(self, session: WebSession) -> WebSession:
         """A fresh id and CSRF token at login (no session fixation); the old id is dead."""

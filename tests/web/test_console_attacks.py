@@ -7,9 +7,11 @@ import io
 import time
 import zipfile
 
+import pytest
 from openpyxl import Workbook
 from starlette.testclient import TestClient
 
+from gateway.web import sessions as sessions_module
 from gateway.web.console.app import Console
 from gateway.web.sessions import AddressLimiter
 from tests.web.console_site import CHIEF, CHIEF_PASSWORD, INITIAL, NOPAY, SECOND, VIEWER
@@ -149,3 +151,20 @@ def test_password_form_is_no_unlimited_oracle_and_ends_other_sessions(
     client.cookies.set(app.cookie, stolen)
     reply = client.get("/", follow_redirects=False)
     assert reply.status_code == 303 and reply.headers["location"] == "/login"
+
+
+def test_anonymous_requests_cannot_evict_logged_in_sessions(
+    console: tuple[TestClient, Console, Clock], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every request without a cookie opens a session, and past the store's bound the oldest
+    went first, logged in or not: anyone on the counter network could log every clerk out with
+    a loop of cookie-less GETs (50,000 in production; 40 here). Anonymous sessions go first."""
+    client, _, _ = console
+    monkeypatch.setattr(sessions_module, "MAX_SESSIONS", 40)
+    _ready(client, CHIEF, CHIEF_PASSWORD)
+    assert client.get("/", follow_redirects=False).status_code == 200
+    stranger = TestClient(client.app, base_url=str(client.base_url))  # the same app, no cookie
+    for _ in range(100):
+        stranger.cookies.clear()
+        assert stranger.get("/login").status_code == 200
+    assert client.get("/", follow_redirects=False).status_code == 200
