@@ -240,3 +240,33 @@ async def test_a_job_whose_caller_gave_up_mid_batch_never_commits(pg_url: str) -
     finally:
         await executor.close()
         await registry.close()
+
+
+async def test_meal_allowance_is_read_and_counted_on_postgresql(pg_url: str) -> None:  # noqa: F811
+    """MEAL-1's typed operations on the PostgreSQL tap path (SQLite's: test_meal_taps.py)."""
+    registry = await SqlRegistry.open(pg_url, migrate=True)
+    holder = await _seed(registry)
+    executor = PgTapExecutor(pg_url)
+    await executor.start()
+    try:
+        assert await executor.run(lambda tx: tx.meal_allowance(holder, "2026-11")) is None
+        async with registry.transaction() as tx:
+            await tx.put(
+                "meal_quotas",
+                {"holder_id": holder, "meals_per_month": 2, "source": "HR", "updated_at": NOW},
+            )
+
+        def swipe(tx: PgTapTx) -> int:
+            tx.count_meal(holder, "2026-11")
+            allowance = tx.meal_allowance(holder, "2026-11")
+            assert allowance is not None
+            return allowance.left
+
+        assert [await executor.run(swipe) for _ in range(3)] == [1, 0, 0]
+        async with registry.read() as tx:
+            allowance = await tx.meal_allowance(holder, "2026-11")
+            assert allowance is not None and (allowance.used, allowance.left) == (3, 0)
+            assert await tx.meal_allowance(holder, "2026-12") == (2, 0)
+    finally:
+        await executor.close()
+        await registry.close()
