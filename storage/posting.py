@@ -11,7 +11,8 @@ row. The plan does no I/O itself. Whoever holds a transaction runs it:
   and PostgreSQL through SQLAlchemy).
 
 Each backend writes only the five operations in its dialect (:class:`Statements`,
-:class:`AsyncStatements`); the contract tests run the same postings on all of them.
+:class:`AsyncStatements`; the counter's also the two of the bulk form, :func:`posting_many`); the
+contract tests (tests/storage/test_posting_contract.py) run the same postings on all of them.
 """
 
 from __future__ import annotations
