@@ -87,3 +87,30 @@ def test_history_exports_never_carry_a_formula(tmp_path: Path) -> None:
         cells = [row[3] for row in ws.iter_rows(min_row=2)]
         assert any(c.value == EVIL for c in cells)
         assert all(c.data_type != "f" for c in cells)
+
+
+def test_another_holders_order_and_a_short_payment(
+    paying_site: tuple[TestClient, list[Person], SandboxBank],
+) -> None:
+    """Bob opening Alice's order by its number learns nothing; a provider that charged less
+    than the order (a tampered amount, correctly signed) credits nothing."""
+    client, (alice, bob, *_), bank = paying_site
+    login(client, alice)
+    change_password(client, alice)
+    page = client.get("/topup")
+    resp = client.post(
+        "/topup",
+        data={"csrf": _csrf(page.text), "form_token": _token(page.text), "amount": "100"},
+        follow_redirects=False,
+    )
+    number = resp.headers["location"].rsplit("/", 1)[1]
+    bank.pay(number, amount=1)  # 0.01 yuan paid for a 100-yuan order
+    short = client.post("/pay/notify/sandbox", content=bank.notification(number))
+    assert short.status_code != 200
+    assert "¥172.00" in client.get("/cards").text  # unchanged
+    client.post("/logout", data={"csrf": _csrf(client.get("/cards").text)})
+    client.cookies.clear()
+    login(client, bob)
+    change_password(client, bob)
+    other = client.get(f"/topup/{number}")
+    assert other.status_code == 404 and "¥100.00" not in other.text
