@@ -10,9 +10,11 @@ from gateway.config import Settings
 from gateway.leader import LeaseLeader, SoleLeader
 from gateway.metrics import Metrics
 from gateway.mqtt.client import MqttSession, SessionFactory
+from gateway.retention import RetentionIO
 from gateway.runtime import Gateway
 from gateway.services.base import Clock, Context, SystemClock
 from protocol.errors import ErrorCode, OnecardError
+from storage import pii, piidb
 from storage.engine import database_url
 from storage.lease import PgLease
 from storage.listen import PgChangeListener
@@ -45,6 +47,17 @@ def session_factory(settings: Settings) -> SessionFactory:
 
         return lambda s, will: GmqttSession(s, will=will)
     return lambda s, will: MqttSession(s, will=will)
+
+
+def retention_io(registry: SqlRegistry) -> RetentionIO:
+    """Retention archives sealed under the registry's current key; after a purge, SQLite's WAL
+    folded in and emptied (issue 15). Not PostgreSQL's ``VACUUM FULL holders``: it locks the
+    table the tap path reads; docs/privacy.md §5 leaves it to a maintenance window."""
+    writer = registry.engines.writer
+    return RetentionIO(
+        seal=lambda data: pii.seal_bytes(registry.pii.enc_keys[0], data, pii.AAD_EXPORT),
+        compact=(lambda: piidb.checkpoint(writer)) if writer.dialect.name == "sqlite" else None,
+    )
 
 
 @asynccontextmanager
@@ -90,6 +103,7 @@ async def open_gateway(
             session_factory=session_factory(settings),
             leader=leader,
             listener=listener,
+            retention_io=retention_io(registry),
         )
     finally:
         await executor.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -169,6 +169,30 @@ class ConsoleConfig(BaseModel):
     gateway_metrics_urls: list[str] = Field(default_factory=list)
 
 
+class PrivacyConfig(BaseModel):
+    """Retention of personal data in the leader gateway's scheduler (issue 15, PIPL art. 19;
+    docs/privacy.md §5). The plan (a dry run: who is due) runs every ``interval_s`` and is
+    logged masked, exported as ``onecard_retention_due_holders`` and audited; archiving and
+    purging happen only with ``enabled = true`` and an ``archive_dir``."""
+
+    #: Archive, then purge the personal fields of holders past their period (else: plan only).
+    enabled: bool = False
+    #: Days kept after a graduation / after any other deregistration (leaving, refund).
+    after_graduation_days: int = Field(default=3 * 365, ge=30, le=36_500)
+    after_termination_days: int = Field(default=3 * 365, ge=30, le=36_500)
+    #: Where each purged holder's export goes first, encrypted (``holder-<id>.json.pii1``).
+    archive_dir: Path | None = None
+    #: How often the leader runs it (a day; the first run when it becomes the leader).
+    interval_s: float = Field(default=86_400.0, gt=0, le=30 * 86_400)
+
+    @model_validator(mode="after")
+    def _archive_first(self) -> PrivacyConfig:
+        if self.enabled and self.archive_dir is None:
+            msg = "privacy: enabled = true needs archive_dir (each holder is archived first)"
+            raise ValueError(msg)
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="ONECARD_", env_nested_delimiter="__", extra="forbid"
@@ -191,6 +215,7 @@ class Settings(BaseSettings):
     console: ConsoleConfig = ConsoleConfig()
     alerts: AlertsConfig = AlertsConfig()
     payments: PaymentsConfig = PaymentsConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
 
     @property
     def instance_id(self) -> str:

@@ -80,6 +80,15 @@ class Metrics:
         self.replays = Counter(
             "onecard_idempotent_replays", "Retries answered from the stored reply", registry=r
         )
+        self.retention_due = Gauge(
+            "onecard_retention_due_holders",
+            "Holders past their retention period not yet purged, at the leader's last retention"
+            " run (issue 15; a count, no names)",
+            registry=r,
+        )
+        self.retention_purged = Counter(
+            "onecard_retention_purged", "Holders whose personal data retention purged", registry=r
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -35,6 +35,7 @@ from gateway.mqtt.client import (
     Session,
     SessionFactory,
 )
+from gateway.retention import RetentionIO, RetentionJob
 from gateway.services.alerts import AlertRules
 from gateway.services.base import SYSTEM, Context
 from gateway.services.cards import CardService
@@ -111,6 +112,7 @@ class Gateway:
         session_factory: SessionFactory | None = None,
         leader: Leadership | None = None,
         listener: ChangeListener | None = None,
+        retention_io: RetentionIO | None = None,
     ) -> None:
         self.executor = executor
         #: PostgreSQL: the counter's commits wake the deny-list watch at once (LISTEN/NOTIFY);
@@ -126,6 +128,8 @@ class Gateway:
         self.ctx = ctx
         self.registry: Registry = ctx.registry
         self.metrics = metrics or Metrics()
+        #: issue 15: the daily retention plan (purge only with [privacy] enabled), the leader's
+        self.retention = RetentionJob(ctx, settings.privacy, io=retention_io, metrics=self.metrics)
         off = settings.offline
         self.terminal_config = TerminalConfig(
             heartbeat_interval_s=off.heartbeat_interval_s,
@@ -683,6 +687,7 @@ class Gateway:
         while not await self._sleep_or_stop(self.settings.scheduler_interval_s):
             if not self.leader.is_leader:
                 continue  # one scheduler per registry: the leader's (issue 12)
+            await self.retention.maybe_run()  # daily; logs its own failures
             try:
                 changed = await self.cards.run_due(SYSTEM)
             except OnecardError as exc:  # the registry is busy: the next round applies them

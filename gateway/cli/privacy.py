@@ -8,6 +8,7 @@ and rotation, and retention (dry run first, then archive and purge).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from datetime import datetime, time, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import click
 
 from gateway.cli.common import holder_ref, parse_day, pass_opts
 from gateway.cli.runtime import Options, emit, emit_table, refuse, run_as
+from gateway.retention import Archive, run_retention, write_private
 from gateway.services.base import Actor
 from gateway.services.center import CardCenter
 from gateway.services.privacy import (
@@ -24,7 +26,6 @@ from gateway.services.privacy import (
     ReadCount,
     RetentionDue,
     RetentionPolicy,
-    collect,
 )
 from protocol.cards.clock import CAMPUS_TZ
 from protocol.cards.fees import yuan
@@ -164,13 +165,9 @@ def reads(opts: Options, since: str | None, until: str | None) -> None:
     )
 
 
-def write_private(path: Path, text: str) -> None:
-    """Write ``path`` readable by its owner only, whatever the umask (an export holds an ID)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, EXPORT_FILE_MODE)
-    os.fchmod(fd, EXPORT_FILE_MODE)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
+def _sealer(reg: SqlRegistry) -> Callable[[bytes], str]:
+    """Seal an archive under the registry's current encryption key (``pii1:`` token)."""
+    return lambda data: pii.seal_bytes(reg.pii.enc_keys[0], data, pii.AAD_EXPORT)
 
 
 @privacy.command("export")
@@ -363,36 +360,15 @@ def retention(
 
     async def body(c: CardCenter, a: Actor) -> list[dict[str, Any]]:
         a.require(Permission.ACCOUNTS_ADMIN)
-        service = PrivacyService(c.ctx)
-        plan = await service.retention_plan(policy)
-        now = c.ctx.clock.now()
         reg = _registry(c)
-        async with reg.transaction() as tx:
-            await tx.audit(
-                now,
-                a.name,
-                "pii.retention_run" if apply_ else "pii.retention_plan",
-                "holder",
-                "*",
-                None,
-                {"due": [d.holder_id for d in plan], "apply": apply_},
-            )
-        done: list[dict[str, Any]] = []
-        for due in plan:
-            row = _due_row(due)
-            if apply_ and archive_dir is not None and due.blocked is None:
-                async with reg.read() as tx:
-                    data = await collect(tx, due.holder_id, now)
-                sealed = pii.seal_bytes(
-                    reg.pii.enc_keys[0], data.to_json().encode(), pii.AAD_EXPORT
-                )
-                write_private(archive_dir / f"holder-{due.holder_id}.json.pii1", sealed + "\n")
-                await service.purge(a, due, policy)
-                row["purged"] = True
-            done.append(row)
-        if apply_ and plan:
-            await piidb.checkpoint(reg.engines.writer)
-        return done
+        run = await run_retention(
+            c.ctx,
+            a,
+            policy,
+            archive=Archive(archive_dir, _sealer(reg)) if apply_ and archive_dir else None,
+            compact=lambda: piidb.checkpoint(reg.engines.writer),
+        )
+        return [{**_due_row(d), "purged": d.holder_id in run.purged} for d in run.plan]
 
     rows = run_as(opts, body)
     emit_table(
