@@ -14,8 +14,10 @@ purge) come from the composition root as two callables, so this module names no 
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import stat
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -34,11 +36,29 @@ PRIVATE_FILE_MODE = 0o600
 LOGGED_DUE = 20
 
 
+def _own_plain_file(fd: int, path: Path) -> None:
+    found = os.fstat(fd)
+    if found.st_uid != os.geteuid() or not stat.S_ISREG(found.st_mode) or found.st_nlink > 1:
+        raise PermissionError(
+            errno.EPERM, "another user's file, or not a plain file: not written", str(path)
+        )
+
+
 def write_private(path: Path, text: str) -> None:
-    """Write ``path`` readable by its owner only, whatever the umask (an export holds an ID)."""
+    """Write ``path`` readable by its owner only, whatever the umask (an export holds an ID).
+
+    Never through a symbolic link, and never into a file another user prepared (run as root,
+    ``fchmod`` would have left that user the owner of the export): such a path is refused."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
-    os.fchmod(fd, PRIVATE_FILE_MODE)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK  # NONBLOCK: a planted FIFO
+    fd = os.open(path, flags, PRIVATE_FILE_MODE)
+    try:
+        _own_plain_file(fd, path)
+        os.fchmod(fd, PRIVATE_FILE_MODE)
+        os.ftruncate(fd, 0)
+    except BaseException:
+        os.close(fd)
+        raise
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(text)
 
