@@ -375,6 +375,8 @@ audit_log = Table(
     Column("entity_id", String(64), nullable=False),
     Column("before", Text, nullable=True),
     Column("after", Text, nullable=True),
+    # issue 15 (migration 0011): when retention pseudonymised before/after (once, never again)
+    _ts("redacted_at", nullable=True),
 )
 Index("ix_audit_log_entity", audit_log.c.entity, audit_log.c.entity_id)
 

@@ -268,6 +268,7 @@ class PrivacyService:
             for snap in await tx.find("holder_archive", holder_id=holder.id):
                 if snap["snapshot"] != PURGED_SNAPSHOT:
                     await tx.update("holder_archive", snap["id"], {"snapshot": PURGED_SNAPSHOT})
+            redacted = await _pseudonymise_registers(tx, holder, now)
             await tx.audit(
                 now,
                 actor.name,
@@ -275,8 +276,96 @@ class PrivacyService:
                 "holder",
                 holder.id,
                 {"fields": list(PURGED_FIELDS), "reason": reason},
-                {"purged": True, "policy_days": policy.period(reason).days},
+                {"purged": True, "policy_days": policy.period(reason).days, **redacted},
             )
+
+
+async def _pseudonymise_registers(tx: Tx, holder: Holder, now: datetime) -> dict[str, int]:
+    """What the append-only registers kept of the holder (migration 0011, docs/privacy.md §7):
+    the collection register's collector of their cards becomes the marker (the hand-over itself
+    stays: card, time, operator, receipt, signature); the audit entries about them and their
+    cards keep who, what, when, and lose the personal values. Receipts are not touched."""
+    card_ids = [c.id for c in await tx.cards_of_holder(holder.id)]
+    hand_overs = 0
+    for row in await tx.find_in("hand_overs", "card_id", card_ids):
+        if row["collector_name"] != PURGED_NAME or row["collector_doc"] is not None:
+            await tx.update(
+                "hand_overs", row["id"], {"collector_name": PURGED_NAME, "collector_doc": None}
+            )
+            hand_overs += 1
+    entries = await tx.find("audit_log", entity="holder", entity_id=str(holder.id))
+    for card_id in card_ids:
+        entries += await tx.find("audit_log", entity="card", entity_id=str(card_id))
+    words = {holder.name, holder.number or "", holder.application_ref or ""}
+    for row in entries:  # every value the entries name under a personal key (old names too)
+        for text in (row["before"], row["after"]):
+            _personal_values(_json(text), words)
+    audit = 0
+    for row in entries:
+        if row.get("redacted_at") is not None:
+            continue
+        before, after = _redact(row["before"], words), _redact(row["after"], words)
+        if (before, after) != (row["before"], row["after"]):
+            await tx.update(
+                "audit_log", row["id"], {"before": before, "after": after, "redacted_at": now}
+            )
+            audit += 1
+    return {"hand_overs_pseudonymised": hand_overs, "audit_entries_pseudonymised": audit}
+
+
+#: keys of audit before/after values that name or identify a person
+PERSONAL_KEYS = frozenset(
+    {*PURGED_FIELDS, "name", "collector_name", "collector_doc", "presented_id", "payer"}
+)
+
+
+def _json(text: str | None) -> object:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _personal_values(value: object, out: set[str]) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key in PERSONAL_KEYS and isinstance(item, str):
+                out.add(item)
+            _personal_values(item, out)
+    elif isinstance(value, list):
+        for item in value:
+            _personal_values(item, out)
+
+
+def _scrub(value: object, words: list[str]) -> object:
+    if isinstance(value, dict):
+        return {
+            k: PURGED_NAME if k in PERSONAL_KEYS and isinstance(v, str) else _scrub(v, words)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_scrub(v, words) for v in value]
+    if isinstance(value, str):
+        for word in words:
+            value = value.replace(word, PURGED_NAME)
+        return value
+    return value
+
+
+def _redact(text: str | None, words: set[str]) -> str | None:
+    """``text`` (an audit entry's before/after JSON) with personal values replaced by the
+    marker: under a personal key, and wherever a known value (a name, a number) appears in
+    free text (a purpose, a finding)."""
+    if text is None:
+        return None
+    longest_first = sorted((w for w in words if len(w) >= 2), key=len, reverse=True)
+    parsed = _json(text)
+    scrubbed = _scrub(parsed, longest_first)
+    if scrubbed == parsed:
+        return text
+    return json.dumps(scrubbed, ensure_ascii=False, default=str, sort_keys=True)
 
 
 async def _audit_read(

@@ -387,3 +387,68 @@ async def test_purpose_masks_numbers_not_words() -> None:
     assert "E12345678" not in text and "ISS-9" in text and "passport" in text
     with pytest.raises(InvalidInput):
         clean_purpose("  ab ")
+
+
+async def test_purge_pseudonymises_the_collection_register_and_audit_values_keeps_receipts(
+    site: tuple[str, RawText], tmp_path: Path
+) -> None:
+    """docs/privacy.md §7 (migration 0011): after the purge the collection register names no
+    collector and the audit entries about the holder keep who/what/when without the personal
+    values (an EXC-4 name change, a purpose naming them); receipts keep the payer (FEE-2/3,
+    accounting records). The append-only triggers allow exactly that change, once."""
+    target, raw = site
+    reg = await SqlRegistry.open(target, migrate=True)
+    try:
+        c = await _counter(reg, tmp_path / "r.sqlite3")
+        svc = PrivacyService(c.center.ctx)
+        visitor, card = await h.visitor_with_temp(c)
+        first = visitor.name
+        await c.center.holders.update(c.op, visitor.id, {"name": "更名后乙"}, reason="更名 EXC-4")
+        await svc.read_id(c.op, visitor.id, f"核对{first}的更名申请")
+        async with reg.transaction() as tx:  # a class monitor collected the card (ISS-4)
+            await tx.insert(
+                "hand_overs",
+                {
+                    "card_id": card.id, "rule": "ISS-4", "at": c.clock.now(), "actor": "chief",
+                    "collector_name": "班长王五", "collector_doc": "2024000009",
+                    "collector_is_holder": False, "signed": True,
+                },
+            )  # fmt: skip
+        await c.center.cards.refund(
+            c.op, card.serial, card_ok=True, presented_id=visitor.number,
+            receipt_no=await h.deposit_receipt_no(c, visitor.id),
+        )  # fmt: skip
+        c.clock.advance(hours=24 * 800)
+        policy = RetentionPolicy(after_graduation_days=365, after_termination_days=730)
+        (due,) = await svc.retention_plan(policy)
+        await svc.purge(c.op, due, policy)
+        await piidb.checkpoint(reg.engines.writer)
+
+        (hand,) = await h.find(c, "hand_overs", card_id=card.id)
+        assert (hand["collector_name"], hand["collector_doc"]) == (PURGED_NAME, None)
+        assert (hand["rule"], hand["signed"], hand["actor"]) == ("ISS-4", True, "chief")
+        (changed,) = await h.audit(c, "holder.update")
+        assert changed["redacted_at"] is not None and changed["actor"] == c.op.name
+        assert first not in str(changed["before"]) and "更名后乙" not in str(changed["after"])
+        assert "更名 EXC-4" in str(changed["after"])  # the reason stays
+        (read,) = await h.audit(c, "pii.read_id")
+        assert first not in str(read["after"]) and "更名申请" in str(read["after"])
+        (purged,) = await h.audit(c, "pii.purge")
+        assert h.loads(purged["after"])["hand_overs_pseudonymised"] == 1
+        payers = {r["payer"] for r in await h.find(c, "receipts", holder_id=visitor.id)}
+        assert payers == {first}  # FEE-2/3: kept for finance
+        dump = await raw()
+        for gone in ("更名后乙", "班长王五", "2024000009", f"核对{first}"):
+            assert gone.encode() not in dump, gone
+        # the triggers: nothing else may change, and an entry is rewritten once only
+        for sql in (
+            "UPDATE audit_log SET action = 'x' WHERE id = :i",
+            "UPDATE audit_log SET after = NULL, redacted_at = at WHERE id = :i",
+            "UPDATE hand_overs SET signed = false WHERE card_id = :c",
+            "DELETE FROM audit_log WHERE id = :i",
+        ):
+            with pytest.raises(Exception, match="append-only"):
+                async with reg.transaction() as tx:
+                    await tx.rows(sql, {"i": changed["id"], "c": card.id})
+    finally:
+        await reg.close()
