@@ -256,6 +256,23 @@ def _sse(payload: dict[str, Any]) -> bytes:
     return f"event: card\ndata: {json.dumps(payload)}\n\n".encode()
 
 
+def server_config(agent: ReaderAgent, host: str) -> Any:
+    """uvicorn's config for the agent: no proxy headers (uvicorn trusts X-Forwarded-For from
+    127.0.0.1 by default, so another local user could name the clerk's connection as the client
+    and pass the owner check)."""
+    import uvicorn
+
+    return uvicorn.Config(
+        agent.app(),
+        host=host,
+        port=agent.port,
+        log_level="warning",
+        access_log=False,
+        proxy_headers=False,
+        server_header=False,
+    )
+
+
 async def serve(agent: ReaderAgent, host: str = "127.0.0.1") -> None:
     """Serve the stream on ``host``:``agent.port`` and follow the readers until cancelled."""
     import uvicorn
@@ -264,10 +281,7 @@ async def serve(agent: ReaderAgent, host: str = "127.0.0.1") -> None:
         raise OnecardError(
             "读卡代理只监听本机回环地址", "the reader agent listens on the loopback address only"
         )
-    config = uvicorn.Config(
-        agent.app(), host=host, port=agent.port, log_level="warning", access_log=False
-    )
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(server_config(agent, host))
     agent.server = server
     async with agent.bridge:
         follow = asyncio.create_task(agent.follow(), name="reader-agent-follow")

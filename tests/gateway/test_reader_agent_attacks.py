@@ -14,7 +14,7 @@ import httpx
 import pytest
 import uvicorn
 
-from gateway.readers.agent import ReaderAgent, ReaderState
+from gateway.readers.agent import ReaderAgent, ReaderState, server_config
 from gateway.readers.pcsc import PcscReaderBridge
 
 ORIGIN = "http://127.0.0.1:8090"
@@ -26,8 +26,14 @@ PYTHON = "/usr/bin/python3"
 PEEK = """
 import socket, sys
 port = int(sys.argv[1])
+extra = ""
+if len(sys.argv) > 3:  # pose as the clerk's own connection (its port is in /proc/net/tcp)
+    for line in open("/proc/net/tcp").read().splitlines()[1:]:
+        f = line.split()
+        if int(f[2].split(":")[1], 16) == port and f[3] == "01":
+            extra = f"X-Forwarded-For: 127.0.0.1:{int(f[1].split(':')[1], 16)}\\r\\n"
 s = socket.create_connection(("127.0.0.1", port), timeout=1)
-s.sendall(f"GET /events HTTP/1.1\\r\\nHost: 127.0.0.1:{port}\\r\\nOrigin: {sys.argv[2]}\\r\\n\\r\\n".encode())
+s.sendall(f"GET /events HTTP/1.1\\r\\nHost: 127.0.0.1:{port}\\r\\nOrigin: {sys.argv[2]}\\r\\n{extra}\\r\\n".encode())
 data = b""
 while b"uid" not in data and len(data) < 4096:
     try:
@@ -49,9 +55,7 @@ def _free_port() -> int:
 
 @contextlib.asynccontextmanager
 async def _serving(agent: ReaderAgent) -> AsyncIterator[None]:
-    server = uvicorn.Server(
-        uvicorn.Config(agent.app(), host="127.0.0.1", port=agent.port, log_level="warning")
-    )
+    server = uvicorn.Server(server_config(agent, "127.0.0.1"))  # as `onecard reader-agent`
     task = asyncio.create_task(server.serve())
     try:
         while not server.started:
@@ -74,25 +78,31 @@ async def test_another_local_user_cannot_read_the_card_uids() -> None:
     agent = ReaderAgent(PcscReaderBridge(), console_origin=ORIGIN, port=port)
     agent.readers["Virtual PCD 00 00"] = ReaderState("inserted", UID)
     async with _serving(agent):
-        other = await asyncio.to_thread(
-            subprocess.run,
-            [PYTHON, "-S", "-c", PEEK, str(port), ORIGIN],
-            cwd="/",
-            user=65534,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        assert UID not in other.stdout
-        assert " 403 " in other.stdout.splitlines()[0], other.stdout + other.stderr
+        other = await _peek(port)
+        assert UID not in other
+        assert " 403 " in other.splitlines()[0], other
         # the clerk's own browser (this process's user) still gets the stream
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
             headers = {"origin": ORIGIN}
             async with client.stream("GET", "/events", headers=headers, timeout=5) as resp:
                 assert resp.status_code == 200
-                seen = ""
-                async for text in resp.aiter_text():
-                    seen += text
-                    if UID in seen:
-                        break
-                assert UID in seen
+                chunks, seen = resp.aiter_text(), ""
+                while UID not in seen:  # (no break out of the iterator: that closes it)
+                    seen += await anext(chunks)
+                # while it is open, the other user names its address in X-Forwarded-For
+                posing = await _peek(port, "pose")
+                assert UID not in posing
+                assert " 403 " in posing.splitlines()[0], posing
+
+
+async def _peek(port: int, *extra: str) -> str:
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [PYTHON, "-S", "-c", PEEK, str(port), ORIGIN, *extra],
+        cwd="/",
+        user=65534,
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    return done.stdout + done.stderr
