@@ -8,6 +8,7 @@ import io
 import sqlite3
 import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,12 +18,24 @@ from starlette.testclient import TestClient
 from gateway.web import sessions as sessions_module
 from gateway.web.console.app import REPORT_NAMES, Console
 from gateway.web.sessions import AddressLimiter
+from tests.web import test_console_http as console_http
 from tests.web.console_site import CHIEF, CHIEF_PASSWORD, INITIAL, NOPAY, SECOND, VIEWER, Desk
 from tests.web.test_console_http import NEW, Clock, _csrf, _login, _ready, console, site
 
 __all__ = ["console", "site"]  # fixtures, imported for their names
 
 HEADER = "姓名,学号,身份证号,学院,班级\n"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _own_password_memory() -> Iterator[None]:
+    """test_console_http's ``_ready`` remembers whose password it changed, for its registry;
+    this module has its own registry (its own ``site``), so it starts from none changed."""
+    before = set(console_http._changed)
+    console_http._changed.clear()
+    yield
+    console_http._changed.clear()
+    console_http._changed.update(before)
 
 
 def _upload(client: TestClient, name: str, body: bytes) -> str:
