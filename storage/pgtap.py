@@ -47,7 +47,8 @@ from protocol.ledger import account_kind
 from protocol.types import CardState
 from storage import schema as s
 from storage.posting import TRANSFER_COLUMNS
-from storage.records import Card, Row, TapCard, Transfer
+from storage.queries import Query
+from storage.records import Row, TapCard
 from storage.taptx import TapTxBase
 
 T = TypeVar("T")
@@ -98,6 +99,8 @@ def _key(key: Any) -> tuple[Any, ...]:
 class PgTapTx(TapTxBase):
     """The operations a tap decision needs, on one gateway's connection (see the module doc)."""
 
+    dialect = "postgresql"
+
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
         self._epoch: int | None = None
@@ -125,6 +128,19 @@ class PgTapTx(TapTxBase):
 
     def scalar(self, sql: str, *args: Any) -> Any:
         return await_(self.conn.fetchval(sql, *args))
+
+    # the shared reads (storage.queries), compiled once for asyncpg (prepared-statement cache)
+    def first(self, query: Query, *args: Any) -> Row | None:
+        compiled = query.postgres
+        return _row(self.fetchrow(compiled.sql, *compiled.args(args)))
+
+    def rows(self, query: Query, *args: Any) -> list[Row]:
+        compiled = query.postgres
+        return [dict(r.items()) for r in self.fetch(compiled.sql, *compiled.args(args))]
+
+    def value(self, query: Query, *args: Any) -> Any:
+        compiled = query.postgres
+        return self.scalar(compiled.sql, *compiled.args(args))
 
     def begin_batch(self) -> None:
         """First statement of each batch: empty the caches if the registry epoch moved."""
@@ -232,15 +248,6 @@ class PgTapTx(TapTxBase):
             raise
         self.execute("RELEASE SAVEPOINT step")
 
-    def transfers_of(self, account: str, limit: int = 20) -> list[Transfer]:
-        rows = self.fetch(
-            f"SELECT {', '.join(_columns('transfers'))} FROM transfers"  # noqa: S608
-            " WHERE source = $1 OR dest = $1 ORDER BY id DESC LIMIT $2",
-            account,
-            limit,
-        )
-        return [Transfer.from_row(dict(r.items())) for r in rows]
-
     # --- the hot path ------------------------------------------------------------------------
     def idempotent(self, terminal_id: str, request_id: str) -> tuple[str, str] | None:
         found = self.fetchrow(
@@ -278,17 +285,7 @@ class PgTapTx(TapTxBase):
         self._cards[uid] = value
         return value
 
-    def card_by_uid(self, uid: str) -> Card | None:
-        found = self.fetchrow(
-            f"SELECT {', '.join(_columns('cards'))} FROM cards WHERE uid = $1",  # noqa: S608
-            uid,
-        )
-        return None if found is None else Card.from_row(dict(found.items()))
-
     # --- money: the one posting path of the tap path on PostgreSQL ------------------------------
-    def balance(self, account: str) -> int:
-        return int(self.scalar("SELECT balance FROM accounts WHERE id = $1", account) or 0)
-
     def debit_guarded(self, account: str, amount: int) -> int | None:
         found = self.scalar(
             "UPDATE accounts SET balance = balance - $1 WHERE id = $2 AND balance >= $1"
@@ -332,11 +329,6 @@ class PgTapTx(TapTxBase):
     def insert_transfer(self, values: tuple[Any, ...]) -> int:
         return int(self.scalar(_INSERT_TRANSFER, *values))
 
-    def referencing_total(self, ref_id: int) -> int:
-        return int(
-            self.scalar("SELECT coalesce(sum(amount), 0) FROM transfers WHERE ref_id = $1", ref_id)
-        )
-
     def record_reply(
         self, terminal_id: str, request_id: str, op: str, fingerprint: str, reply: str, at: datetime
     ) -> None:
@@ -353,15 +345,6 @@ class PgTapTx(TapTxBase):
             reply,
             at,
         )
-
-    def deny_changes_after(self, version: int, limit: int = 10_000) -> list[Row]:
-        rows = self.fetch(
-            "SELECT version, card_id, uid, change, denied FROM deny_changes"
-            " WHERE version > $1 ORDER BY version LIMIT $2",
-            version,
-            None if limit < 0 else limit,
-        )
-        return [dict(r.items()) for r in rows]
 
     def deny_version(self) -> int:
         return int(self.scalar("SELECT max(version) FROM deny_changes") or 0)

@@ -24,11 +24,13 @@ from protocol.carduid import canonical_card_uid
 from protocol.errors import Duplicate, ErrorCode, NotFound, OnecardError
 from protocol.ledger import TransferSpec, account_kind
 from storage import piidb
+from storage import queries as q
 from storage import schema as s
 from storage.engine import Engines, database_url, open_engines
 from storage.migrate import require_head, upgrade
 from storage.pii import Keyring, load_keyring
 from storage.posting import TRANSFER_COLUMNS, posting, posting_many, run_async
+from storage.queries import Query
 from storage.records import Card, Holder, MealAllowance, Receipt, Row, Transfer
 
 IN_CHUNK = 500
@@ -200,11 +202,21 @@ class SqlTx:
         )
 
     # --- holders ---------------------------------------------------------------------------
+    # the shared reads, one definition each (storage.queries), as on the tap path
+    async def first(self, query: Query, *args: Any) -> Row | None:
+        row = (await self.conn.execute(query.stmt, query.params(*args))).mappings().first()
+        return None if row is None else dict(row)
+
+    async def all_rows(self, query: Query, *args: Any) -> list[Row]:
+        result = await self.conn.execute(query.stmt, query.params(*args))
+        return [dict(r) for r in result.mappings()]
+
+    async def value(self, query: Query, *args: Any) -> Any:
+        return (await self.conn.execute(query.stmt, query.params(*args))).scalar_one_or_none()
+
     async def get_holder(self, holder_id: int) -> Holder:
-        row = await self.get("holders", holder_id)
-        if row is None:
-            raise NotFound(f"无此持卡人 {holder_id}", f"no holder {holder_id}")
-        return Holder.from_row(row)
+        row = await self.first(q.HOLDER, holder_id)
+        return q.holder_of(None if row is None else piidb.unseal("holders", row), holder_id)
 
     async def holders_by_number(self, number: str) -> list[Holder]:
         return [Holder.from_row(r) for r in await self.find("holders", number=number)]
@@ -282,22 +294,16 @@ class SqlTx:
         return version
 
     async def deny_changes_after(self, version: int, limit: int = 10_000) -> list[Row]:
-        t = s.deny_changes
-        query = select(t).where(t.c.version > version).order_by(t.c.version).limit(limit)
-        return [dict(r) for r in (await self.conn.execute(query)).mappings()]
+        """``version``, ``card_id``, ``uid``, ``change``, ``denied`` (``limit`` -1: all)."""
+        return await self.all_rows(q.DENY_CHANGES_AFTER, version, q.no_limit(limit, self.dialect))
 
     async def card_by_uid(self, uid: str) -> Card | None:
         """The card with this UID (any case, separators allowed); ``None`` if none or invalid."""
         canonical = canonical_card_uid(uid)
         if canonical is None:
             return None
-        uid = canonical
-        row = (
-            (await self.conn.execute(select(s.cards).where(s.cards.c.uid == uid)))
-            .mappings()
-            .first()
-        )
-        return Card.from_row(dict(row)) if row is not None else None
+        row = await self.first(q.CARD_BY_UID, canonical)
+        return Card.from_row(row) if row is not None else None
 
     # --- ledger ----------------------------------------------------------------------------
     async def ensure_account(self, account: str, holder_id: int | None = None) -> None:
@@ -310,9 +316,7 @@ class SqlTx:
         await self.conn.execute(stmt)
 
     async def balance(self, account: str) -> int:
-        query = select(s.accounts.c.balance).where(s.accounts.c.id == account)
-        value = (await self.conn.execute(query)).scalar_one_or_none()
-        return int(value or 0)
+        return int(await self.value(q.BALANCE, account) or 0)
 
     async def post(
         self,
@@ -398,26 +402,14 @@ class SqlTx:
         )
 
     async def get_transfer(self, transfer_id: int) -> Transfer:
-        row = await self.get("transfers", transfer_id)
-        if row is None:
-            raise NotFound(f"无此交易 {transfer_id}", f"no transfer {transfer_id}")
-        return Transfer.from_row(row)
+        return q.transfer_of(await self.first(q.TRANSFER, transfer_id), transfer_id)
 
     async def referencing_total(self, ref_id: int) -> int:
-        query = select(func.coalesce(func.sum(s.transfers.c.amount), 0)).where(
-            s.transfers.c.ref_id == ref_id
-        )
-        return int((await self.conn.execute(query)).scalar_one())
+        return int(await self.value(q.REFERENCING_TOTAL, ref_id))
 
     async def transfers_of(self, account: str, limit: int = 20) -> list[Transfer]:
-        t = s.transfers
-        query = (
-            select(t)
-            .where((t.c.source == account) | (t.c.dest == account))
-            .order_by(t.c.id.desc())
-            .limit(limit)
-        )
-        return [Transfer.from_row(dict(r)) for r in (await self.conn.execute(query)).mappings()]
+        rows = await self.all_rows(q.TRANSFERS_OF, account, limit)
+        return [Transfer.from_row(r) for r in rows]
 
     # --- receipts (FEE-2/3) -----------------------------------------------------------------
     async def issue_receipt(

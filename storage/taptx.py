@@ -8,13 +8,26 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from protocol.errors import NotFound
 from protocol.ledger import TransferSpec
+from storage import queries as q
 from storage.posting import posting, run
-from storage.records import Holder, MealAllowance, Row, Transfer
+from storage.queries import Query
+from storage.records import Card, Holder, MealAllowance, Row, Transfer
 
 
 class TapTxBase:
+    dialect: str  # "sqlite" or "postgresql"
+
+    # --- how each backend runs a shared read (storage.queries), compiled for its driver ---
+    def first(self, query: Query, *args: Any) -> Row | None:
+        raise NotImplementedError
+
+    def rows(self, query: Query, *args: Any) -> list[Row]:
+        raise NotImplementedError
+
+    def value(self, query: Query, *args: Any) -> Any:
+        raise NotImplementedError
+
     def get(self, table: str, key: Any) -> Row | None:
         raise NotImplementedError
 
@@ -46,7 +59,7 @@ class TapTxBase:
 
     # --- the operations each backend writes in its dialect (storage.posting.Statements) ---
     def balance(self, account: str) -> int:
-        raise NotImplementedError
+        return int(self.value(q.BALANCE, account) or 0)
 
     def debit_guarded(self, account: str, amount: int) -> int | None:
         raise NotImplementedError
@@ -103,14 +116,25 @@ class TapTxBase:
         else:
             self.update("meal_usage", (holder_id, month), {"used": int(usage["used"]) + 1})
 
+    # --- the shared reads, one definition each (storage.queries) ---------------------------
     def get_holder(self, holder_id: int) -> Holder:
-        row = self.get("holders", holder_id)
-        if row is None:
-            raise NotFound(f"无此持卡人 {holder_id}", f"no holder {holder_id}")
-        return Holder.from_row(row)
+        return q.holder_of(self.first(q.HOLDER, holder_id), holder_id)
 
     def get_transfer(self, transfer_id: int) -> Transfer:
-        row = self.get("transfers", transfer_id)
-        if row is None:
-            raise NotFound(f"无此交易 {transfer_id}", f"no transfer {transfer_id}")
-        return Transfer.from_row(row)
+        return q.transfer_of(self.first(q.TRANSFER, transfer_id), transfer_id)
+
+    def transfers_of(self, account: str, limit: int = 20) -> list[Transfer]:
+        return [Transfer.from_row(r) for r in self.rows(q.TRANSFERS_OF, account, limit)]
+
+    def referencing_total(self, ref_id: int) -> int:
+        return int(self.value(q.REFERENCING_TOTAL, ref_id))
+
+    def deny_changes_after(self, version: int, limit: int = 10_000) -> list[Row]:
+        """``version``, ``card_id``, ``uid``, ``change``, ``denied`` of the newer changes
+        (``limit`` -1: all); what distribution needs, without parsing timestamps."""
+        return self.rows(q.DENY_CHANGES_AFTER, version, q.no_limit(limit, self.dialect))
+
+    def card_by_uid(self, uid: str) -> Card | None:
+        """The card with this canonical UID (the tap path's UIDs are canonical already)."""
+        row = self.first(q.CARD_BY_UID, uid)
+        return None if row is None else Card.from_row(row)

@@ -41,7 +41,8 @@ from protocol.ledger import account_kind
 from protocol.types import CardState
 from storage import schema as s
 from storage.posting import TRANSFER_COLUMNS
-from storage.records import Card, Row, TapCard, Transfer
+from storage.queries import Query
+from storage.records import Row, TapCard
 from storage.taptx import TapTxBase
 
 T = TypeVar("T")
@@ -124,6 +125,8 @@ class SqliteTapTx(TapTxBase):
     Balances are never cached: the conditional debit reads them in the statement itself.
     """
 
+    dialect = "sqlite"
+
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         self._data_version: int | None = None
@@ -183,18 +186,23 @@ class SqliteTapTx(TapTxBase):
             raise
         self.conn.execute("RELEASE step")
 
-    def transfers_of(self, account: str, limit: int = 20) -> list[Transfer]:
-        info = _info("transfers")
-        rows = self.conn.execute(
-            f"SELECT {', '.join(info.columns)} FROM transfers WHERE id IN ("  # noqa: S608
-            " SELECT id FROM transfers WHERE source = ?"
-            " UNION SELECT id FROM transfers WHERE dest = ?) ORDER BY id DESC LIMIT ?",
-            (account, account, limit),
-        )
-        return [Transfer.from_row(info.row(r)) for r in rows]
-
     def scalar(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
         found = self.conn.execute(sql, params).fetchone()
+        return None if found is None else found[0]
+
+    # the shared reads (storage.queries), compiled once for sqlite3
+    def first(self, query: Query, *args: Any) -> Row | None:
+        compiled = query.sqlite
+        found = self.conn.execute(compiled.sql, compiled.args(args)).fetchone()
+        return None if found is None else query.sqlite_row(found)
+
+    def rows(self, query: Query, *args: Any) -> list[Row]:
+        compiled = query.sqlite
+        return [query.sqlite_row(r) for r in self.conn.execute(compiled.sql, compiled.args(args))]
+
+    def value(self, query: Query, *args: Any) -> Any:
+        compiled = query.sqlite
+        found = self.conn.execute(compiled.sql, compiled.args(args)).fetchone()
         return None if found is None else found[0]
 
     # the hot path: one indexed lookup each
@@ -234,20 +242,6 @@ class SqliteTapTx(TapTxBase):
             return None
         return TapCard(found[0], found[1], CardState(found[2]), _ts(found[3]), found[4], found[5])
 
-    # cards and holders
-    def card_by_uid(self, uid: str) -> Card | None:
-        info = _info("cards")
-        found = self.conn.execute(
-            f"SELECT {', '.join(info.columns)} FROM cards WHERE uid = ?",  # noqa: S608
-            (uid,),
-        ).fetchone()
-        return Card.from_row(info.row(found)) if found is not None else None
-
-    # ledger
-    def balance(self, account: str) -> int:
-        value = self.scalar("SELECT balance FROM accounts WHERE id = ?", (account,))
-        return int(value or 0)
-
     def debit_guarded(self, account: str, amount: int) -> int | None:
         rows = self.conn.execute(
             "UPDATE accounts SET balance = balance - ?"
@@ -280,13 +274,6 @@ class SqliteTapTx(TapTxBase):
         assert cursor.lastrowid is not None
         return int(cursor.lastrowid)
 
-    def referencing_total(self, ref_id: int) -> int:
-        return int(
-            self.scalar(
-                "SELECT coalesce(sum(amount), 0) FROM transfers WHERE ref_id = ?", (ref_id,)
-            )
-        )
-
     def record_reply(
         self, terminal_id: str, request_id: str, op: str, fingerprint: str, reply: str, at: datetime
     ) -> None:
@@ -296,19 +283,6 @@ class SqliteTapTx(TapTxBase):
             " VALUES (?, ?, ?, ?, ?, ?)",
             (terminal_id, request_id, op, fingerprint, reply, _to_db(at)),
         )
-
-    def deny_changes_after(self, version: int, limit: int = 10_000) -> list[Row]:
-        """``version``, ``card_id``, ``uid``, ``change``, ``denied`` of the newer changes
-        (``limit`` -1: all); what distribution needs, without parsing timestamps."""
-        rows = self.conn.execute(
-            "SELECT version, card_id, uid, change, denied FROM deny_changes"
-            " WHERE version > ? ORDER BY version LIMIT ?",
-            (version, limit),
-        )
-        return [
-            {"version": v, "card_id": c, "uid": u, "change": ch, "denied": bool(d)}
-            for v, c, u, ch, d in rows
-        ]
 
     def deny_version(self) -> int:
         return int(self.scalar("SELECT max(version) FROM deny_changes") or 0)
