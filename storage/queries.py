@@ -159,6 +159,57 @@ BALANCE = Query(
 )
 
 
+# --- the tap path's own registers, read by typed operations instead of table names ----------
+_sales = s.offline_sales
+_terminal = bindparam("terminal_id", type_=String)
+#: a water hold, read to be settled or released: locked on PostgreSQL so two gateways cannot
+#: both act on it (SQLite's one writer serialises anyway)
+WATER_HOLD = Query(
+    select(s.water_holds)
+    .where(s.water_holds.c.id == bindparam("id", type_=Integer))
+    .with_for_update(key_share=True),
+    "id",
+)
+#: whether a terminal's offline sale ``seq`` was already uploaded
+OFFLINE_SALE_SEEN = Query(
+    select(_sales.c.seq).where(_sales.c.terminal_id == _terminal, _sales.c.seq == bindparam("seq")),
+    "terminal_id",
+    "seq",
+)
+#: every offline sequence number a terminal uploaded, in order (for the gap report)
+OFFLINE_SEQS = Query(
+    select(_sales.c.seq).where(_sales.c.terminal_id == _terminal).order_by(_sales.c.seq),
+    "terminal_id",
+)
+#: a terminal's offline sales of one card (the daily offline limit)
+OFFLINE_SALES_OF_CARD = Query(
+    select(_sales).where(
+        _sales.c.terminal_id == _terminal, _sales.c.card_uid == bindparam("card_uid")
+    ),
+    "terminal_id",
+    "card_uid",
+)
+#: one card's deny-list history, oldest first
+DENY_CHANGES_OF_CARD = Query(
+    select(s.deny_changes)
+    .where(s.deny_changes.c.card_id == bindparam("card_id", type_=Integer))
+    .order_by(s.deny_changes.c.version),
+    "card_id",
+)
+#: one deny-list change by version
+DENY_CHANGE = Query(
+    select(s.deny_changes).where(s.deny_changes.c.version == bindparam("version", type_=Integer)),
+    "version",
+)
+#: a kiosk session by the hash of its token
+HOLDER_SESSION = Query(
+    select(s.holder_sessions).where(
+        s.holder_sessions.c.token_hash == bindparam("token_hash", type_=String)
+    ),
+    "token_hash",
+)
+
+
 def no_limit(limit: int, dialect: str) -> int | None:
     """A negative ``limit`` (all rows) as each engine takes it in ``LIMIT``."""
     if limit >= 0:

@@ -138,3 +138,26 @@ class TapTxBase:
         """The card with this canonical UID (the tap path's UIDs are canonical already)."""
         row = self.first(q.CARD_BY_UID, uid)
         return None if row is None else Card.from_row(row)
+
+    # --- the tap path's registers as typed operations (no table names in the services) ------
+    def water_hold(self, hold_id: int) -> Row | None:
+        """A water hold, locked for settling on PostgreSQL."""
+        return self.first(q.WATER_HOLD, hold_id)
+
+    def offline_sale_seen(self, terminal_id: str, seq: int) -> bool:
+        return self.value(q.OFFLINE_SALE_SEEN, terminal_id, seq) is not None
+
+    def offline_seqs(self, terminal_id: str) -> list[int]:
+        return [int(r["seq"]) for r in self.rows(q.OFFLINE_SEQS, terminal_id)]
+
+    def offline_sales_of_card(self, terminal_id: str, card_uid: str) -> list[Row]:
+        return self.rows(q.OFFLINE_SALES_OF_CARD, terminal_id, card_uid)
+
+    def deny_changes_of_card(self, card_id: int) -> list[Row]:
+        return self.rows(q.DENY_CHANGES_OF_CARD, card_id)
+
+    def deny_change(self, version: int) -> Row | None:
+        return self.first(q.DENY_CHANGE, version)
+
+    def holder_session(self, token_hash: str) -> Row | None:
+        return self.first(q.HOLDER_SESSION, token_hash)

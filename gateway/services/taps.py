@@ -562,7 +562,7 @@ class TerminalService:
         # a hold id is a row id: ASCII digits within SQL's 64-bit integers (a 64-digit id from
         # the fuzzer used to overflow into `internal`)
         number = int(hold_id) if hold_id.isascii() and hold_id.isdigit() else None
-        row = tx.get("water_holds", number) if number is not None and number < 2**63 else None
+        row = tx.water_hold(number) if number is not None and number < 2**63 else None
         if row is None or row["terminal_id"] != t.id:
             raise Refused("无此预授权", "no such hold at this terminal", code=ErrorCode.NOT_FOUND)
         if row["state"] != "held":
@@ -653,7 +653,7 @@ class TerminalService:
         rejected: list[OfflineRejection] = []
         current = tx.deny_version()
         for sale in data.sales:
-            if tx.get("offline_sales", (t.id, sale.seq)) is not None:
+            if tx.offline_sale_seen(t.id, sale.seq):
                 duplicates.append(sale.seq)
                 continue
             verdict, transfer_id = self._settle_offline(tx, t, sale, now, current)
@@ -679,7 +679,7 @@ class TerminalService:
                 accepted.append(sale.seq)
             else:
                 rejected.append(OfflineRejection(seq=sale.seq, code=verdict.code))
-        seqs = [int(r["seq"]) for r in tx.find("offline_sales", terminal_id=t.id, order_by="seq")]
+        seqs = tx.offline_seqs(t.id)
         return OfflineUploadResponse(
             accepted=accepted, duplicates=duplicates, rejected=rejected, gaps=_gaps(seqs)
         )
@@ -704,19 +704,17 @@ class TerminalService:
         refusal = amount_verdict(sale.amount_fen, rules)
         if refusal is not None:
             return refusal, None
-        history = [
-            deny_entry(r) for r in tx.find("deny_changes", card_id=card.id, order_by="version")
-        ]
+        history = [deny_entry(r) for r in tx.deny_changes_of_card(card.id)]
         held = sale.denylist_version
         if held is not None and held > current:
             held = None  # a version that does not exist yet proves nothing
-        outdated = tx.get("deny_changes", held + 1) if held is not None else None
+        outdated = tx.deny_change(held + 1) if held is not None else None
         verdict = card_state_verdict(
             history, sold_at, held, outdated["at"] if outdated else None, rules
         )
         if verdict.code is not None:
             return verdict, None
-        same_card = tx.find("offline_sales", terminal_id=t.id, card_uid=sale.card)
+        same_card = tx.offline_sales_of_card(t.id, sale.card)
         refusal = daily_verdict(sale.amount_fen, day_total(same_card, sold_at), rules)
         if refusal is not None:
             return refusal, None
@@ -747,7 +745,7 @@ class TerminalService:
         return await tx.get_holder(_session_holder(row, t, now))
 
     def _session_sync(self, tx: TapTx, t: Terminal, token: str, now: datetime) -> Holder:
-        return tx.get_holder(_session_holder(tx.get("holder_sessions", token_hash(token)), t, now))
+        return tx.get_holder(_session_holder(tx.holder_session(token_hash(token)), t, now))
 
     async def _login(self, terminal_id: str, request: Request[Any]) -> Outcome:
         """LOSS-1: number + password (default: last 6 of the national ID), with lockout.

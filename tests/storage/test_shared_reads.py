@@ -56,7 +56,41 @@ async def seed(registry: SqlRegistry) -> dict[str, Any]:
         bought = await tx.post(spec, at=NOW, actor="t", card_id=card)
         await tx.post(ledger.reversal(spec, bought), at=NOW, actor="t")
         version = await tx.add_deny_change(await tx.get_card(card), "lost", True, NOW)
-    return {"holder": holder, "card": card, "bought": bought, "version": version}
+        hold = await tx.insert(
+            "water_holds",
+            {
+                "terminal_id": "water-1",
+                "card_id": card,
+                "holder_id": holder,
+                "amount": 500,
+                "state": "held",
+                "created_at": NOW,
+            },
+        )
+        for seq in (3, 1):
+            await tx.put(
+                "offline_sales",
+                {
+                    "terminal_id": "pos-1",
+                    "seq": seq,
+                    "card_uid": UID,
+                    "amount": 200,
+                    "sold_at": NOW,
+                    "uploaded_at": NOW,
+                    "result": "accepted",
+                },
+            )
+        await tx.put(
+            "holder_sessions",
+            {
+                "token_hash": "ab" * 32,
+                "holder_id": holder,
+                "terminal_id": "kiosk-1",
+                "created_at": NOW,
+                "expires_at": NOW,
+            },
+        )
+    return {"holder": holder, "card": card, "bought": bought, "version": version, "hold": hold}
 
 
 async def _counter_reads(registry: SqlRegistry, ids: dict[str, Any]) -> list[Any]:
@@ -100,6 +134,38 @@ def _tap_reads(tx: TapTx, ids: dict[str, Any]) -> list[Any]:
     ]
 
 
+def _registers(tx: TapTx, ids: dict[str, Any]) -> list[Any]:
+    """The tap path's own registers, read by typed operations."""
+    return [
+        tx.water_hold(ids["hold"]),
+        tx.water_hold(ids["hold"] + 1),
+        tx.offline_sale_seen("pos-1", 3),
+        tx.offline_sale_seen("pos-1", 2),
+        tx.offline_sale_seen("pos-2", 1),
+        tx.offline_seqs("pos-1"),
+        [r["seq"] for r in tx.offline_sales_of_card("pos-1", UID)],
+        tx.offline_sales_of_card("pos-1", "04FFFFFFFF"),
+        [(r["version"], r["change"], r["at"]) for r in tx.deny_changes_of_card(ids["card"])],
+        tx.deny_change(ids["version"] + 1),
+        tx.holder_session("ab" * 32),
+        tx.holder_session("cd" * 32),
+    ]
+
+
+def _check_registers(reads: list[Any], ids: dict[str, Any]) -> None:
+    hold, no_hold, *seen = reads[:5]
+    assert hold is not None and hold["state"] == "held" and hold["created_at"] == NOW
+    assert no_hold is None
+    assert seen == [True, False, False]
+    assert reads[5] == [1, 3]
+    assert sorted(reads[6]) == [1, 3]
+    assert reads[7] == []
+    assert reads[8] == [(ids["version"], "lost", NOW)]
+    assert reads[9] is None
+    assert reads[10]["holder_id"] == ids["holder"] and reads[10]["expires_at"] == NOW
+    assert reads[11] is None
+
+
 def _check(reads: list[Any], ids: dict[str, Any]) -> None:
     holder, transfer, history, newest, total, changes, every, none, card, no_card = reads[:10]
     assert holder.national_id == "110101200001011234"  # opened, not the sealed token
@@ -135,6 +201,7 @@ async def test_three_paths_one_definition_on_sqlite(tmp_path: Path) -> None:
         conn = sqlite3.connect(tmp_path / "r.sqlite3", isolation_level=None)
         try:
             tap = _tap_reads(SqliteTapTx(conn), ids)
+            registers = _registers(SqliteTapTx(conn), ids)
             with pytest.raises(NotFound):
                 SqliteTapTx(conn).get_holder(ids["holder"] + 1)
         finally:
@@ -143,6 +210,7 @@ async def test_three_paths_one_definition_on_sqlite(tmp_path: Path) -> None:
         await registry.close()
     _check(counter, ids)
     assert tap == counter
+    _check_registers(registers, ids)
 
 
 @pytest.mark.postgres
@@ -154,6 +222,7 @@ async def test_three_paths_one_definition_on_postgres(pg_url: str) -> None:  # n
         ids = await seed(registry)
         counter = await _counter_reads(registry, ids)
         tap = await executor.run(lambda tx: _tap_reads(tx, ids))
+        registers = await executor.run(lambda tx: _registers(tx, ids))
         with pytest.raises(NotFound):
             await executor.run(lambda tx: tx.get_transfer(ids["bought"] + 99))
     finally:
@@ -161,3 +230,4 @@ async def test_three_paths_one_definition_on_postgres(pg_url: str) -> None:  # n
         await registry.close()
     _check(counter, ids)
     assert tap == counter
+    _check_registers(registers, ids)
