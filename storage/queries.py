@@ -209,6 +209,16 @@ HOLDER_SESSION = Query(
     "token_hash",
 )
 
+#: a terminal's idempotency record (what a void checks: the original sale's op and reply)
+IDEMPOTENCY_RECORD = Query(
+    select(s.idempotency).where(
+        s.idempotency.c.terminal_id == _terminal,
+        s.idempotency.c.request_id == bindparam("request_id", type_=String),
+    ),
+    "terminal_id",
+    "request_id",
+)
+
 
 def no_limit(limit: int, dialect: str) -> int | None:
     """A negative ``limit`` (all rows) as each engine takes it in ``LIMIT``."""

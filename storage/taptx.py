@@ -98,6 +98,9 @@ class TapTxBase:
     def put(self, table: str, values: Mapping[str, Any]) -> None:
         raise NotImplementedError
 
+    def insert(self, table: str, values: Mapping[str, Any]) -> int:
+        raise NotImplementedError
+
     def update(self, table: str, key: Any, values: Mapping[str, Any]) -> None:
         raise NotImplementedError
 
@@ -161,3 +164,41 @@ class TapTxBase:
 
     def holder_session(self, token_hash: str) -> Row | None:
         return self.first(q.HOLDER_SESSION, token_hash)
+
+    def idempotency_record(self, terminal_id: str, request_id: str) -> Row | None:
+        return self.first(q.IDEMPOTENCY_RECORD, terminal_id, request_id)
+
+    # --- the tap path's register writes, by typed operations --------------------------------
+    def terminal_hello(
+        self, terminal_id: str, *, firmware: str | None, denylist_version: int, at: datetime
+    ) -> None:
+        values = {"firmware": firmware, "denylist_version": denylist_version, "last_seen_at": at}
+        self.update("terminals", terminal_id, values)
+
+    def terminal_heartbeat(self, terminal_id: str, *, denylist_version: int, at: datetime) -> None:
+        self.update(
+            "terminals", terminal_id, {"denylist_version": denylist_version, "last_seen_at": at}
+        )
+
+    def open_water_hold(
+        self, *, terminal_id: str, card_id: int, holder_id: int, amount: int, at: datetime
+    ) -> int:
+        values = {
+            "terminal_id": terminal_id,
+            "card_id": card_id,
+            "holder_id": holder_id,
+            "amount": amount,
+            "state": "held",
+            "created_at": at,
+        }
+        return self.insert("water_holds", values)
+
+    def close_water_hold(self, hold_id: int, *, state: str, used: int, at: datetime) -> None:
+        """``state``: settled or released."""
+        self.update("water_holds", hold_id, {"state": state, "used": used, "closed_at": at})
+
+    def record_offline_sale(self, values: Mapping[str, Any]) -> None:
+        self.put("offline_sales", values)
+
+    def add_holder_alert(self, values: Mapping[str, Any]) -> None:
+        self.insert("holder_alerts", values)

@@ -326,15 +326,12 @@ class TerminalService:
                 code=ErrorCode.PERMISSION_DENIED,
             )
         current = self._deny_version(tx)
-        tx.update(
-            "terminals",
+        tx.terminal_hello(
             t.id,
-            {
-                "firmware": data.firmware,
-                # a terminal cannot claim a version that does not exist yet (issue 8, item 13)
-                "denylist_version": min(data.denylist_version, current),
-                "last_seen_at": now,
-            },
+            firmware=data.firmware,
+            # a terminal cannot claim a version that does not exist yet (issue 8, item 13)
+            denylist_version=min(data.denylist_version, current),
+            at=now,
         )
         return HelloResponse(server_time_ms=_ms(now), denylist_version=current, config=self.config)
 
@@ -343,7 +340,7 @@ class TerminalService:
     ) -> HeartbeatResponse:
         current = self._deny_version(tx)
         held = min(data.denylist_version, current)
-        tx.update("terminals", t.id, {"denylist_version": held, "last_seen_at": now})
+        tx.terminal_heartbeat(t.id, denylist_version=held, at=now)
         return HeartbeatResponse(server_time_ms=_ms(now), denylist_version=current)
 
     def _deny_version(self, tx: TapTx) -> int:
@@ -412,8 +409,7 @@ class TerminalService:
                 raise Refused(exc.message_zh, exc.message_en, code=exc.code) from None
             raise
         if crossed_low(balance, spec.amount, self.alerts):
-            tx.insert(
-                "holder_alerts",
+            tx.add_holder_alert(
                 low_balance_row(
                     holder_id=card.holder_id,
                     balance=balance,
@@ -437,7 +433,7 @@ class TerminalService:
 
     def _void(self, tx: TapTx, t: Terminal, data: VoidRequest, now: datetime) -> VoidResponse:
         """Reverse this terminal's own LAST sale, named by its request id."""
-        row = tx.get("idempotency", (t.id, data.original_request_id))
+        row = tx.idempotency_record(t.id, data.original_request_id)
         if row is None or row["op"] != "purchase" or b'"ok":true' not in str(row["reply"]).encode():
             raise Refused(
                 "原交易不存在或未成功",
@@ -527,16 +523,12 @@ class TerminalService:
         self, tx: TapTx, t: Terminal, data: WaterHoldRequest, now: datetime
     ) -> WaterHoldResponse:
         card = self._usable_card(tx, data.card, now)
-        hold_id = tx.insert(
-            "water_holds",
-            {
-                "terminal_id": t.id,
-                "card_id": card.id,
-                "holder_id": card.holder_id,
-                "amount": data.amount_fen,
-                "state": "held",
-                "created_at": now,
-            },
+        hold_id = tx.open_water_hold(
+            terminal_id=t.id,
+            card_id=card.id,
+            holder_id=card.holder_id,
+            amount=data.amount_fen,
+            at=now,
         )
         account = f"{hold(card.holder_id)}:w{hold_id}"
         self._debit(
@@ -607,9 +599,7 @@ class TerminalService:
                 terminal_id=t.id,
                 holder_id=holder_id,
             )
-        tx.update(
-            "water_holds", row["id"], {"state": "settled", "used": data.used_fen, "closed_at": now}
-        )
+        tx.close_water_hold(row["id"], state="settled", used=data.used_fen, at=now)
         return WaterSettleResponse(
             charged_fen=data.used_fen,
             released_fen=rest,
@@ -636,7 +626,7 @@ class TerminalService:
             terminal_id=t.id,
             holder_id=holder_id,
         )
-        tx.update("water_holds", row["id"], {"state": "released", "used": 0, "closed_at": now})
+        tx.close_water_hold(row["id"], state="released", used=0, at=now)
         return WaterReleaseResponse(
             released_fen=int(row["amount"]), balance_after_fen=tx.balance(purse(holder_id))
         )
@@ -657,8 +647,7 @@ class TerminalService:
                 duplicates.append(sale.seq)
                 continue
             verdict, transfer_id = self._settle_offline(tx, t, sale, now, current)
-            tx.put(
-                "offline_sales",
+            tx.record_offline_sale(
                 {
                     "terminal_id": t.id,
                     "seq": sale.seq,
@@ -924,8 +913,7 @@ class TerminalService:
             spec, at=now, actor=t.actor.name, card_id=card_id, terminal_id=t.id, holder_id=holder_id
         )
         balance = tx.balance(purse(holder_id))
-        tx.insert(
-            "holder_alerts",
+        tx.add_holder_alert(
             topup_row(
                 holder_id=holder_id,
                 amount=data.amount_fen,

@@ -152,6 +152,76 @@ def _registers(tx: TapTx, ids: dict[str, Any]) -> list[Any]:
     ]
 
 
+def _writes(tx: TapTx, ids: dict[str, Any]) -> list[Any]:
+    """The tap path's register writes by typed operations, read back."""
+    tx.put(
+        "terminals",
+        {
+            "id": "pos-9",
+            "kind": "pos",
+            "mqtt_password_hash": "x",
+            "created_at": NOW,
+            "updated_at": NOW,
+        },
+    )
+    tx.terminal_hello("pos-9", firmware="1.2", denylist_version=1, at=NOW)
+    tx.terminal_heartbeat("pos-9", denylist_version=2, at=NOW)
+    hold = tx.open_water_hold(
+        terminal_id="water-1", card_id=ids["card"], holder_id=ids["holder"], amount=300, at=NOW
+    )
+    tx.close_water_hold(hold, state="settled", used=120, at=NOW)
+    tx.record_offline_sale(
+        {
+            "terminal_id": "pos-9",
+            "seq": 7,
+            "card_uid": UID,
+            "amount": 50,
+            "sold_at": NOW,
+            "uploaded_at": NOW,
+            "result": "accepted",
+        }
+    )
+    tx.add_holder_alert(
+        {
+            "holder_id": ids["holder"],
+            "card_id": ids["card"],
+            "kind": "low_balance",
+            "at": NOW,
+            "terminal_id": "pos-9",
+            "balance": 10,
+        }
+    )
+    tx.record_reply("pos-9", "r-1", "purchase", "f", '{"ok":true}', NOW)
+    terminal = tx.get("terminals", "pos-9")
+    assert terminal is not None
+    closed = tx.water_hold(hold)
+    assert closed is not None
+    return [
+        (terminal["firmware"], terminal["denylist_version"], terminal["last_seen_at"]),
+        (closed["state"], closed["used"], closed["amount"], closed["closed_at"]),
+        tx.offline_seqs("pos-9"),
+        [r["balance"] for r in tx.find("holder_alerts", terminal_id="pos-9")],
+        {k: v for k, v in (tx.idempotency_record("pos-9", "r-1") or {}).items() if k != "at"},
+        tx.idempotency_record("pos-9", "r-2"),
+    ]
+
+
+WRITTEN = [
+    ("1.2", 2, NOW),
+    ("settled", 120, 300, NOW),
+    [7],
+    [10],
+    {
+        "terminal_id": "pos-9",
+        "request_id": "r-1",
+        "op": "purchase",
+        "fingerprint": "f",
+        "reply": '{"ok":true}',
+    },
+    None,
+]
+
+
 def _check_registers(reads: list[Any], ids: dict[str, Any]) -> None:
     hold, no_hold, *seen = reads[:5]
     assert hold is not None and hold["state"] == "held" and hold["created_at"] == NOW
@@ -202,6 +272,7 @@ async def test_three_paths_one_definition_on_sqlite(tmp_path: Path) -> None:
         try:
             tap = _tap_reads(SqliteTapTx(conn), ids)
             registers = _registers(SqliteTapTx(conn), ids)
+            written = _writes(SqliteTapTx(conn), ids)
             with pytest.raises(NotFound):
                 SqliteTapTx(conn).get_holder(ids["holder"] + 1)
         finally:
@@ -211,6 +282,7 @@ async def test_three_paths_one_definition_on_sqlite(tmp_path: Path) -> None:
     _check(counter, ids)
     assert tap == counter
     _check_registers(registers, ids)
+    assert written == WRITTEN
 
 
 @pytest.mark.postgres
@@ -223,6 +295,7 @@ async def test_three_paths_one_definition_on_postgres(pg_url: str) -> None:  # n
         counter = await _counter_reads(registry, ids)
         tap = await executor.run(lambda tx: _tap_reads(tx, ids))
         registers = await executor.run(lambda tx: _registers(tx, ids))
+        written = await executor.run(lambda tx: _writes(tx, ids))
         with pytest.raises(NotFound):
             await executor.run(lambda tx: tx.get_transfer(ids["bought"] + 99))
     finally:
@@ -231,3 +304,4 @@ async def test_three_paths_one_definition_on_postgres(pg_url: str) -> None:  # n
     _check(counter, ids)
     assert tap == counter
     _check_registers(registers, ids)
+    assert written == WRITTEN
