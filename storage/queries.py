@@ -219,6 +219,9 @@ IDEMPOTENCY_RECORD = Query(
     "request_id",
 )
 
+#: a terminal's registration (kind, merchant, enabled, ...)
+TERMINAL = Query(select(s.terminals).where(s.terminals.c.id == _terminal), "terminal_id")
+
 
 def no_limit(limit: int, dialect: str) -> int | None:
     """A negative ``limit`` (all rows) as each engine takes it in ``LIMIT``."""

@@ -214,6 +214,15 @@ class SqlTx:
     async def value(self, query: Query, *args: Any) -> Any:
         return (await self.conn.execute(query.stmt, query.params(*args))).scalar_one_or_none()
 
+    async def idempotency_record(self, terminal_id: str, request_id: str) -> Row | None:
+        return await self.first(q.IDEMPOTENCY_RECORD, terminal_id, request_id)
+
+    async def terminal_record(self, terminal_id: str) -> Row | None:
+        return await self.first(q.TERMINAL, terminal_id)
+
+    async def holder_session(self, token_hash: str) -> Row | None:
+        return await self.first(q.HOLDER_SESSION, token_hash)
+
     async def get_holder(self, holder_id: int) -> Holder:
         row = await self.first(q.HOLDER, holder_id)
         return q.holder_of(None if row is None else piidb.unseal("holders", row), holder_id)

@@ -307,13 +307,13 @@ class TerminalService:
         return None
 
     async def _replay(self, tx: Tx, terminal_id: str, request_id: str, key: str) -> Outcome | None:
-        row = await tx.get("idempotency", (terminal_id, request_id))
+        row = await tx.idempotency_record(terminal_id, request_id)
         if row is None:
             return None
         return _replayed(request_id, key, str(row["fingerprint"]), str(row["reply"]))
 
     async def _terminal(self, tx: Tx, terminal_id: str) -> Terminal:
-        row = await tx.get("terminals", terminal_id)
+        row = await tx.terminal_record(terminal_id)
         found = None if row is None else (row["kind"], row["merchant_id"], bool(row["enabled"]))
         return _checked_terminal(terminal_id, found)
 
@@ -730,7 +730,7 @@ class TerminalService:
 
     # --- kiosk --------------------------------------------------------------------------------
     async def _session(self, tx: Tx, t: Terminal, token: str, now: datetime) -> Holder:
-        row = await tx.get("holder_sessions", token_hash(token))
+        row = await tx.holder_session(token_hash(token))
         return await tx.get_holder(_session_holder(row, t, now))
 
     def _session_sync(self, tx: TapTx, t: Terminal, token: str, now: datetime) -> Holder:

@@ -222,6 +222,19 @@ WRITTEN = [
 ]
 
 
+async def _check_counter_records(registry: SqlRegistry, registers: list[Any]) -> None:
+    """The counter's side of the same records (its async ``Tx``), after the tap's writes."""
+    async with registry.read() as tx:
+        record = await tx.idempotency_record("pos-9", "r-1")
+        assert record is not None
+        assert {k: v for k, v in record.items() if k != "at"} == WRITTEN[4]
+        assert await tx.idempotency_record("pos-9", "r-2") is None
+        assert await tx.holder_session("ab" * 32) == registers[10]
+        terminal = await tx.terminal_record("pos-9")
+        assert terminal is not None and terminal["denylist_version"] == 2
+        assert await tx.terminal_record("pos-10") is None
+
+
 def _check_registers(reads: list[Any], ids: dict[str, Any]) -> None:
     hold, no_hold, *seen = reads[:5]
     assert hold is not None and hold["state"] == "held" and hold["created_at"] == NOW
@@ -273,6 +286,7 @@ async def test_three_paths_one_definition_on_sqlite(tmp_path: Path) -> None:
             tap = _tap_reads(SqliteTapTx(conn), ids)
             registers = _registers(SqliteTapTx(conn), ids)
             written = _writes(SqliteTapTx(conn), ids)
+            await _check_counter_records(registry, registers)
             with pytest.raises(NotFound):
                 SqliteTapTx(conn).get_holder(ids["holder"] + 1)
         finally:
@@ -296,6 +310,7 @@ async def test_three_paths_one_definition_on_postgres(pg_url: str) -> None:  # n
         tap = await executor.run(lambda tx: _tap_reads(tx, ids))
         registers = await executor.run(lambda tx: _registers(tx, ids))
         written = await executor.run(lambda tx: _writes(tx, ids))
+        await _check_counter_records(registry, registers)
         with pytest.raises(NotFound):
             await executor.run(lambda tx: tx.get_transfer(ids["bought"] + 99))
     finally:
