@@ -38,6 +38,17 @@ def _pairs(tx: SqliteTapTx | PgTapTx, account: str, n: int) -> float:
     return time.process_time() - start
 
 
+def _hot(tx: SqliteTapTx | PgTapTx, n: int) -> float:
+    """The per-decision reads without a cache: idempotency miss, card + holder, deny version."""
+    start = time.process_time()
+    for i in range(n):
+        assert tx.idempotent("pos-1", f"r{i}") is None
+        tx._cards.clear()
+        assert tx.tap_card(UID) is not None
+        tx.deny_version()
+    return time.process_time() - start
+
+
 async def _counter(registry: SqlRegistry, account: str, n: int) -> float:
     async with registry.read() as tx:
         start = time.process_time()
@@ -47,8 +58,12 @@ async def _counter(registry: SqlRegistry, account: str, n: int) -> float:
         return time.process_time() - start
 
 
-def _line(name: str, seconds: float, n: int) -> None:
-    print(f"{name:<30} {seconds * 1e6 / n:8.1f} µs CPU per card_by_uid+balance ({n} pairs)")  # noqa: T201
+PAIR = "card_by_uid+balance"
+HOT = "idempotent+tap_card+deny_version"
+
+
+def _line(name: str, seconds: float, n: int, what: str = PAIR) -> None:
+    print(f"{name:<30} {seconds * 1e6 / n:8.1f} µs CPU per {what} ({n} times)")  # noqa: T201
 
 
 async def main(n: int) -> None:
@@ -58,6 +73,7 @@ async def main(n: int) -> None:
         account = await _seed(registry)
         conn = sqlite3.connect(path, isolation_level=None)
         _line("sqlite tap (sqlite3)", _pairs(SqliteTapTx(conn), account, n), n)
+        _line("sqlite tap hot reads", _hot(SqliteTapTx(conn), n), n, HOT)
         conn.close()
         _line("sqlite counter (SQLAlchemy)", await _counter(registry, account, n), n)
         await registry.close()
@@ -78,6 +94,13 @@ async def main(n: int) -> None:
         finally:
             await executor.close()
         _line("postgres tap (asyncpg)", seconds, n)
+        executor = PgTapExecutor(url)
+        await executor.start()
+        try:
+            seconds = await executor.run(lambda tx: _hot(tx, n))
+        finally:
+            await executor.close()
+        _line("postgres tap hot reads", seconds, n, HOT)
         _line("postgres counter (SQLAlchemy)", await _counter(registry, account, n), n)
         await registry.close()
     finally:

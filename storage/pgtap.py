@@ -44,7 +44,6 @@ from sqlalchemy.util.concurrency import await_, greenlet_spawn
 
 from protocol.errors import ErrorCode, NotFound, OnecardError, registry_busy
 from protocol.ledger import account_kind
-from protocol.types import CardState
 from storage import schema as s
 from storage.posting import TRANSFER_COLUMNS
 from storage.queries import Query
@@ -248,43 +247,6 @@ class PgTapTx(TapTxBase):
             raise
         self.execute("RELEASE SAVEPOINT step")
 
-    # --- the hot path ------------------------------------------------------------------------
-    def idempotent(self, terminal_id: str, request_id: str) -> tuple[str, str] | None:
-        found = self.fetchrow(
-            "SELECT fingerprint, reply FROM idempotency WHERE terminal_id = $1 AND request_id = $2",
-            terminal_id,
-            request_id,
-        )
-        return None if found is None else (found[0], found[1])
-
-    def terminal(self, terminal_id: str) -> tuple[str, str | None, bool] | None:
-        if terminal_id in self._terminals:
-            return self._terminals[terminal_id]
-        found = self.fetchrow(
-            "SELECT kind, merchant_id, enabled FROM terminals WHERE id = $1", terminal_id
-        )
-        value = None if found is None else (found[0], found[1], bool(found[2]))
-        self._terminals[terminal_id] = value
-        return value
-
-    def tap_card(self, uid: str) -> TapCard | None:
-        if uid in self._cards:
-            return self._cards[uid]
-        found = self.fetchrow(
-            "SELECT c.id, c.holder_id, c.state, c.valid_until, c.type_group, h.status"
-            " FROM cards c JOIN holders h ON h.id = c.holder_id WHERE c.uid = $1",
-            uid,
-        )
-        value = (
-            None
-            if found is None
-            else TapCard(found[0], found[1], CardState(found[2]), found[3], found[4], found[5])
-        )
-        if len(self._cards) > 200_000:
-            self._cards.clear()
-        self._cards[uid] = value
-        return value
-
     # --- money: the one posting path of the tap path on PostgreSQL ------------------------------
     def debit_guarded(self, account: str, amount: int) -> int | None:
         found = self.scalar(
@@ -346,9 +308,6 @@ class PgTapTx(TapTxBase):
             at,
         )
 
-    def deny_version(self) -> int:
-        return int(self.scalar("SELECT max(version) FROM deny_changes") or 0)
-
     def card_alert(
         self,
         *,
@@ -372,13 +331,6 @@ class PgTapTx(TapTxBase):
             since,
         )
         return status == "INSERT 0 1"
-
-    def last_purchase_id(self, terminal_id: str) -> int | None:
-        value = self.scalar(
-            "SELECT max(id) FROM transfers WHERE terminal_id = $1 AND kind = 'purchase'",
-            terminal_id,
-        )
-        return None if value is None else int(value)
 
 
 class _Job:

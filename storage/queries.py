@@ -223,6 +223,48 @@ IDEMPOTENCY_RECORD = Query(
 TERMINAL = Query(select(s.terminals).where(s.terminals.c.id == _terminal), "terminal_id")
 
 
+# --- the tap path's hot reads (each decision) ----------------------------------------------------
+#: a retried request's first reply: ``fingerprint``, ``reply``
+IDEMPOTENT = Query(
+    select(s.idempotency.c.fingerprint, s.idempotency.c.reply).where(
+        s.idempotency.c.terminal_id == _terminal,
+        s.idempotency.c.request_id == bindparam("request_id", type_=String),
+    ),
+    "terminal_id",
+    "request_id",
+)
+#: what a decision needs of a terminal
+TERMINAL_DECISION = Query(
+    select(s.terminals.c.kind, s.terminals.c.merchant_id, s.terminals.c.enabled).where(
+        s.terminals.c.id == _terminal
+    ),
+    "terminal_id",
+)
+#: what a decision needs of a card and its holder, in one indexed lookup
+TAP_CARD = Query(
+    select(
+        s.cards.c.id,
+        s.cards.c.holder_id,
+        s.cards.c.state,
+        s.cards.c.valid_until,
+        s.cards.c.type_group,
+        s.holders.c.status,
+    )
+    .select_from(s.cards.join(s.holders, s.holders.c.id == s.cards.c.holder_id))
+    .where(s.cards.c.uid == bindparam("uid", type_=String)),
+    "uid",
+)
+#: the newest deny-list version (None: none yet)
+DENY_VERSION = Query(select(func.max(s.deny_changes.c.version)))
+#: a terminal's last sale (what a POS may void)
+LAST_PURCHASE_ID = Query(
+    select(func.max(_t.c.id)).where(
+        _t.c.terminal_id == _terminal, _t.c.kind == literal_column("'purchase'")
+    ),
+    "terminal_id",
+)
+
+
 def no_limit(limit: int, dialect: str) -> int | None:
     """A negative ``limit`` (all rows) as each engine takes it in ``LIMIT``."""
     if limit >= 0:

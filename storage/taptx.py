@@ -9,14 +9,22 @@ from datetime import datetime
 from typing import Any
 
 from protocol.ledger import TransferSpec
+from protocol.types import CardState
 from storage import queries as q
 from storage.posting import posting, run
 from storage.queries import Query
-from storage.records import Card, Holder, MealAllowance, Row, Transfer
+from storage.records import Card, Holder, MealAllowance, Row, TapCard, Transfer
+
+#: cached card lookups kept between batches before the cache is emptied
+CARD_CACHE_LIMIT = 200_000
 
 
 class TapTxBase:
     dialect: str  # "sqlite" or "postgresql"
+    #: terminal and card rows cached between batches; each backend empties them when another
+    #: connection committed (SQLite's data_version, PostgreSQL's registry_epoch)
+    _terminals: dict[str, tuple[str, str | None, bool] | None]
+    _cards: dict[str, TapCard | None]
 
     # --- how each backend runs a shared read (storage.queries), compiled for its driver ---
     def first(self, query: Query, *args: Any) -> Row | None:
@@ -202,3 +210,44 @@ class TapTxBase:
 
     def add_holder_alert(self, values: Mapping[str, Any]) -> None:
         self.insert("holder_alerts", values)
+
+    # --- the hot reads of every decision -------------------------------------------------------
+    def idempotent(self, terminal_id: str, request_id: str) -> tuple[str, str] | None:
+        row = self.first(q.IDEMPOTENT, terminal_id, request_id)
+        return None if row is None else (row["fingerprint"], row["reply"])
+
+    def terminal(self, terminal_id: str) -> tuple[str, str | None, bool] | None:
+        if terminal_id in self._terminals:
+            return self._terminals[terminal_id]
+        row = self.first(q.TERMINAL_DECISION, terminal_id)
+        value = None if row is None else (row["kind"], row["merchant_id"], bool(row["enabled"]))
+        self._terminals[terminal_id] = value
+        return value
+
+    def tap_card(self, uid: str) -> TapCard | None:
+        if uid in self._cards:
+            return self._cards[uid]
+        row = self.first(q.TAP_CARD, uid)
+        value = (
+            None
+            if row is None
+            else TapCard(
+                row["id"],
+                row["holder_id"],
+                CardState(row["state"]),
+                row["valid_until"],
+                row["type_group"],
+                row["status"],
+            )
+        )
+        if len(self._cards) > CARD_CACHE_LIMIT:
+            self._cards.clear()
+        self._cards[uid] = value
+        return value
+
+    def deny_version(self) -> int:
+        return int(self.value(q.DENY_VERSION) or 0)
+
+    def last_purchase_id(self, terminal_id: str) -> int | None:
+        value = self.value(q.LAST_PURCHASE_ID, terminal_id)
+        return None if value is None else int(value)

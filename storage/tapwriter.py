@@ -38,7 +38,6 @@ from protocol.errors import (
     registry_busy,
 )
 from protocol.ledger import account_kind
-from protocol.types import CardState
 from storage import schema as s
 from storage.posting import TRANSFER_COLUMNS
 from storage.queries import Query
@@ -205,43 +204,7 @@ class SqliteTapTx(TapTxBase):
         found = self.conn.execute(compiled.sql, compiled.args(args)).fetchone()
         return None if found is None else found[0]
 
-    # the hot path: one indexed lookup each
-    def idempotent(self, terminal_id: str, request_id: str) -> tuple[str, str] | None:
-        found = self.conn.execute(
-            "SELECT fingerprint, reply FROM idempotency WHERE terminal_id = ? AND request_id = ?",
-            (terminal_id, request_id),
-        ).fetchone()
-        return None if found is None else (found[0], found[1])
-
-    def terminal(self, terminal_id: str) -> tuple[str, str | None, bool] | None:
-        if terminal_id in self._terminals:
-            return self._terminals[terminal_id]
-        found = self.conn.execute(
-            "SELECT kind, merchant_id, enabled FROM terminals WHERE id = ?", (terminal_id,)
-        ).fetchone()
-        value = None if found is None else (found[0], found[1], bool(found[2]))
-        self._terminals[terminal_id] = value
-        return value
-
-    def tap_card(self, uid: str) -> TapCard | None:
-        if uid in self._cards:
-            return self._cards[uid]
-        value = self._tap_card(uid)
-        if len(self._cards) > 200_000:
-            self._cards.clear()
-        self._cards[uid] = value
-        return value
-
-    def _tap_card(self, uid: str) -> TapCard | None:
-        found = self.conn.execute(
-            "SELECT c.id, c.holder_id, c.state, c.valid_until, c.type_group, h.status"
-            " FROM cards c JOIN holders h ON h.id = c.holder_id WHERE c.uid = ?",
-            (uid,),
-        ).fetchone()
-        if found is None:
-            return None
-        return TapCard(found[0], found[1], CardState(found[2]), _ts(found[3]), found[4], found[5])
-
+    # ledger: the posting rule's operations (storage.posting), in sqlite3's dialect
     def debit_guarded(self, account: str, amount: int) -> int | None:
         rows = self.conn.execute(
             "UPDATE accounts SET balance = balance - ?"
@@ -284,9 +247,6 @@ class SqliteTapTx(TapTxBase):
             (terminal_id, request_id, op, fingerprint, reply, _to_db(at)),
         )
 
-    def deny_version(self) -> int:
-        return int(self.scalar("SELECT max(version) FROM deny_changes") or 0)
-
     def card_alert(
         self,
         *,
@@ -316,13 +276,6 @@ class SqliteTapTx(TapTxBase):
             },
         )
         return cursor.rowcount == 1
-
-    def last_purchase_id(self, terminal_id: str) -> int | None:
-        value = self.scalar(
-            "SELECT max(id) FROM transfers WHERE terminal_id = ? AND kind = 'purchase'",
-            (terminal_id,),
-        )
-        return None if value is None else int(value)
 
 
 #: How long a batch waits for another writer (the counter, a kiosk's loss report) to release
