@@ -1,6 +1,9 @@
 """What both tap-path transactions (SQLite's :class:`storage.tapwriter.SqliteTapTx`, PostgreSQL's
-:class:`storage.pgtap.PgTapTx`) build on the few statements each writes in its own dialect; money
-goes through :mod:`storage.posting`, as the counter's does."""
+:class:`storage.pgtap.PgTapTx`) share: every read is one statement of :mod:`storage.queries`
+(compiled at import for each driver) run through the backend's ``first``/``rows``/``value``; the
+tap path's registers are typed operations; money goes through :mod:`storage.posting`, as the
+counter's does. Each backend writes only the posting rule's operations, the idempotency record
+and the card alert in its own dialect."""
 
 from __future__ import annotations
 

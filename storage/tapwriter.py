@@ -10,9 +10,10 @@ COMMITTED (so the gateway publishes a reply only for a durable decision). The th
 queued job (up to ``max_batch``), runs each inside its own SAVEPOINT (a failing job rolls back
 alone and its exception goes to its caller), commits once, then wakes the callers.
 
-The SQL here is hand-written for the few statements of the hot path, against the same schema
-(:mod:`storage.schema`); datetimes are stored exactly as SQLAlchemy stores them on SQLite (naive
-UTC text), booleans as 0/1. Everything else keeps using :class:`storage.sql.SqlRegistry`.
+Reads are the shared statements of :mod:`storage.queries` (compiled once for sqlite3, rows typed
+as SQLAlchemy types them); the few writes of the hot path are hand-written here against the same
+schema (:mod:`storage.schema`); datetimes are stored exactly as SQLAlchemy stores them on SQLite
+(naive UTC text), booleans as 0/1. Everything else keeps using :class:`storage.sql.SqlRegistry`.
 """
 
 from __future__ import annotations
