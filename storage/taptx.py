@@ -155,7 +155,10 @@ class TapTxBase:
 
     # --- the tap path's registers as typed operations (no table names in the services) ------
     def water_hold(self, hold_id: int) -> Row | None:
-        """A water hold, locked for settling on PostgreSQL."""
+        """A water hold, locked for settling on PostgreSQL; None for an id no hold can have (the
+        column is a 32-bit integer: asyncpg refused a bigger one from a terminal with DataError)."""
+        if not 0 < hold_id < 2**31:
+            return None
         return self.first(q.WATER_HOLD, hold_id)
 
     def offline_sale_seen(self, terminal_id: str, seq: int) -> bool:

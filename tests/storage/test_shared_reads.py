@@ -138,7 +138,7 @@ def _registers(tx: TapTx, ids: dict[str, Any]) -> list[Any]:
     """The tap path's own registers, read by typed operations."""
     return [
         tx.water_hold(ids["hold"]),
-        tx.water_hold(ids["hold"] + 1),
+        tx.water_hold(ids["hold"] + 1) or tx.water_hold(2**40) or tx.water_hold(-1),
         tx.offline_sale_seen("pos-1", 3),
         tx.offline_sale_seen("pos-1", 2),
         tx.offline_sale_seen("pos-2", 1),
