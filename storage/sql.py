@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import Table, and_, bindparam, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from protocol.carduid import canonical_card_uid
@@ -34,6 +34,24 @@ from storage.queries import Query
 from storage.records import Card, Holder, MealAllowance, Receipt, Row, Transfer
 
 IN_CHUNK = 500
+
+#: Driver messages of a registry that cannot serve now (a lock held too long, a full or failing
+#: disk, a lost server connection), as opposed to a bug in a statement.
+_UNAVAILABLE_MARKERS = ("locked", "busy", "full", "disk i/o", "unable to open", "connection")
+
+
+def _raise_unavailable(exc: OperationalError) -> None:
+    """A driver error the caller cannot fix raises ``unavailable`` with the contract's code
+    (nothing was done; retry), so the counter, the console and the portal say so in the clerk's
+    words instead of an internal error; any other ``OperationalError`` is left to the caller."""
+    text = str(exc.orig or exc)
+    if exc.connection_invalidated or any(m in text.lower() for m in _UNAVAILABLE_MARKERS):
+        raise OnecardError(
+            "数据库暂不可用（忙、磁盘已满或连接中断），未办理，请稍后重试",
+            f"registry unavailable ({text.splitlines()[0][:200]}): nothing was done, try again",
+            code=ErrorCode.UNAVAILABLE,
+        ) from exc
+
 
 TABLES: dict[str, Table] = {t.name: t for t in s.metadata.sorted_tables}
 
@@ -501,9 +519,15 @@ class SqlRegistry:
             if migrate:
                 await upgrade(engines.writer)
             else:
-                await require_head(engines.writer)
+                # a read: opening the registry must not wait for the write lock (the gateway's
+                # writer holds it for every batch; BEGIN IMMEDIATE here queued every command)
+                await require_head(engines.reader)
             keyring = load_keyring(database_url(target))
             await piidb.attach(engines.writer, keyring, convert_now=migrate)
+        except OperationalError as exc:
+            await engines.dispose()
+            _raise_unavailable(exc)
+            raise
         except BaseException:
             await engines.dispose()
             raise
@@ -514,10 +538,18 @@ class SqlRegistry:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqlTx]:
-        async with self.engines.writer.begin() as conn:
-            yield SqlTx(conn, self.pii)
+        try:
+            async with self.engines.writer.begin() as conn:
+                yield SqlTx(conn, self.pii)
+        except OperationalError as exc:
+            _raise_unavailable(exc)
+            raise
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[SqlTx]:
-        async with self.engines.reader.begin() as conn:
-            yield SqlTx(conn, self.pii)
+        try:
+            async with self.engines.reader.begin() as conn:
+                yield SqlTx(conn, self.pii)
+        except OperationalError as exc:
+            _raise_unavailable(exc)
+            raise

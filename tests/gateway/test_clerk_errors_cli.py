@@ -158,3 +158,29 @@ def test_login_lockout_and_disabled_account_say_why_and_until_when(tmp_path: Pat
     )["error"]
     assert (error["code"], error["rule"]) == ("account_locked", "ACC-2")
     assert "operator enable" in error["message"]
+
+
+def test_a_registry_held_too_long_is_unavailable_in_the_clerks_words_not_an_internal_error(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A counter command whose write waits past the lock timeout (another process holding the
+    registry; the chaos suite's full disk gives the same driver error class) used to end as
+    "internal error" (exit 70) — the storage port let the driver's OperationalError out. Now it is
+    the contract's ``unavailable``: nothing done, try again, exit 2."""
+    import sqlite3
+
+    import storage.engine
+
+    monkeypatch.setattr(storage.engine, "BUSY_TIMEOUT_MS", 300)
+    holder = sqlite3.connect(env["ONECARD_DB"], isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        done = invoke(env, "stock", "purchase", "temp", "5", "--year", "2026-2027", "--json")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    no_traceback(done)
+    assert done.returncode == 2, done.stdout + done.stderr
+    error = as_json(done)["error"]
+    assert error["code"] == "unavailable"
+    assert "数据库暂不可用" in error["message"] and "locked" in error["message"]
