@@ -47,7 +47,7 @@ imports:
 
 pytest:
 	bash deploy/ci/start-services.sh
-	$(BIN)/pytest -q -n 2 --dist loadgroup --durations=30
+	$(BIN)/pytest -q -n 2 --durations=30
 
 ## screenshots: the portal's main pages at phone (360 px) and desktop width -> docs/screenshots/
 ## (the browser tests in Debian's Chromium against a real onecard web + serve + Mosquitto)
