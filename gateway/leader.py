@@ -66,8 +66,9 @@ class LeaseLeader(Leadership):
         try:
             while not stop.is_set():
                 await self._round()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=self.retry_s)
+                with contextlib.suppress(TimeoutError):  # not wait_for: it can lose a cancel
+                    async with asyncio.timeout(self.retry_s):
+                        await stop.wait()
         finally:
             self._set(False)
             await self.lease.release()

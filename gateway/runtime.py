@@ -238,9 +238,15 @@ class Gateway:
         self.metrics.denylist_size.set(len(self.deny.codes))
 
     async def _sleep_or_stop(self, seconds: float) -> bool:
-        """Sleep; True if asked to stop meanwhile."""
+        """Sleep; True if asked to stop meanwhile.
+
+        ``asyncio.timeout``, not ``wait_for``: Python 3.11's ``wait_for`` can swallow a
+        cancellation that arrives as its timeout fires, and a TaskGroup cancels each child once —
+        a loop that lost it ran on and the gateway never ended after a task crashed (seen in a
+        full test run: test_a_crashed_task_leaves_the_status_offline hung)."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stop.wait(), timeout=seconds)
+            async with asyncio.timeout(seconds):
+                await self.stop.wait()
         return self.stop.is_set()
 
     # --- MQTT -----------------------------------------------------------------------------------
@@ -610,14 +616,16 @@ class Gateway:
     async def _deny_watch(self) -> None:
         interval = self.settings.denylist.poll_interval_ms / 1000
         while not self.stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._deny_wakeup.wait(), timeout=interval)
+            with contextlib.suppress(TimeoutError):  # asyncio.timeout: see _sleep_or_stop
+                async with asyncio.timeout(interval):
+                    await self._deny_wakeup.wait()
             self._deny_wakeup.clear()
             read = self.executor.run(
                 functools.partial(_deny_changes_after, version=self.deny.version)
             )
             try:
-                rows = await asyncio.wait_for(read, timeout=_DENY_READ_TIMEOUT_S)
+                async with asyncio.timeout(_DENY_READ_TIMEOUT_S):
+                    rows = await read
             except (TimeoutError, OnecardError) as exc:
                 # the writer is busy or stopped: try again later; never end the gateway on it
                 log.warning("reading the deny-list log failed (%s); retrying", exc)
