@@ -18,9 +18,13 @@ from starlette.testclient import TestClient
 
 from gateway.bootstrap import open_console_services
 from gateway.config import load_settings
+from gateway.services.base import Actor, Context, SystemClock
+from gateway.services.center import CardCenter
 from gateway.web.console.app import REPORT_NAMES, Console
 from protocol.cards.clock import local
 from protocol.cards.identity import make_national_id
+from protocol.types import HolderCategory, Permission
+from storage.sql import SqlRegistry
 from tests.web.console_site import (
     CHIEF,
     CHIEF_PASSWORD,
@@ -438,3 +442,128 @@ def test_full_id_photo_and_history_only_with_a_purpose_audited(
     assert denied.status_code == 403 and alice.national_id not in denied.text
     assert len(_pii_reads(db)) == before + 3
     assert (VIEWER, "console.denied") in _audit_rows(db)
+
+
+def _holder_of(db: Path, serial: str) -> int:
+    with sqlite3.connect(db) as conn:
+        row = conn.execute("SELECT holder_id FROM cards WHERE serial = ?", (serial,)).fetchone()
+    return int(row[0])
+
+
+def test_extend_form_moves_the_validity_and_refuses_a_past_day(
+    console: tuple[TestClient, Console, Clock], site: tuple[Path, Desk]
+) -> None:
+    """TERM-2/3 at the counter: the same CardService.extend the CLI calls."""
+    client, _, _ = console
+    db, desk = site
+    serial = desk.counter["fault"]
+    _ready(client, VIEWER, INITIAL)
+    assert client.get(f"/cards/{serial}/extend").status_code == 403
+    _ready(client, CHIEF, CHIEF_PASSWORD)
+    holder_id = _holder_of(db, serial)
+    assert f"/cards/{serial}/extend" in client.get(f"/holders/{holder_id}").text
+    page = client.get(f"/cards/{serial}/extend")
+    assert 'id="whose"' in page.text and 'id="fee">¥0.00<' in page.text
+    past = _post(client, f"/cards/{serial}/extend", valid_through="2020-01-01")
+    assert (
+        past.status_code == 400 and "TERM-2" in past.text and "新有效期须晚于当前时间" in past.text
+    )
+    assert _post(client, f"/cards/{serial}/extend", valid_through="x").status_code == 400
+    done = _post(client, f"/cards/{serial}/extend", valid_through="2030-12-31")
+    assert done.status_code == 303 and done.headers["location"] == f"/holders/{holder_id}"
+    assert "已延期至 2030-12-31" in client.get(done.headers["location"]).text
+    assert "2030-12-31" in client.get(f"/cards/{serial}/extend").text
+
+
+def test_hand_in_form_takes_a_card_back_once(
+    console: tuple[TestClient, Console, Clock], site: tuple[Path, Desk]
+) -> None:
+    """SCR-1 custody: the exchanged faulty card comes back; an active card is refused."""
+    client, _, _ = console
+    db, desk = site
+    _ready(client, VIEWER, INITIAL)
+    assert client.get(f"/cards/{desk.original}/hand-in").status_code == 403
+    _ready(client, CHIEF, CHIEF_PASSWORD)
+    holder_id = _holder_of(db, desk.original)
+    assert f"/cards/{desk.original}/hand-in" in client.get(f"/holders/{holder_id}").text
+    active = _post(client, f"/cards/{desk.counter['data']}/hand-in")
+    assert active.status_code == 409 and "SCR-1" in active.text and "不办理交回登记" in active.text
+    done = _post(client, f"/cards/{desk.original}/hand-in")
+    assert done.status_code == 303, done.text[-400:]
+    assert "已交回中心" in client.get(done.headers["location"]).text
+    again = _post(client, f"/cards/{desk.original}/hand-in")
+    assert "SCR-1" in again.text and "该卡片已在智能卡中心" in again.text
+    with sqlite3.connect(db) as conn:
+        row = conn.execute("SELECT in_custody FROM cards WHERE serial = ?", (desk.original,))
+        assert row.fetchone()[0] in (1, True)
+
+
+def test_dispose_form_disposes_the_scrap_register_once_a_year(
+    console: tuple[TestClient, Console, Clock], site: tuple[Path, Desk]
+) -> None:
+    """SCR-2: terminate and scrap a card, dispose of the register; the second time is refused."""
+    client, _, _ = console
+    _, desk = site
+    serial = desk.counter["terminate"]
+    _ready(client, VIEWER, INITIAL)
+    assert client.get("/scrap/dispose").status_code == 403
+    _ready(client, CHIEF, CHIEF_PASSWORD)
+    ended = _post(
+        client, f"/cards/{serial}/terminate", reason="graduation", presented_id="2024000004"
+    )
+    assert ended.status_code == 303, ended.text[-400:]
+    assert _post(client, f"/cards/{serial}/scrap").status_code == 303
+    assert 'id="do-dispose"' in client.get("/reports?name=scrap").text
+    page = client.get("/scrap/dispose")
+    year = str(local(datetime.now(UTC)).year)
+    assert f'id="year">{year}<' in page.text
+    assert _post(client, "/scrap/dispose", year="20x6").status_code == 400
+    done = _post(client, "/scrap/dispose", year=year)
+    assert done.status_code == 303 and done.headers["location"] == "/reports?name=scrap"
+    assert "已处置" in client.get(done.headers["location"]).text
+    twice = _post(client, "/scrap/dispose", year=year)
+    assert twice.status_code == 409 and "SCR-2" in twice.text and "already" in twice.text
+
+
+async def _new_visitor(db: Path) -> int:
+    registry = await SqlRegistry.open(db)
+    try:
+        center = CardCenter.build(Context(registry=registry, clock=SystemClock()))
+        admin = Actor(name="setup", permissions=frozenset(Permission), operator_id=None)
+        holder = await center.cards.register_temporary_holder(
+            admin,
+            name="访客乙",
+            national_id=make_national_id("110105", date(1981, 5, 6), 701),
+            category=HolderCategory.VISITING_PROFESSOR,
+            valid_through=date(2030, 6, 30),
+            application_ref="外事处 2026-2",
+        )
+        return holder.id
+    finally:
+        await registry.close()
+
+
+def test_issue_temp_form_collects_the_deposit_and_refuses_a_second_card(
+    console: tuple[TestClient, Console, Clock], site: tuple[Path, Desk]
+) -> None:
+    """ISS-10/12: a visitor without a card gets a temp card against a deposit receipt; ISS-1:
+    a holder with a card in use gets no second one."""
+    client, _, _ = console
+    db, _ = site
+    holder_id = asyncio.run(_new_visitor(db))
+    url = f"/holders/{holder_id}/issue-temp"
+    _ready(client, VIEWER, INITIAL)
+    assert client.get(url).status_code == 403
+    _ready(client, CHIEF, CHIEF_PASSWORD)
+    assert 'id="do-issue-temp"' in client.get(f"/holders/{holder_id}").text
+    page = client.get(url)
+    assert re.search(r'id="deposit">¥[1-9]\d*\.\d\d<', page.text) and "ISS-10" in page.text
+    assert "访*" in page.text and "访客乙" not in page.text
+    done = _post(client, url, valid_through="2030-06-30")
+    assert done.status_code == 303 and re.fullmatch(
+        r"/receipts/\d+\?new=1", done.headers["location"]
+    )
+    assert "押金" in client.get(done.headers["location"]).text
+    assert 'id="do-issue-temp"' not in client.get(f"/holders/{holder_id}").text
+    second = _post(client, url)
+    assert second.status_code == 409 and "ISS-1" in second.text and "已有在用卡片" in second.text

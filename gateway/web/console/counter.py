@@ -1,7 +1,8 @@
 """The console's forms for the remaining counter procedures (issue 11): faulty-card report and
 exchange (EXC-3/5), data-change exchange (EXC-4), refund with the deposit receipt and its slip
 (REF), termination (TERM), hand-over against the receipt or the original card (REP-4/EXC-5) and
-scrapping a card in custody (SCR-1).
+scrapping a card in custody (SCR-1), a temp card's extension (TERM-2/3), a card handed back in
+(SCR-1 custody), the yearly scrap disposal (SCR-2) and a temp card's issuance (ISS-1/6/10).
 
 Each GET shows whose card it is and what will happen (fee, money moved, the time guard) before
 the clerk confirms; each POST calls the same service the CLI calls (gateway/cli/cards.py) with
@@ -12,7 +13,7 @@ page only hides what the clerk cannot do. A refusal is the console's error page 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from starlette.datastructures import FormData
@@ -97,8 +98,8 @@ class CounterForms:
         self,
         request: Request,
         *,
-        card: Card,
-        holder: Holder,
+        card: Card | None,
+        holder: Holder | None,
         rule: str,
         title: tuple[str, str],
         facts: list[tuple[str, str, str, str]],
@@ -577,6 +578,188 @@ class CounterForms:
 
         return await self.c._once(request, form, act)
 
+    # --- TERM-2/3: extend a temp card -----------------------------------------------------
+    async def extend(self, request: Request, form: FormData | None) -> Response:
+        actor, card, holder = await self._open(request)
+        center = self.c.services.center
+        if form is None:
+            return self._page(
+                request,
+                card=card,
+                holder=holder,
+                rule="TERM-2/3",
+                title=("临时卡延期", "Extend a temp card"),
+                facts=[
+                    ("现有效期至", "Valid through", _last_day(card.valid_until), "valid-until"),
+                    ("费用", "Fee", "¥0.00", "fee"),
+                ],
+                notes=[
+                    (
+                        "到期前或到期后 3 个月内可延期；过期超过 3 个月的卡已自动终止 (TERM-3)。",
+                        "a temp card is extended before it expires or within 3 months after; "
+                        "past that it is terminated (TERM-3).",
+                    )
+                ],
+                fields=[
+                    Field(
+                        "valid_through",
+                        "延期至（YYYY-MM-DD）",
+                        "Extend through (YYYY-MM-DD)",
+                        required=True,
+                    )
+                ],
+                button=("确认延期", "Confirm the extension"),
+            )
+        through = _day_field(form, "valid_through")
+
+        async def act() -> str:
+            await center.cards.extend(actor, card.serial, valid_through=through)
+            return _done(
+                request,
+                holder.id,
+                f"卡片 {mask_card(card.serial)} 已延期至 {through}",
+                f"card extended through {through}",
+            )
+
+        return await self.c._once(request, form, act)
+
+    # --- SCR-1: a card brought back to the center ----------------------------------------
+    async def hand_in(self, request: Request, form: FormData | None) -> Response:
+        actor, card, holder = await self._open(request)
+        center = self.c.services.center
+        if form is None:
+            custody = "已收回中心 in custody" if card.in_custody else "未收回 still out"
+            return self._page(
+                request,
+                card=card,
+                holder=holder,
+                rule="SCR-1",
+                title=("卡片交回登记", "Card handed in"),
+                facts=[
+                    ("卡片保管", "Custody", custody, "custody"),
+                    ("费用", "Fee", "¥0.00", "fee"),
+                ],
+                guard=(
+                    "该卡片已在智能卡中心",
+                    "the center has this card already",
+                )
+                if card.in_custody
+                else None,
+                notes=[
+                    (
+                        "已办结手续但仍在外的卡（补卡后找回的挂失卡、换卡或终止的卡）交回中心登记，之后可报废。",
+                        "a card still out after its procedure (a found lost card after the "
+                        "replacement, an exchanged or terminated card) is recorded as back; it "
+                        "may then be scrapped.",
+                    )
+                ],
+                fields=[],
+                button=("登记交回", "Record the hand-in"),
+            )
+
+        async def act() -> str:
+            await center.cards.hand_in(actor, card.serial)
+            return _done(
+                request,
+                holder.id,
+                f"卡片 {mask_card(card.serial)} 已交回中心",
+                "card handed in (SCR-1)",
+            )
+
+        return await self.c._once(request, form, act)
+
+    # --- SCR-2: the yearly disposal -------------------------------------------------------
+    async def dispose(self, request: Request, form: FormData | None) -> Response:
+        actor = self.c.me(request)
+        actor.require(Permission.CARD_HANDLING)
+        center = self.c.services.center
+        year = _day(center.ctx.clock.now()).year
+        if form is None:
+            return self._page(
+                request,
+                card=None,
+                holder=None,
+                rule="SCR-2",
+                title=("报废卡年度处置", "Yearly scrap disposal"),
+                facts=[("处置年度", "Year", str(year), "year")],
+                notes=[
+                    (
+                        "报废登记表中尚未处置的卡全部按年度统一处置，每年一次。",
+                        "everything on the scrap register not yet disposed of is disposed of "
+                        "together, once a year.",
+                    )
+                ],
+                fields=[Field("year", "处置年度", "Year", required=True, value=str(year))],
+                button=("确认处置", "Confirm the disposal"),
+            )
+        chosen = optional_int(form, "year", "处置年度", "the year")
+        if chosen is None or not 2000 <= chosen <= 2999:
+            raise BadRequest("处置年度有误", "bad year")
+
+        async def act() -> str:
+            n = await center.cards.dispose(actor, chosen)
+            request.state.session.flash(
+                "ok", f"{chosen} 年已处置 {n} 张报废卡 (SCR-2)", f"{chosen}: {n} cards disposed of"
+            )
+            return "/reports?name=scrap"
+
+        return await self.c._once(request, form, act)
+
+    # --- ISS-1/6/10: a temp card for a holder without one ---------------------------------
+    async def issue_temp(self, request: Request, form: FormData | None) -> Response:
+        actor = self.c.me(request)
+        actor.require(Permission.CARD_HANDLING)
+        center = self.c.services.center
+        async with center.ctx.registry.read() as tx:
+            holder = await tx.get_holder(int(request.path_params["holder_id"]))
+        if holder.kind is HolderKind.STUDENT:
+            rule, fee = "ISS-1", 0
+        elif holder.kind is HolderKind.STAFF:
+            rule, fee = "ISS-6", 0
+        else:
+            rule, fee = "ISS-10", center.ctx.fees.deposit
+        if form is None:
+            return self._page(
+                request,
+                card=None,
+                holder=holder,
+                rule=rule,
+                title=("发临时卡", "Issue a temp card"),
+                facts=[
+                    ("收取押金", "Deposit collected", f"¥{yuan(fee)}", "deposit"),
+                    ("有效期至", "Valid through", _last_day(holder.valid_until), "valid-until"),
+                ],
+                notes=[
+                    (
+                        "学生免费 (ISS-1)；无工号教工凭部门书面证明 (ISS-6)；"
+                        "其他人员交押金并开收据 (ISS-10/12)。持卡人已有在用卡片的不再发卡。",
+                        "students free (ISS-1); staff without a number on written proof "
+                        "(ISS-6); others pay a deposit against a receipt (ISS-10/12). No second "
+                        "card in use.",
+                    )
+                ],
+                fields=[
+                    Field("uid", "卡片UID（读卡器读出）", "Card UID (from the reader)"),
+                    Field("valid_through", "有效期至（YYYY-MM-DD，可不填）", "Valid through"),
+                    Field("proof_ref", "书面证明编号 (ISS-6)", "Written proof (ISS-6)"),
+                ],
+                button=(f"收取 ¥{yuan(fee)} 并发卡", "Collect and issue"),
+            )
+        until = _day_field(form, "valid_through") if form_text(form, "valid_through") else None
+        uid = form_text(form, "uid")[:32] or None
+
+        async def act() -> str:
+            result = await center.cards.issue_temp(
+                actor,
+                holder.id,
+                uid=uid,
+                valid_through=until,
+                proof_ref=form_text(form, "proof_ref")[:128] or None,
+            )
+            return _after(request, result, holder.id, "已发临时卡", "temp card issued")
+
+        return await self.c._once(request, form, act)
+
 
 def _done(request: Request, holder_id: int, zh: str, en: str) -> str:
     """Done: say so on the holder's page."""
@@ -604,6 +787,20 @@ def _after(request: Request, result: Any, holder_id: int, zh: str, en: str) -> s
 
 def _when(moment: datetime | None) -> str:
     return fmt_local(moment) if moment is not None else "—"
+
+
+def _last_day(valid_until: datetime | None) -> str:
+    """The last valid day: the end of validity is the campus midnight after it (TERM-2)."""
+    if valid_until is None:
+        return "—"
+    return str(local(valid_until - timedelta(microseconds=1)).date())
+
+
+def _day_field(form: FormData, name: str) -> date:
+    try:
+        return date.fromisoformat(form_text(form, name)[:10])
+    except ValueError:
+        raise BadRequest("日期格式应为 YYYY-MM-DD", "the date must be YYYY-MM-DD") from None
 
 
 def _day(moment: datetime) -> date:
