@@ -125,8 +125,8 @@ def _shot(page: Page, name: str) -> None:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip("needs Debian's chromium")
+    # no silent skip: the console is tested in a real browser or the run fails
+    assert Path(CHROMIUM).exists(), "needs Debian's chromium (deploy/ci/install-system.sh)"
     root = tmp_path_factory.mktemp("console")
     db = root / "registry.sqlite3"
     desk = asyncio.run(seed_console(db))
