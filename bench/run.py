@@ -153,9 +153,11 @@ def _run_child(module: str, spec: dict[str, Any], workdir: Path, timeout: float)
     return result
 
 
-def _points() -> list[tuple[str, int, int | None]]:
+def _points(only: set[str] | None = None) -> list[tuple[str, int, int | None]]:
     points: list[tuple[str, int, int | None]] = [("closed", n, None) for n in CLOSED]
     points += [("open", OPEN_TERMINALS, rate) for rate in OPEN_RATES]
+    if only:
+        points = [p for p in points if _name(*p) in only]
     return points
 
 
@@ -298,10 +300,12 @@ def summarise_profile(raw: Path, top: int = 25) -> dict[str, Any]:
     return {"samples": total, "self": share(own), "inclusive": share(inclusive)}
 
 
-def tap_phase(campus: Campus, *, quick: bool, profile: bool) -> dict[str, Any]:
+def tap_phase(
+    campus: Campus, *, quick: bool, profile: bool, only: set[str] | None = None
+) -> dict[str, Any]:
     seconds, warmup = (4.0, 1.0) if quick else (15.0, 2.0)
     workdir = campus.workdir
-    points = _points()
+    points = _points(only)
     out: dict[str, Any] = {"seconds": seconds, "warmup_s": warmup, "points": {}}
     timeout = seconds + warmup + 180
     # 1. the floor first: the gateway's persistent session must never have existed yet, or the
@@ -535,6 +539,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument(
+        "--points",
+        help="tap phase: only these points (comma list, e.g. closed-100,open-1000); for "
+        "experiments, never for docs/benchmarks.md",
+    )
+    parser.add_argument(
         "--render", metavar="RESULT_JSON", help="only rewrite docs/benchmarks.md from a result"
     )
     parser.add_argument(
@@ -550,6 +559,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(phases) - set(PHASES)
     if unknown:
         parser.error(f"unknown phase(s): {', '.join(sorted(unknown))}")
+    if args.points and not args.no_docs:
+        parser.error("--points is for experiments: add --no-docs")
     command = "python -m bench.run" + (" " + " ".join(sys.argv[1:]) if argv is None else "")
     started = datetime.now(UTC)
     results: dict[str, Any] = {
@@ -566,8 +577,9 @@ def main(argv: list[str] | None = None) -> int:
             campus = Campus(workdir / "campus", doors=1000)
             try:
                 if "tap" in phases:
+                    only = {p.strip() for p in (args.points or "").split(",") if p.strip()}
                     results["phases"]["tap"] = tap_phase(
-                        campus, quick=args.quick, profile=not args.no_profile
+                        campus, quick=args.quick, profile=not args.no_profile, only=only or None
                     )
                 if "propagation" in phases:
                     results["phases"]["propagation"] = propagation_phase(campus, quick=args.quick)

@@ -6,6 +6,7 @@ session). Reconnection is the caller's loop: a new session per attempt (aiomqtt 
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,16 @@ def kept(payload: bytes | bytearray) -> bytes:
 
 
 NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+
+#: One reply for :meth:`Session.publish_many`: topic, payload, correlation data (QoS 1, not
+#: retained).
+Reply = tuple[str, bytes, bytes | None]
+
+
+async def one_by_one(messages: AsyncIterator[Inbound]) -> AsyncIterator[list[Inbound]]:
+    """:meth:`Session.batches` for an adapter that hands over one message at a time."""
+    async for message in messages:
+        yield [message]
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +98,17 @@ class Session(Protocol):
     ) -> None: ...
     async def subscribe(self, filters: Sequence[str], qos: int = 1) -> None: ...
     def messages(self) -> AsyncIterator[Inbound]: ...
+    def batches(self) -> AsyncIterator[list[Inbound]]:
+        """What :meth:`messages` yields, as lists of everything that arrived together (the
+        lean adapter hands over a whole socket read at once)."""
+        ...
+
+    async def publish_many(self, replies: Sequence[Reply]) -> list[MqttError | None]:
+        """Publish every reply (QoS 1, not retained); for each, None once it is handed to the
+        connection, or the error that kept it from being sent (one failure loses only its own
+        reply)."""
+        ...
+
     async def publish(
         self,
         topic: str,
@@ -99,6 +121,13 @@ class Session(Protocol):
 
 
 SessionFactory = Callable[[MqttSettings, LastWill], Session]
+
+
+def _failure(result: BaseException | None) -> MqttError | None:
+    """A gathered publish's outcome: None, the MqttError, or (never swallowed) anything else."""
+    if result is None or isinstance(result, MqttError):
+        return result
+    raise result
 
 
 class MqttSession:
@@ -169,6 +198,17 @@ class MqttSession:
                 )
         except aiomqtt.MqttError as exc:
             raise MqttError(str(exc)) from exc
+
+    def batches(self) -> AsyncIterator[list[Inbound]]:
+        return one_by_one(self.messages())
+
+    async def publish_many(self, replies: Sequence[Reply]) -> list[MqttError | None]:
+        # paho completes a QoS 1 publish on its PUBACK: concurrently, not one round trip each
+        sent = await asyncio.gather(
+            *(self.publish(t, p, correlation_data=c) for t, p, c in replies),
+            return_exceptions=True,
+        )
+        return [_failure(r) for r in sent]
 
     async def publish(
         self,

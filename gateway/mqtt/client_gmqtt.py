@@ -25,7 +25,15 @@ import gmqtt  # type: ignore[import-untyped]
 from gmqtt.mqtt.constants import MQTTv50  # type: ignore[import-untyped]
 from gmqtt.mqtt.protocol import MQTTProtocol  # type: ignore[import-untyped]
 
-from gateway.mqtt.client import Inbound, LastWill, MqttError, MqttSettings, kept
+from gateway.mqtt.client import (
+    Inbound,
+    LastWill,
+    MqttError,
+    MqttSettings,
+    Reply,
+    kept,
+    one_by_one,
+)
 
 _LOST = object()
 _READ_CHUNK = 65536
@@ -198,6 +206,22 @@ class GmqttSession:
                     continue
                 raise MqttError("connection to the broker lost")
             yield item
+
+    def batches(self) -> AsyncIterator[list[Inbound]]:
+        return one_by_one(self.messages())
+
+    async def publish_many(self, replies: Sequence[Reply]) -> list[MqttError | None]:
+        # gmqtt hands a publish to the transport at once (it waits only while the broker's
+        # receive maximum is reached): one after the other, no task each
+        out: list[MqttError | None] = []
+        for topic, payload, correlation in replies:
+            try:
+                await self.publish(topic, payload, correlation_data=correlation)
+            except MqttError as exc:
+                out.append(exc)
+            else:
+                out.append(None)
+        return out
 
     async def publish(
         self,
