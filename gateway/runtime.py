@@ -352,8 +352,9 @@ class Gateway:
         """Collect what arrives in one loop turn into a batch; each batch is one task and, for
         taps, one job list for the batching writer (one wake-up for many decisions)."""
         loop = asyncio.get_running_loop()
-        async for message in session.messages():
-            self._pending.append((message, time.perf_counter()))
+        async for batch in session.batches():
+            received = time.perf_counter()
+            self._pending.extend((message, received) for message in batch)
             if not self._flush_scheduled:
                 self._flush_scheduled = True
                 loop.call_soon(self._flush, session)
@@ -524,21 +525,17 @@ class Gateway:
         await self._publish_all(session, [(pending, outcome)])
 
     async def _publish_all(self, session: Session, replies: list[tuple[_Pending, Outcome]]) -> None:
-        """Publish every reply; one failed publish loses only its own reply (counted)."""
-        sent = await asyncio.gather(
-            *(
-                session.publish(p.reply_to, o.payload, correlation_data=p.correlation)
-                for p, o in replies
-            ),
-            return_exceptions=True,
-        )
+        """Publish every reply in one hand-over; one failed publish loses only its own reply
+        (counted)."""
+        try:
+            sent = await session.publish_many(
+                [(p.reply_to, o.payload, p.correlation) for p, o in replies]
+            )
+        except MqttError as exc:
+            sent = [exc] * len(replies)
         now = time.perf_counter()
-        for (pending, outcome), result in zip(replies, sent, strict=True):
-            if isinstance(result, BaseException):
-                if isinstance(result, asyncio.CancelledError):
-                    raise result
-                if not isinstance(result, MqttError):
-                    log.error("publishing a reply failed", exc_info=result)
+        for (pending, outcome), failure in zip(replies, sent, strict=True):
+            if failure is not None:
                 self.metrics.dropped.labels(reason="publish_failed").inc()
                 continue
             self._count(pending.op, outcome, now - pending.received)

@@ -39,6 +39,14 @@ class TapTxBase:
     def value(self, query: Query, *args: Any) -> Any:
         raise NotImplementedError
 
+    # the hot reads of every tap (terminals, cards, the deny version, the idempotency key): a
+    # backend that defers its ledger writes (SQLite's writer) serves them without flushing first
+    def hot_first(self, query: Query, *args: Any) -> Row | None:
+        return self.first(query, *args)
+
+    def hot_value(self, query: Query, *args: Any) -> Any:
+        return self.value(query, *args)
+
     def get(self, table: str, key: Any) -> Row | None:
         raise NotImplementedError
 
@@ -219,13 +227,13 @@ class TapTxBase:
 
     # --- the hot reads of every decision -------------------------------------------------------
     def idempotent(self, terminal_id: str, request_id: str) -> tuple[str, str] | None:
-        row = self.first(q.IDEMPOTENT, terminal_id, request_id)
+        row = self.hot_first(q.IDEMPOTENT, terminal_id, request_id)
         return None if row is None else (row["fingerprint"], row["reply"])
 
     def terminal(self, terminal_id: str) -> tuple[str, str | None, bool] | None:
         if terminal_id in self._terminals:
             return self._terminals[terminal_id]
-        row = self.first(q.TERMINAL_DECISION, terminal_id)
+        row = self.hot_first(q.TERMINAL_DECISION, terminal_id)
         value = None if row is None else (row["kind"], row["merchant_id"], bool(row["enabled"]))
         self._terminals[terminal_id] = value
         return value
@@ -233,7 +241,7 @@ class TapTxBase:
     def tap_card(self, uid: str) -> TapCard | None:
         if uid in self._cards:
             return self._cards[uid]
-        row = self.first(q.TAP_CARD, uid)
+        row = self.hot_first(q.TAP_CARD, uid)
         value = (
             None
             if row is None
@@ -252,7 +260,7 @@ class TapTxBase:
         return value
 
     def deny_version(self) -> int:
-        return int(self.value(q.DENY_VERSION) or 0)
+        return int(self.hot_value(q.DENY_VERSION) or 0)
 
     def last_purchase_id(self, terminal_id: str) -> int | None:
         value = self.value(q.LAST_PURCHASE_ID, terminal_id)

@@ -41,15 +41,25 @@ from protocol.errors import (
 from protocol.ledger import account_kind
 from storage import schema as s
 from storage.posting import TRANSFER_COLUMNS
+from storage.queries import IDEMPOTENT as _IDEMPOTENT
 from storage.queries import Query
 from storage.records import Row, TapCard
-from storage.taptx import TapTxBase
+from storage.taptx import CARD_CACHE_LIMIT, TapTxBase
 
 T = TypeVar("T")
 _STOP = object()
 _INSERT_TRANSFER = (
     f"INSERT INTO transfers ({', '.join(TRANSFER_COLUMNS)})"  # noqa: S608 - fixed names
     f" VALUES ({', '.join('?' * len(TRANSFER_COLUMNS))})"
+)
+_INSERT_TRANSFER_WITH_ID = (
+    f"INSERT INTO transfers (id, {', '.join(TRANSFER_COLUMNS)})"  # noqa: S608 - fixed names
+    f" VALUES ({', '.join('?' * (len(TRANSFER_COLUMNS) + 1))})"
+)
+_NEXT_TRANSFER_ID = "SELECT coalesce(max(id), 0) + 1 FROM transfers"
+_INSERT_REPLY = (
+    "INSERT INTO idempotency (terminal_id, request_id, op, fingerprint, reply, at)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
 )
 
 #: The WAL file is cut back to this size whenever SQLite restarts it (``journal_size_limit``).
@@ -120,10 +130,20 @@ class SqliteTapTx(TapTxBase):
     """The synchronous operations a tap decision needs, on the writer's connection.
 
     Terminal and card rows are cached between batches: the writer itself never changes them,
-    and ``PRAGMA data_version`` (checked once per batch) moves whenever another connection — the
-    counter, a kiosk's loss report, the scheduler — committed anything, which empties the caches.
-    Balances are never cached: the conditional debit reads them in the statement itself.
-    """
+    and ``PRAGMA data_version`` (checked once per batch, with the write lock held) moves whenever
+    another connection — the counter, a kiosk's loss report, the scheduler — committed anything,
+    which empties the caches.
+
+    **Write-behind** (issue 14), while :attr:`defer` is set (the writer's fast path): the ledger's
+    five operations and the idempotency record do not run a statement each. Balances are kept
+    in :attr:`_balances` (read once, then exact: nothing else can write while the writer holds
+    the lock, and ``data_version`` empties them when something did between batches); a debit is
+    decided on them; the transfer gets its id from the writer (``max(id) + 1``, the id SQLite
+    itself would give); and everything the batch changed is written by :meth:`flush` in a few
+    ``executemany`` statements — accounts, transfers, idempotency records, in that order (the
+    foreign keys) — before the one COMMIT. Any other read or write flushes first, so every
+    statement sees what the batch did so far; a SAVEPOINT flushes first and runs write-through
+    inside; a ROLLBACK empties the balances (:meth:`discard`)."""
 
     dialect = "sqlite"
 
@@ -132,6 +152,17 @@ class SqliteTapTx(TapTxBase):
         self._data_version: int | None = None
         self._terminals: dict[str, tuple[str, str | None, bool] | None] = {}
         self._cards: dict[str, TapCard | None] = {}
+        #: write-behind on (the fast path) or write-through (savepoints, the safe retry)
+        self.defer = False
+        self._balances: dict[str, int] = {}
+        self._dirty: dict[str, None] = {}  # accounts changed since the last flush, in order
+        self._new_accounts: dict[str, int | None] = {}  # created since the last flush: owner
+        self._next_transfer: int | None = None
+        self._transfers: list[tuple[Any, ...]] = []
+        self._replies: dict[tuple[str, str], tuple[Any, ...]] = {}
+        self._pending = False
+        self._time_key: datetime | None = None
+        self._time_text = ""
 
     def begin_batch(self) -> None:
         version = int(self.conn.execute("PRAGMA data_version").fetchone()[0])
@@ -139,14 +170,82 @@ class SqliteTapTx(TapTxBase):
             self._data_version = version
             self._terminals.clear()
             self._cards.clear()
+            self._balances.clear()
+            self._next_transfer = None
 
-    # generic rows
+    # write-behind -----------------------------------------------------------------------
+    def discard(self) -> None:
+        """After a ROLLBACK: nothing deferred was written, no cached balance can be trusted."""
+        self._balances.clear()
+        self._dirty.clear()
+        self._new_accounts.clear()
+        self._transfers.clear()
+        self._replies.clear()
+        self._next_transfer = None
+        self._pending = False
+
+    def flush(self) -> None:
+        """Write what the batch deferred: a few ``executemany`` statements."""
+        if not self._pending:
+            return
+        conn = self.conn
+        balances = self._balances
+        new = self._new_accounts
+        if new:
+            conn.executemany(
+                "INSERT INTO accounts (id, kind, holder_id, balance) VALUES (?, ?, ?, ?)",
+                [(a, account_kind(a).value, owner, balances[a]) for a, owner in new.items()],
+            )
+        updates = [(balances[a], a) for a in self._dirty if a not in new]
+        if updates:
+            cursor = conn.executemany("UPDATE accounts SET balance = ? WHERE id = ?", updates)
+            if cursor.rowcount != len(updates):
+                msg = f"accounts changed under the writer: {cursor.rowcount} of {len(updates)}"
+                raise sqlite3.IntegrityError(msg)
+        if self._transfers:
+            conn.executemany(_INSERT_TRANSFER_WITH_ID, self._transfers)
+        if self._replies:
+            conn.executemany(_INSERT_REPLY, list(self._replies.values()))
+        self._dirty.clear()
+        new.clear()
+        self._transfers.clear()
+        self._replies.clear()
+        self._pending = False
+
+    def _known_balance(self, account: str) -> int | None:
+        """The account's balance (cached once read), None if it does not exist."""
+        balance = self._balances.get(account)
+        if balance is not None:
+            return balance
+        found = self.conn.execute("SELECT balance FROM accounts WHERE id = ?", (account,))
+        row = found.fetchone()
+        if row is None:
+            return None
+        if len(self._balances) > CARD_CACHE_LIMIT and not self._pending:
+            self._balances.clear()
+        balance = self._balances[account] = int(row[0])
+        return balance
+
+    def _set_balance(self, account: str, balance: int) -> None:
+        self._balances[account] = balance
+        self._dirty[account] = None
+        self._pending = True
+
+    def _time(self, value: datetime) -> str:
+        if value is not self._time_key:
+            self._time_key = value
+            self._time_text = _to_db(value)
+        return self._time_text
+
+    # generic rows (each flushes first: it may read or reference what the batch deferred)
     def get(self, table: str, key: Any) -> Row | None:
+        self.flush()
         info = _info(table)
         found = self.conn.execute(info.select_by_key, _key(key)).fetchone()
         return info.row(found) if found is not None else None
 
     def find(self, table: str, *, order_by: str | None = None, **eq: Any) -> list[Row]:
+        self.flush()
         info = _info(table)
         where = " AND ".join(f"{k} = ?" for k in eq) or "1 = 1"
         sql = f"SELECT {', '.join(info.columns)} FROM {table} WHERE {where}"  # noqa: S608
@@ -155,11 +254,13 @@ class SqliteTapTx(TapTxBase):
         return [info.row(r) for r in self.conn.execute(sql, [_to_db(v) for v in eq.values()])]
 
     def put(self, table: str, values: Mapping[str, Any]) -> None:
+        self.flush()
         cols = list(values)
         sql = f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"  # noqa: S608
         self.conn.execute(sql, [_to_db(values[c]) for c in cols])
 
     def insert(self, table: str, values: Mapping[str, Any]) -> int:
+        self.flush()
         cols = list(values)
         sql = f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"  # noqa: S608
         cursor = self.conn.execute(sql, [_to_db(values[c]) for c in cols])
@@ -167,6 +268,7 @@ class SqliteTapTx(TapTxBase):
         return int(cursor.lastrowid)
 
     def update(self, table: str, key: Any, values: Mapping[str, Any]) -> None:
+        self.flush()
         info = _info(table)
         sets = ", ".join(f"{c} = ?" for c in values)
         sql = f"UPDATE {table} SET {sets} WHERE {info.where_key}"  # noqa: S608
@@ -176,37 +278,77 @@ class SqliteTapTx(TapTxBase):
 
     @contextlib.contextmanager
     def undo_on(self, *errors: type[BaseException]) -> Iterator[None]:
-        """Roll back what the block wrote if it raises one of ``errors`` (then re-raise)."""
+        """Roll back what the block wrote if it raises one of ``errors`` (then re-raise).
+        The block runs write-through: a savepoint cannot undo what only this object holds."""
+        self.flush()
+        deferring, self.defer = self.defer, False
         self.conn.execute("SAVEPOINT step")
         try:
             yield
         except errors:
             self.conn.execute("ROLLBACK TO step")
             self.conn.execute("RELEASE step")
+            self._balances.clear()
+            self._next_transfer = None
             raise
+        finally:
+            self.defer = deferring
         self.conn.execute("RELEASE step")
 
     def scalar(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        self.flush()
         found = self.conn.execute(sql, params).fetchone()
         return None if found is None else found[0]
 
     # the shared reads (storage.queries), compiled once for sqlite3
     def first(self, query: Query, *args: Any) -> Row | None:
-        compiled = query.sqlite
-        found = self.conn.execute(compiled.sql, compiled.args(args)).fetchone()
-        return None if found is None else query.sqlite_row(found)
+        self.flush()
+        return self.hot_first(query, *args)
 
     def rows(self, query: Query, *args: Any) -> list[Row]:
+        self.flush()
         compiled = query.sqlite
         return [query.sqlite_row(r) for r in self.conn.execute(compiled.sql, compiled.args(args))]
 
     def value(self, query: Query, *args: Any) -> Any:
+        self.flush()
+        return self.hot_value(query, *args)
+
+    def hot_first(self, query: Query, *args: Any) -> Row | None:
+        compiled = query.sqlite
+        found = self.conn.execute(compiled.sql, compiled.args(args)).fetchone()
+        return None if found is None else query.sqlite_row(found)
+
+    def hot_value(self, query: Query, *args: Any) -> Any:
         compiled = query.sqlite
         found = self.conn.execute(compiled.sql, compiled.args(args)).fetchone()
         return None if found is None else found[0]
 
+    def idempotent(self, terminal_id: str, request_id: str) -> tuple[str, str] | None:
+        pending = self._replies.get((terminal_id, request_id))
+        if pending is not None:
+            return pending[3], pending[4]
+        compiled = _IDEMPOTENT.sqlite  # the shared read, its two text columns as they come
+        found = self.conn.execute(compiled.sql, compiled.args((terminal_id, request_id)))
+        row = found.fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def balance(self, account: str) -> int:
+        known = self._known_balance(account) if self.defer else None
+        if known is not None:
+            return known
+        return super().balance(account)
+
     # ledger: the posting rule's operations (storage.posting), in sqlite3's dialect
     def debit_guarded(self, account: str, amount: int) -> int | None:
+        if self.defer:
+            balance = self._known_balance(account)
+            if balance is None or balance < amount:
+                return None
+            balance -= amount
+            self._set_balance(account, balance)
+            return balance
+        self._balances.pop(account, None)
         rows = self.conn.execute(
             "UPDATE accounts SET balance = balance - ?"
             " WHERE id = ? AND balance >= ? RETURNING balance",
@@ -221,6 +363,15 @@ class SqliteTapTx(TapTxBase):
         return self._add(account, change, None)
 
     def _add(self, account: str, change: int, holder_id: int | None) -> int:
+        if self.defer:
+            balance = self._known_balance(account)
+            if balance is None:
+                self._new_accounts[account] = holder_id
+                balance = 0
+            balance += change
+            self._set_balance(account, balance)
+            return balance
+        self._balances.pop(account, None)
         rows = self.conn.execute(
             "UPDATE accounts SET balance = balance + ? WHERE id = ? RETURNING balance",
             (change, account),
@@ -234,6 +385,17 @@ class SqliteTapTx(TapTxBase):
         return change
 
     def insert_transfer(self, values: tuple[Any, ...]) -> int:
+        if self.defer:
+            transfer_id = self._next_transfer
+            if transfer_id is None:
+                transfer_id = int(self.conn.execute(_NEXT_TRANSFER_ID).fetchone()[0])
+            self._next_transfer = transfer_id + 1
+            row = [transfer_id, *values]
+            row[6] = self._time(values[5])  # "at"
+            self._transfers.append(tuple(row))
+            self._pending = True
+            return transfer_id
+        self._next_transfer = None
         cursor = self.conn.execute(_INSERT_TRANSFER, tuple(_to_db(v) for v in values))
         assert cursor.lastrowid is not None
         return int(cursor.lastrowid)
@@ -242,11 +404,16 @@ class SqliteTapTx(TapTxBase):
         self, terminal_id: str, request_id: str, op: str, fingerprint: str, reply: str, at: datetime
     ) -> None:
         """The idempotency record: the first reply, replayed for every retry."""
-        self.conn.execute(
-            "INSERT INTO idempotency (terminal_id, request_id, op, fingerprint, reply, at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (terminal_id, request_id, op, fingerprint, reply, _to_db(at)),
-        )
+        row = (terminal_id, request_id, op, fingerprint, reply, self._time(at))
+        if self.defer:
+            key = (terminal_id, request_id)
+            if key in self._replies:
+                msg = "UNIQUE constraint failed: idempotency.terminal_id, idempotency.request_id"
+                raise sqlite3.IntegrityError(msg)
+            self._replies[key] = row
+            self._pending = True
+            return
+        self.conn.execute(_INSERT_REPLY, row)
 
     def card_alert(
         self,
@@ -576,6 +743,7 @@ class SqliteTapWriter:
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
+            tx.discard()
             failure = OnecardError(
                 "数据库暂不可用", f"registry unavailable: {exc}", code=ErrorCode.UNAVAILABLE
             )
@@ -611,6 +779,9 @@ class SqliteTapWriter:
         outcomes: list[Any] = []
         _begin(conn, deadline=time.monotonic() + lock_wait_s)
         tx.begin_batch()
+        # fast path: ledger writes deferred to a few executemany statements before the COMMIT;
+        # the safe retry runs write-through, a savepoint around each job
+        tx.defer = not safe
         now = time.monotonic()  # the lock is ours: what runs now commits within milliseconds
         for job in batch:
             if job.deadline is not None and now > job.deadline:
@@ -623,6 +794,7 @@ class SqliteTapWriter:
                         results.append(fn(tx))
                     except Exception:  # noqa: BLE001 - retried below with savepoints
                         conn.execute("ROLLBACK")
+                        tx.discard()
                         return None
                     continue
                 conn.execute("SAVEPOINT job")
@@ -630,8 +802,16 @@ class SqliteTapWriter:
                     results.append(fn(tx))
                 except Exception as exc:  # noqa: BLE001 - the job's failure goes to its caller
                     conn.execute("ROLLBACK TO job")
+                    tx.discard()
                     results.append(exc)
                 conn.execute("RELEASE job")
             outcomes.append(results)
+        if not safe:
+            try:
+                tx.flush()
+            except sqlite3.IntegrityError:  # a constraint the decisions did not foresee:
+                conn.execute("ROLLBACK")  # the safe retry finds the job that broke it
+                tx.discard()
+                return None
         conn.execute("COMMIT")
         return outcomes
