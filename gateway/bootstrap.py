@@ -46,6 +46,10 @@ def session_factory(settings: Settings) -> SessionFactory:
         from gateway.mqtt.client_gmqtt import GmqttSession
 
         return lambda s, will: GmqttSession(s, will=will)
+    if settings.mqtt.client == "lean":
+        from gateway.mqtt.client_lean import LeanSession
+
+        return lambda s, will: LeanSession(s, will=will)
     return lambda s, will: MqttSession(s, will=will)
 
 

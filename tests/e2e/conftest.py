@@ -10,7 +10,7 @@ import pytest_asyncio
 from tests.e2e.campus import Campus, build_campus
 
 
-@pytest_asyncio.fixture(params=["aiomqtt", "gmqtt"])
+@pytest_asyncio.fixture(params=["aiomqtt", "gmqtt", "lean"])
 async def campus(
     tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Campus]:
