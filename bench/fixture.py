@@ -220,6 +220,7 @@ class GatewayProcess:
         poll_interval_ms: int = 50,
         applied_wait_ms: int = 300,
         log_level: str = "WARNING",
+        mqtt_client: str | None = None,
     ) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
@@ -228,7 +229,8 @@ class GatewayProcess:
         self.config.write_text(
             f'db = "{db}"\nlog_level = "{log_level}"\nscheduler_interval_s = 3600.0\n'
             f'[mqtt]\nhost = "{LOOPBACK}"\nport = {broker.port}\n'
-            f'username = "{GATEWAY_USER}"\npassword = "{terminal_password(GATEWAY_USER)}"\n'
+            + (f'client = "{mqtt_client}"\n' if mqtt_client else "")
+            + f'username = "{GATEWAY_USER}"\npassword = "{terminal_password(GATEWAY_USER)}"\n'
             f'[http]\nhost = "{LOOPBACK}"\nport = {self.http_port}\n'
             f"[denylist]\npoll_interval_ms = {poll_interval_ms}\n"
             f"applied_wait_ms = {applied_wait_ms}\n"

@@ -105,8 +105,9 @@ def machine() -> dict[str, Any]:
 class Campus:
     """One seeded registry, one broker with every account, the gateway when asked."""
 
-    def __init__(self, workdir: Path, *, doors: int) -> None:
+    def __init__(self, workdir: Path, *, doors: int, mqtt_client: str | None = None) -> None:
         self.workdir = workdir
+        self.mqtt_client = mqtt_client
         log(f"seeding {CARDS} cards and {POS_COUNT} POS through the services")
         self.fixture: TapFixture = asyncio.run(
             seed_tap_registry(workdir / "campus.sqlite3", cards=CARDS, pos=POS_COUNT)
@@ -119,7 +120,11 @@ class Campus:
     def start_gateway(self) -> GatewayProcess:
         if self.gateway is None:
             self.gateway = GatewayProcess(
-                self.workdir / "gateway", self.fixture.db, self.broker, poll_interval_ms=20
+                self.workdir / "gateway",
+                self.fixture.db,
+                self.broker,
+                poll_interval_ms=20,
+                mqtt_client=self.mqtt_client,
             )
             self.gateway.start()
             ready = self.gateway.wait_ready()
@@ -539,6 +544,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument(
+        "--mqtt-client",
+        choices=("aiomqtt", "gmqtt", "lean"),
+        help="the gateway's MQTT adapter (default: the gateway's own default)",
+    )
+    parser.add_argument(
         "--points",
         help="tap phase: only these points (comma list, e.g. closed-100,open-1000); for "
         "experiments, never for docs/benchmarks.md",
@@ -574,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"work directory {workdir}")
     try:
         if "tap" in phases or "propagation" in phases:
-            campus = Campus(workdir / "campus", doors=1000)
+            campus = Campus(workdir / "campus", doors=1000, mqtt_client=args.mqtt_client)
             try:
                 if "tap" in phases:
                     only = {p.strip() for p in (args.points or "").split(",") if p.strip()}

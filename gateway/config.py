@@ -16,7 +16,7 @@ from pydantic_settings import (
 
 class MqttConfig(BaseModel):
     #: MQTT client library behind the one-file adapter (docs/benchmarks.md records the choice).
-    client: Literal["aiomqtt", "gmqtt", "lean"] = "gmqtt"
+    client: Literal["aiomqtt", "gmqtt", "lean"] = "lean"
     host: str = "127.0.0.1"
     port: int = 1883
     username: str | None = "gateway"

@@ -447,6 +447,7 @@ class PgTapExecutor:
         *,
         deadline: float | None = None,
         order: Sequence[str] | None = None,
+        replies: Sequence[tuple[str, str]] | None = None,  # noqa: ARG002 - one lookup per job
     ) -> list[T | BaseException]:
         """Several jobs, results in their order. ``order``: one key per job (the card UID of a
         tap); a batch runs its jobs sorted by it, so two gateways lock purses in the same order

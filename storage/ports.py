@@ -198,7 +198,10 @@ class TapExecutor(Protocol):
         *,
         deadline: float | None = None,
         order: Sequence[str] | None = None,
+        replies: Sequence[tuple[str, str]] | None = None,
     ) -> list[T | BaseException]:
         """``order``: one key per job (a tap's card UID); a backend with several writers runs a
-        batch's jobs sorted by it so writers lock rows in one order (no deadlock)."""
+        batch's jobs sorted by it so writers lock rows in one order (no deadlock). ``replies``:
+        the idempotency keys ``(terminal, request id)`` the jobs will look up; a backend may
+        read them all in one statement (SQLite's writer does)."""
         ...

@@ -41,7 +41,9 @@ TRANSFER_COLUMNS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+# The single-posting operations are built on every tap: plain slotted dataclasses (a frozen one
+# costs ~0.6 µs more to build, measured for issue 14); nothing mutates a yielded operation.
+@dataclass(slots=True)
 class DebitGuarded:
     """``balance -= amount`` only if it stays >= 0; answered with the balance after, or None
     (also when the account does not exist)."""
@@ -50,7 +52,7 @@ class DebitGuarded:
     amount: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CreditGuarded:
     """``balance += amount`` on a purse, hold or deposit, created for ``holder_id`` if new."""
 
@@ -59,7 +61,7 @@ class CreditGuarded:
     holder_id: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class MoveUnguarded:
     """``balance += change`` on an account that may go negative (cash, merchant, fund), created
     on first use; answered with the balance after where the backend knows it at once, else 0."""
@@ -68,12 +70,12 @@ class MoveUnguarded:
     change: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ReadBalance:
     account: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class InsertTransfer:
     """The transfer row (:data:`TRANSFER_COLUMNS`, in that order); answered with its id."""
 

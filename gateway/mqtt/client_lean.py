@@ -40,7 +40,7 @@ import socket
 import struct
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
-from typing import Self
+from typing import Self, cast
 
 from gateway.mqtt.client import (
     MAX_KEPT_PAYLOAD,
@@ -387,8 +387,9 @@ class LeanSession(asyncio.Protocol):
         return bytes((_CONNECT,)) + _varint(len(body)) + body
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # a stream transport from loop.create_connection; uvloop's is not an asyncio.Transport
+        # subclass (an isinstance check refused every connection under uvloop, the default loop)
+        self._transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):

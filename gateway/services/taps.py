@@ -115,7 +115,7 @@ _PRESENCE_OPS = frozenset({"hello", "heartbeat"})
 _UNDO_OPS = frozenset({"water_hold"})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per request: not frozen (cheaper to build); never mutated
 class Terminal:
     id: str
     kind: str
@@ -127,7 +127,7 @@ class Terminal:
         return Actor(name=f"terminal:{self.id}", channel="terminal")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per request: not frozen (cheaper to build); never mutated
 class Outcome:
     """The reply to publish and what the router needs for metrics and propagation."""
 
@@ -243,7 +243,8 @@ class TerminalService:
         # past ``give_up`` (time.monotonic()) the caller answers `unavailable`: none may commit
         # several gateways (PostgreSQL): each batch locks purses in card order (no deadlock)
         order = [str(getattr(request.data, "card", "")) for _, _, request, _ in requests]
-        return await self.executor.run_many(jobs, deadline=give_up, order=order)
+        replies = [(tid, request.request_id) for tid, _, request, _ in requests]
+        return await self.executor.run_many(jobs, deadline=give_up, order=order, replies=replies)
 
     def _decide(
         self,

@@ -60,16 +60,18 @@ def subsidy() -> str:
     return "subsidy:meal"
 
 
+#: prefix -> kind: a dict lookup on the tap path (the enum's own lookup costs ~1 µs a call)
+_KINDS: dict[str, AccountKind] = {kind.value: kind for kind in AccountKind}
+
+
 def account_kind(account: str) -> AccountKind:
     prefix, sep, rest = account.partition(":")
     if not sep or not rest:
         raise InvalidInput(f"账户名无效：{account}", f"bad account name: {account!r}")
-    try:
-        return AccountKind(prefix)
-    except ValueError:
-        raise InvalidInput(
-            f"账户类型无效：{account}", f"unknown account kind: {account!r}"
-        ) from None
+    kind = _KINDS.get(prefix)
+    if kind is None:
+        raise InvalidInput(f"账户类型无效：{account}", f"unknown account kind: {account!r}")
+    return kind
 
 
 class TransferKind(StrEnum):

@@ -20,7 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=400.0, help="fuzz messages per second")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--corpus", type=int, default=4000, help="distinct cases (then cycled)")
-    parser.add_argument("--client", choices=["aiomqtt", "gmqtt"], help="gateway MQTT adapter")
+    parser.add_argument(
+        "--client", choices=["aiomqtt", "gmqtt", "lean"], help="gateway MQTT adapter"
+    )
     parser.add_argument("--dir", type=Path, help="keep the site (registry, logs) here")
     args = parser.parse_args(argv)
     options = Options(

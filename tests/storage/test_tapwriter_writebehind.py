@@ -158,3 +158,49 @@ async def test_one_request_id_recorded_twice_in_a_batch_fails_the_second(tmp_pat
     finally:
         await writer.close()
         await registry.close()
+
+
+async def test_a_batch_reads_its_idempotency_records_in_one_statement(tmp_path: Path) -> None:
+    registry, _holder, writer = await _open(tmp_path)
+    try:
+
+        def record(rid: str, reply: str) -> Job:
+            def job(tx: SqliteTapTx) -> None:
+                tx.record_reply("pos-1", rid, "purchase", "f", reply, NOW)
+
+            return job
+
+        await writer.run(record("r1", "first"))
+        statements: list[str] = []
+
+        def trace(tx: SqliteTapTx) -> None:
+            tx.conn.set_trace_callback(statements.append)
+
+        def check(rid: str) -> Job:
+            def job(tx: SqliteTapTx) -> tuple[str, str] | None:
+                return tx.idempotent("pos-1", rid)
+
+            return job
+
+        keys = [("pos-1", r) for r in ("r1", "r2", "r2", "r3")]
+        results = await writer.run_many(
+            [trace, check("r1"), record("r2", "second"), check("r2"), check("r3")], replies=keys
+        )
+        assert results[1] == ("f", "first")  # stored before this batch
+        assert results[3] == ("f", "second")  # recorded earlier in this batch
+        assert results[4] is None
+        lookups = [s for s in statements if "FROM idempotency" in s]
+        assert lookups == [], lookups  # all answered by the batch's one read
+
+        # the safe retry (a job failed) writes through: a record made in it is still seen
+        def broken(tx: SqliteTapTx) -> None:
+            raise RuntimeError("bug")
+
+        results = await writer.run_many(
+            [record("r4", "fourth"), check("r4"), broken], replies=[("pos-1", "r4")] * 3
+        )
+        assert results[1] == ("f", "fourth")
+        assert isinstance(results[2], RuntimeError)
+    finally:
+        await writer.close()
+        await registry.close()
