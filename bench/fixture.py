@@ -199,13 +199,20 @@ def rss_kib(pid: int) -> dict[str, int]:
 
 
 def cpu_seconds(pid: int) -> float:
-    """user + system CPU of ``pid`` so far (from /proc/PID/stat)."""
+    """user + system CPU of ``pid`` and its live child processes so far (from /proc): the
+    gateway's tap engine (gateway/tapengine.py) is a child process of the gateway."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
     ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
+    own = (int(fields[11]) + int(fields[12])) / ticks
+    children: set[int] = set()
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                children.update(int(c) for c in (task / "children").read_text().split())
+    return own + sum(cpu_seconds(child) for child in children)
 
 
 class GatewayProcess:
@@ -221,6 +228,7 @@ class GatewayProcess:
         applied_wait_ms: int = 300,
         log_level: str = "WARNING",
         mqtt_client: str | None = None,
+        engine: str | None = None,
     ) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
@@ -234,6 +242,7 @@ class GatewayProcess:
             f'[http]\nhost = "{LOOPBACK}"\nport = {self.http_port}\n'
             f"[denylist]\npoll_interval_ms = {poll_interval_ms}\n"
             f"applied_wait_ms = {applied_wait_ms}\n"
+            + (f'[requests]\nengine = "{engine}"\n' if engine else "")
         )
         self.log_path = directory / "gateway.log"
         self.proc: subprocess.Popen[bytes] | None = None

@@ -105,9 +105,17 @@ def machine() -> dict[str, Any]:
 class Campus:
     """One seeded registry, one broker with every account, the gateway when asked."""
 
-    def __init__(self, workdir: Path, *, doors: int, mqtt_client: str | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        doors: int,
+        mqtt_client: str | None = None,
+        engine: str | None = None,
+    ) -> None:
         self.workdir = workdir
         self.mqtt_client = mqtt_client
+        self.engine = engine
         log(f"seeding {CARDS} cards and {POS_COUNT} POS through the services")
         self.fixture: TapFixture = asyncio.run(
             seed_tap_registry(workdir / "campus.sqlite3", cards=CARDS, pos=POS_COUNT)
@@ -125,6 +133,7 @@ class Campus:
                 self.broker,
                 poll_interval_ms=20,
                 mqtt_client=self.mqtt_client,
+                engine=self.engine,
             )
             self.gateway.start()
             ready = self.gateway.wait_ready()
@@ -549,6 +558,11 @@ def main(argv: list[str] | None = None) -> int:
         help="the gateway's MQTT adapter (default: the gateway's own default)",
     )
     parser.add_argument(
+        "--engine",
+        choices=("process", "thread"),
+        help="where the gateway decides SQLite taps (default: the gateway's own default)",
+    )
+    parser.add_argument(
         "--points",
         help="tap phase: only these points (comma list, e.g. closed-100,open-1000); for "
         "experiments, never for docs/benchmarks.md",
@@ -584,7 +598,9 @@ def main(argv: list[str] | None = None) -> int:
     log(f"work directory {workdir}")
     try:
         if "tap" in phases or "propagation" in phases:
-            campus = Campus(workdir / "campus", doors=1000, mqtt_client=args.mqtt_client)
+            campus = Campus(
+                workdir / "campus", doors=1000, mqtt_client=args.mqtt_client, engine=args.engine
+            )
             try:
                 if "tap" in phases:
                     only = {p.strip() for p in (args.points or "").split(",") if p.strip()}

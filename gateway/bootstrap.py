@@ -13,6 +13,7 @@ from gateway.mqtt.client import MqttSession, SessionFactory
 from gateway.retention import RetentionIO
 from gateway.runtime import Gateway
 from gateway.services.base import Clock, Context, SystemClock
+from gateway.tapengine import TapEngine
 from protocol.errors import ErrorCode, OnecardError
 from storage import pii, piidb
 from storage.engine import database_url
@@ -82,6 +83,8 @@ async def open_gateway(
     executor: SqliteTapWriter | PgTapExecutor
     leader: SoleLeader | LeaseLeader
     listener: PgChangeListener | None = None
+    engine: TapEngine | None = None
+    thread_writer: SqliteTapWriter | None = None
     try:
         if database_url(settings.db).startswith("postgresql"):
             executor = PgTapExecutor(
@@ -91,10 +94,20 @@ async def open_gateway(
             leader = LeaseLeader(PgLease(settings.db), retry_s=settings.ha.leader_retry_s)
             listener = PgChangeListener(settings.db, retry_s=settings.ha.leader_retry_s)
         else:
-            executor = SqliteTapWriter(sqlite_path(settings.db), lock_wait_s=lock_wait_s)
+            executor = thread_writer = SqliteTapWriter(
+                sqlite_path(settings.db), lock_wait_s=lock_wait_s
+            )
             executor.start()
             leader = SoleLeader()
+            # a clock given by a test must decide taps too: only the thread sees it
+            if settings.requests.engine == "process" and clock is None:
+                engine = TapEngine(settings)
+                await engine.start()
     except BaseException:
+        if engine is not None:
+            await engine.close()
+        if thread_writer is not None:
+            await thread_writer.close()
         await registry.close()
         raise
     try:
@@ -108,8 +121,11 @@ async def open_gateway(
             leader=leader,
             listener=listener,
             retention_io=retention_io(registry),
+            engine=engine,
         )
     finally:
+        if engine is not None:
+            await engine.close()
         await executor.close()
         await registry.close()
 

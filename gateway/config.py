@@ -67,6 +67,10 @@ class RequestConfig(BaseModel):
     #: A decision the writer has not finished after this is answered ``unavailable`` (the
     #: terminal retries with the same request id and gets the decision once it is durable).
     writer_timeout_ms: int = Field(default=4000, ge=100, le=120_000)
+    #: Where SQLite tap decisions run: "process", a decision process of the gateway's own (its
+    #: own interpreter lock: issue 14, gateway/tapengine.py); "thread", the writer thread inside
+    #: the gateway. PostgreSQL always decides in the gateway (several writers, issue 12).
+    engine: Literal["process", "thread"] = "process"
 
 
 class HaConfig(BaseModel):

@@ -18,7 +18,6 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any, Protocol
 
 from gateway.config import Settings
@@ -36,11 +35,10 @@ from gateway.mqtt.client import (
     SessionFactory,
 )
 from gateway.retention import RetentionIO, RetentionJob
-from gateway.services.alerts import AlertRules
 from gateway.services.base import SYSTEM, Context
 from gateway.services.cards import CardService
-from gateway.services.offline import SettlementRules
-from gateway.services.taps import Outcome, TerminalService
+from gateway.services.taps import Outcome
+from gateway.tapengine import TapEngine, build_terminal_service, terminal_config
 from protocol.errors import ErrorCode, OnecardError, registry_busy
 from protocol.wire import (
     DENYLIST_DELTA_TOPIC,
@@ -55,7 +53,6 @@ from protocol.wire import (
     Presence,
     ReportLossResponse,
     Request,
-    TerminalConfig,
     TerminalKind,
     TerminalStatus,
     TopicKind,
@@ -64,6 +61,7 @@ from protocol.wire import (
     encode_error,
     encode_reply,
     parse_topic,
+    peek_request_id,
     response_topic,
     shared_subscription,
 )
@@ -73,6 +71,8 @@ log = logging.getLogger("onecard.gateway")
 
 #: Kiosk self-service ops that do not run on the batching writer (scrypt, lifecycle events).
 ASYNC_OPS = frozenset({"login", "report_loss", "change_password"})
+#: Decoded in the gateway even with the tap engine: their replies update the fleet view.
+_FLEET_OPS = frozenset({"hello", "heartbeat"})
 #: What a Response Topic may hold after ``onecard/v1/t/{id}/resp/``: no wildcard (Mosquitto
 #: disconnects a client that publishes to ``+`` or ``#``), no NUL, bounded length (item 2).
 _REPLY_SUFFIX = re.compile(r"[A-Za-z0-9_.:-]{1,64}(?:/[A-Za-z0-9_.:-]{1,64}){0,3}")
@@ -93,6 +93,8 @@ class _Pending:
     kind: str | None = None
     request: Request[Any] | None = None
     outcome: Outcome | None = None
+    payload: bytes = b""  # as received: what the tap engine decodes (engine_tap)
+    engine_tap: bool = False
 
 
 class ChangeListener(Protocol):
@@ -113,6 +115,7 @@ class Gateway:
         leader: Leadership | None = None,
         listener: ChangeListener | None = None,
         retention_io: RetentionIO | None = None,
+        engine: TapEngine | None = None,
     ) -> None:
         self.executor = executor
         #: PostgreSQL: the counter's commits wake the deny-list watch at once (LISTEN/NOTIFY);
@@ -130,34 +133,11 @@ class Gateway:
         self.metrics = metrics or Metrics()
         #: issue 15: the daily retention plan (purge only with [privacy] enabled), the leader's
         self.retention = RetentionJob(ctx, settings.privacy, io=retention_io, metrics=self.metrics)
-        off = settings.offline
-        self.terminal_config = TerminalConfig(
-            heartbeat_interval_s=off.heartbeat_interval_s,
-            offline_max_age_s=settings.denylist.max_offline_age_s,
-            offline_max_amount_fen=off.offline_max_amount_fen,
-            offline_max_daily_fen=off.offline_max_daily_fen,
-            offline_max_count=off.offline_max_count,
-            request_ttl_ms=settings.requests.ttl_ms,
-            clock_tolerance_ms=settings.requests.clock_tolerance_ms,
-        )
+        self.terminal_config = terminal_config(settings)
         self.deny = DenyState()
-        settlement = SettlementRules.from_config(
-            self.terminal_config,
-            clock_tolerance_s=off.settle_clock_tolerance_s,
-            max_sale_age_s=off.settle_max_age_s,
-        )
-        alerts = AlertRules(
-            low_balance_fen=settings.alerts.low_balance_fen,
-            presented_window=timedelta(seconds=settings.alerts.presented_window_s),
-        )
-        self.service = TerminalService(
-            ctx,
-            self.terminal_config,
-            executor,
-            self.deny.refusal,
-            settlement=settlement,
-            alerts=alerts,
-        )
+        self.service = build_terminal_service(settings, ctx, executor, self.deny.refusal)
+        #: SQLite taps decided in a process of their own (gateway/tapengine.py), if given
+        self.engine = engine
         self.cards = CardService(ctx)
         self.fleet = Fleet()
         self.kinds: dict[str, str] = {}
@@ -220,6 +200,8 @@ class Gateway:
             return False
         if getattr(self.executor, "failing_since", None) is not None:
             return False  # the registry refuses writes (disk full, lock held): taps are refused
+        if self.engine is not None and (not self.engine.alive or self.engine.failing_since):
+            return False  # the decision process is gone, or its writer cannot commit
         now = time.monotonic()
         busy_since = getattr(self.executor, "busy_since", None)
         if busy_since is not None and now - busy_since > _STALL_S:
@@ -414,6 +396,8 @@ class Gateway:
                 continue
             if pending.outcome is not None:
                 replies.append((pending, pending.outcome))
+            elif pending.engine_tap:
+                taps.append(pending)
             elif pending.request is None:
                 continue
             elif pending.op in ASYNC_OPS:
@@ -434,14 +418,18 @@ class Gateway:
         cannot decide in time (write lock held by the counter, disk full, writer stopped)."""
         batch = [(p.tid, p.op, p.request, p.deadline) for p in taps if p.request is not None]
         timeout = self.settings.requests.writer_timeout_ms / 1000
+        decided: Awaitable[list[Outcome | BaseException]]
         # The writer itself answers `unavailable` for jobs it reaches after `give_up` (checked
         # with the write lock held, so nothing answered `unavailable` is ever committed); the
         # wait below is only a safety net for a writer that hangs (then /readyz says 503).
         give_up = time.monotonic() + timeout
+        if self.engine is not None:
+            items = [(p.tid, p.op, p.payload, p.kind, p.deadline) for p in taps]
+            decided = self.engine.decide_many(items, give_up=give_up)
+        else:
+            decided = self.service.handle_many(batch, give_up=give_up)
         try:
-            return await asyncio.wait_for(
-                self.service.handle_many(batch, give_up=give_up), timeout=timeout + _STALL_S
-            )
+            return await asyncio.wait_for(decided, timeout=timeout + _STALL_S)
         except TimeoutError:
             log.warning("registry writer did not decide %d requests in %.1fs", len(batch), timeout)
             self.metrics.dropped.labels(reason="writer_timeout").inc(len(batch))
@@ -474,6 +462,7 @@ class Gateway:
         tid, op = topic.terminal_id, topic.op
         reply_to = _reply_topic(tid, op, message.response_topic)
         pending = _Pending(tid, op, reply_to, message.correlation_data, received)
+        pending.payload = message.payload
         if message.expiry_s is not None:
             pending.deadline = time.monotonic() + message.expiry_s
         kind_name = self.kinds.get(tid)
@@ -481,6 +470,10 @@ class Gateway:
             await self._refresh_kinds()
             kind_name = self.kinds.get(tid)
         pending.kind = kind_name
+        if self.engine is not None and op not in ASYNC_OPS and op not in _FLEET_OPS:
+            # the tap engine decodes it (and answers a malformed one): not twice per tap
+            pending.engine_tap = True
+            return pending
         try:
             pending.request = decode_request(
                 op, message.payload, kind=TerminalKind(kind_name) if kind_name else None
@@ -493,7 +486,14 @@ class Gateway:
 
     def _outcome(self, pending: _Pending, result: Outcome | BaseException) -> Outcome:
         request = pending.request
-        assert request is not None
+        if request is None:  # decided by the tap engine: its replies are complete
+            if isinstance(result, Outcome):
+                return result
+            if not isinstance(result, OnecardError):
+                log.error("handling %s failed", pending.op, exc_info=result)
+                result = OnecardError(code=ErrorCode.INTERNAL)
+            rid = peek_request_id(pending.payload)
+            return Outcome(encode_error(rid, result), ok=False, code=result.code.value)
         if isinstance(result, Outcome):
             if result.ok and isinstance(request.data, HelloRequest | HeartbeatRequest):
                 held = min(request.data.denylist_version, self.deny.version)

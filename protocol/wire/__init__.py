@@ -19,6 +19,7 @@ from protocol.wire.codec import (
     encode_request,
     fingerprint,
     is_allowed,
+    peek_request_id,
 )
 from protocol.wire.denylist import (
     DenyChange,
@@ -211,6 +212,7 @@ __all__ = [
     "message_conforms",
     "parse_request_topic",
     "parse_topic",
+    "peek_request_id",
     "request_topic",
     "response_filter",
     "response_topic",

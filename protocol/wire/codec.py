@@ -97,6 +97,12 @@ def decode_request(op: str, payload: bytes, *, kind: TerminalKind | None = None)
     return request
 
 
+def peek_request_id(payload: bytes) -> str | None:
+    """Best effort, error path only: the request id of a payload that failed validation (or
+    was never decoded where the error is answered: the gateway's tap engine decodes taps)."""
+    return _peek_request_id(payload)
+
+
 def _peek_request_id(payload: bytes) -> str | None:
     """Best effort, error path only: the request id of a payload that failed validation."""
     try:
