@@ -188,14 +188,27 @@ def _http_status(url: str) -> int:
 
 
 def rss_kib(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM (peak) of ``pid`` in KiB, from /proc."""
+    """VmRSS and VmHWM (peak) in KiB of ``pid`` and its live child processes together (the
+    gateway's tap engine is one), from /proc."""
     out: dict[str, int] = {}
     with contextlib.suppress(OSError):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             key, _, value = line.partition(":")
             if key in ("VmRSS", "VmHWM"):
                 out[key] = int(value.split()[0])
+    for child in _children(pid):
+        for key, kib in rss_kib(child).items():
+            out[key] = out.get(key, 0) + kib
     return out
+
+
+def _children(pid: int) -> set[int]:
+    found: set[int] = set()
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                found.update(int(c) for c in (task / "children").read_text().split())
+    return found
 
 
 def cpu_seconds(pid: int) -> float:
@@ -207,12 +220,7 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
     ticks = os.sysconf("SC_CLK_TCK")
     own = (int(fields[11]) + int(fields[12])) / ticks
-    children: set[int] = set()
-    with contextlib.suppress(OSError):
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            with contextlib.suppress(OSError):
-                children.update(int(c) for c in (task / "children").read_text().split())
-    return own + sum(cpu_seconds(child) for child in children)
+    return own + sum(cpu_seconds(child) for child in _children(pid))
 
 
 class GatewayProcess:

@@ -101,8 +101,7 @@ async def open_gateway(
             leader = SoleLeader()
             # a clock given by a test must decide taps too: only the thread sees it
             if settings.requests.engine == "process" and clock is None:
-                engine = TapEngine(settings)
-                await engine.start()
+                engine = TapEngine(settings)  # started by Gateway.run, beside the deny list
     except BaseException:
         if engine is not None:
             await engine.close()

@@ -183,12 +183,30 @@ class Gateway:
                 tg.create_task(self._gauges(), name="gauges")
                 tg.create_task(self.leader.run(self.stop), name="leader")
                 tg.create_task(self._leadership(), name="leadership")
+                if self.engine is not None and not self.engine.started:
+                    tg.create_task(self._start_engine(), name="tap-engine-start")
                 if self.listener is not None:
                     tg.create_task(
                         self.listener.run(self.stop, self._registry_changed), name="listen"
                     )
         finally:
             await self.http.close()
+
+    async def _start_engine(self) -> None:
+        """Start the tap engine beside everything else: until it answers (an interpreter and
+        the registry take ~1-2 s), and if it ever dies, the writer thread decides."""
+        assert self.engine is not None
+        try:
+            await self.engine.start()
+        except Exception:
+            log.exception("the tap engine did not start: taps are decided in the gateway")
+        else:
+            log.info("tap engine running (pid %s)", self.engine.pid)
+
+    def _engine(self) -> TapEngine | None:
+        """The tap engine while it decides, else None (the writer thread decides)."""
+        engine = self.engine
+        return engine if engine is not None and engine.alive else None
 
     def is_ready(self) -> bool:
         """``/readyz``: connected to the broker, the registry writer alive and able to commit
@@ -200,8 +218,9 @@ class Gateway:
             return False
         if getattr(self.executor, "failing_since", None) is not None:
             return False  # the registry refuses writes (disk full, lock held): taps are refused
-        if self.engine is not None and (not self.engine.alive or self.engine.failing_since):
-            return False  # the decision process is gone, or its writer cannot commit
+        engine = self._engine()
+        if engine is not None and engine.failing_since is not None:
+            return False  # the decision process's writer cannot commit (disk full, lock held)
         now = time.monotonic()
         busy_since = getattr(self.executor, "busy_since", None)
         if busy_since is not None and now - busy_since > _STALL_S:
@@ -416,29 +435,54 @@ class Gateway:
     async def _decide_all(self, taps: list[_Pending]) -> list[Outcome | BaseException]:
         """The writer's decisions, or ``unavailable`` for every tap of the batch when the writer
         cannot decide in time (write lock held by the counter, disk full, writer stopped)."""
-        batch = [(p.tid, p.op, p.request, p.deadline) for p in taps if p.request is not None]
         timeout = self.settings.requests.writer_timeout_ms / 1000
-        decided: Awaitable[list[Outcome | BaseException]]
         # The writer itself answers `unavailable` for jobs it reaches after `give_up` (checked
         # with the write lock held, so nothing answered `unavailable` is ever committed); the
         # wait below is only a safety net for a writer that hangs (then /readyz says 503).
         give_up = time.monotonic() + timeout
-        if self.engine is not None:
+        engine = self._engine()
+        refused: dict[int, Outcome] = {}
+        decided: Awaitable[list[Outcome | BaseException]]
+        if engine is not None:
             items = [(p.tid, p.op, p.payload, p.kind, p.deadline) for p in taps]
-            decided = self.engine.decide_many(items, give_up=give_up)
+            decided = engine.decide_many(items, give_up=give_up)
         else:
+            refused = self._decode_here(taps)  # left undecoded for an engine that has died since
+            batch = [
+                (p.tid, p.op, p.request, p.deadline)
+                for i, p in enumerate(taps)
+                if i not in refused and p.request is not None
+            ]
             decided = self.service.handle_many(batch, give_up=give_up)
+        results: list[Outcome | BaseException]
         try:
-            return await asyncio.wait_for(decided, timeout=timeout + _STALL_S)
+            results = list(await asyncio.wait_for(decided, timeout=timeout + _STALL_S))
         except TimeoutError:
-            log.warning("registry writer did not decide %d requests in %.1fs", len(batch), timeout)
-            self.metrics.dropped.labels(reason="writer_timeout").inc(len(batch))
-            failure: BaseException = registry_busy()
+            log.warning("registry writer did not decide %d requests in %.1fs", len(taps), timeout)
+            self.metrics.dropped.labels(reason="writer_timeout").inc(len(taps) - len(refused))
+            results = [registry_busy()] * (len(taps) - len(refused))
         except OnecardError as exc:
-            failure = exc
+            results = [exc] * (len(taps) - len(refused))
         except Exception as exc:  # noqa: BLE001 - answered `internal` per request by _outcome
-            failure = exc
-        return [failure] * len(batch)
+            results = [exc] * (len(taps) - len(refused))
+        if not refused:
+            return results
+        decided_results = iter(results)
+        return [refused[i] if i in refused else next(decided_results) for i in range(len(taps))]
+
+    def _decode_here(self, taps: list[_Pending]) -> dict[int, Outcome]:
+        """Decode the taps prepared for the tap engine; the malformed ones' replies by index."""
+        refused: dict[int, Outcome] = {}
+        for index, pending in enumerate(taps):
+            if pending.request is not None:
+                continue
+            kind = TerminalKind(pending.kind) if pending.kind else None
+            try:
+                pending.request = decode_request(pending.op, pending.payload, kind=kind)
+            except WireError as exc:
+                error = encode_error(exc.request_id, exc)
+                refused[index] = Outcome(error, ok=False, code=exc.code.value)
+        return refused
 
     async def _prepare(self, message: Inbound, received: float) -> _Pending | None:
         try:
@@ -470,7 +514,7 @@ class Gateway:
             await self._refresh_kinds()
             kind_name = self.kinds.get(tid)
         pending.kind = kind_name
-        if self.engine is not None and op not in ASYNC_OPS and op not in _FLEET_OPS:
+        if self._engine() is not None and op not in ASYNC_OPS and op not in _FLEET_OPS:
             # the tap engine decodes it (and answers a malformed one): not twice per tap
             pending.engine_tap = True
             return pending

@@ -16,9 +16,11 @@ wall. Here the decisions run in a child process with its own interpreter: the sa
 - Child (``python -m gateway.tapengine FD``, settings as JSON on stdin): decodes, decides and
   commits exactly as the in-process writer does (durable before it answers), and reports
   whether its writer is failing (disk full, lock held) with every answer, for ``/readyz``.
-- The child dies with the gateway (``PR_SET_PDEATHSIG``), and exits when the socket closes; if
-  it dies first, every waiting and later batch is answered ``unavailable`` and ``/readyz`` says
-  503 (the supervisor restarts the gateway), exactly as for a dead writer thread.
+- The child dies with the gateway (``PR_SET_PDEATHSIG``), and exits when the socket closes. The
+  gateway starts it beside its own start-up (an interpreter and the registry take 1-2 s) and
+  decides taps with its writer thread until the engine answers, and again if the engine dies
+  (the batches it held are answered ``unavailable``: retried with the same request id, they are
+  decided once). ``/readyz`` says 503 while the engine's writer cannot commit.
 - The gateway's in-memory deny set is not consulted here: on SQLite the writer re-reads every
   card row after any other connection committed (``PRAGMA data_version``, under the write
   lock), so the registry row it decides on is never older than the deny set.
@@ -167,6 +169,10 @@ class TapEngine:
         return None if self._proc is None else self._proc.pid
 
     @property
+    def started(self) -> bool:
+        return self._proc is not None
+
+    @property
     def alive(self) -> bool:
         return self._proc is not None and self._proc.returncode is None and self.failure is None
 
@@ -220,7 +226,7 @@ class TapEngine:
     def _fail(self, detail: str) -> None:
         if self.failure is None:
             self.failure = detail
-            log.error("the tap engine stopped (%s): taps are answered unavailable", detail)
+            log.error("the tap engine stopped (%s): the gateway decides taps itself", detail)
         for future in self._waiting.values():
             if not future.done():
                 future.set_exception(_stopped(detail))

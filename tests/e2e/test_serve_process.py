@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import signal
 import subprocess
 import time
@@ -24,6 +26,17 @@ def _get(url: str) -> tuple[int, bytes]:
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
+
+
+def _wait_for(log_path: Path, pattern: str, timeout: float = 20.0) -> str:
+    """The first group (or the whole match) of ``pattern`` once the serve log holds it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = re.search(pattern, log_path.read_text(errors="replace"))
+        if found:
+            return found.group(1) if found.groups() else found.group(0)
+        time.sleep(0.05)
+    raise AssertionError(f"{pattern!r} not in the serve log:\n{log_path.read_text()[-3000:]}")
 
 
 def test_serve_reports_health_metrics_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
@@ -78,9 +91,23 @@ def test_serve_reports_health_metrics_and_stops_cleanly_on_sigterm(tmp_path: Pat
                 door.publish("onecard/v1/t/door-001/req/access", json.dumps(body).encode())
                 reply = json.loads(door.next_message(timeout=5).payload)
             assert reply["data"] == {"allowed": False, "reason": "card_unknown"}
+            # the tap engine (issue 14) decides in its own process; if it dies, the gateway's
+            # writer thread takes over and terminals notice nothing
+            engine = int(_wait_for(log_path, r"tap engine running \(pid (\d+)\)"))
+            os.kill(engine, signal.SIGKILL)
+            _wait_for(log_path, r"the tap engine stopped")
+            with Probe(broker, "door-001", "door-secret") as door:
+                door.connect()
+                door.subscribe("onecard/v1/t/door-001/resp/#")
+                body = {"v": 1, "request_id": "d-2", "data": {"card": "04FFFFFFFFFFFF"}}
+                door.publish("onecard/v1/t/door-001/req/access", json.dumps(body).encode())
+                reply = json.loads(door.next_message(timeout=5).payload)
+            assert reply["request_id"] == "d-2"
+            assert reply["data"] == {"allowed": False, "reason": "card_unknown"}
+            assert _get(f"http://127.0.0.1:{http_port}/readyz")[0] == 200
             code, metrics = _get(f"http://127.0.0.1:{http_port}/metrics")
             assert code == 200
-            assert b'onecard_decisions_total{op="access",result="approved"} 1.0' in metrics
+            assert b'onecard_decisions_total{op="access",result="approved"} 2.0' in metrics
             assert b"onecard_mqtt_connected 1.0" in metrics
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=20) == 0
