@@ -229,7 +229,7 @@ class Gateway:
 
     async def _load(self) -> None:
         self.deny.load_rows(
-            await self.executor.run(functools.partial(_deny_changes_after, version=0, limit=None))
+            await self.executor.read(functools.partial(_deny_changes_after, version=0, limit=None))
         )
         async with self.registry.read() as tx:
             for row in await tx.find("terminals"):
@@ -661,7 +661,7 @@ class Gateway:
                 async with asyncio.timeout(interval):
                     await self._deny_wakeup.wait()
             self._deny_wakeup.clear()
-            read = self.executor.run(
+            read = self.executor.read(  # never takes the write lock from the tap engine
                 functools.partial(_deny_changes_after, version=self.deny.version)
             )
             try:

@@ -441,6 +441,10 @@ class PgTapExecutor:
         self._queue.put_nowait(_Job([fn], future, many=False, deadline=deadline))
         return await future
 
+    async def read(self, fn: Callable[[PgTapTx], T]) -> T:
+        """A read: PostgreSQL's readers never block its writers, so it runs as any job."""
+        return await self.run(fn)
+
     async def run_many(
         self,
         fns: Sequence[Callable[[PgTapTx], T]],

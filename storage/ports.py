@@ -192,6 +192,10 @@ class TapExecutor(Protocol):
     """Runs tap jobs durably: the result comes back only after the job's transaction committed."""
 
     async def run(self, fn: Callable[[TapTx], T], *, deadline: float | None = None) -> T: ...
+    async def read(self, fn: Callable[[TapTx], T]) -> T:
+        """``fn`` only reads: a backend may run it without taking the write lock."""
+        ...
+
     async def run_many(
         self,
         fns: Sequence[Callable[[TapTx], T]],

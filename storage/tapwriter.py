@@ -524,7 +524,7 @@ class _Job:
     free later).
     """
 
-    __slots__ = ("deadline", "fns", "future", "many", "replies")
+    __slots__ = ("deadline", "fns", "future", "many", "read_only", "replies")
 
     def __init__(
         self,
@@ -534,12 +534,14 @@ class _Job:
         many: bool,
         deadline: float | None = None,
         replies: Sequence[tuple[str, str]] | None = None,
+        read_only: bool = False,
     ) -> None:
         self.fns = fns
         self.future = future
         self.many = many
         self.deadline = deadline
         self.replies = replies
+        self.read_only = read_only
 
 
 _GAVE_UP = object()
@@ -620,6 +622,15 @@ class SqliteTapWriter:
         self._check_alive()
         future: Future[T] = Future()
         self._queue.put(_Job([fn], future, many=False, deadline=deadline))
+        return await asyncio.wrap_future(future)
+
+    async def read(self, fn: Callable[[SqliteTapTx], T]) -> T:
+        """``fn`` on the writer's connection in a read transaction (``BEGIN`` deferred: no write
+        lock), so it never makes a writer wait — the tap engine's in its own process, the
+        counter's. ``fn`` must not write (SQLite would then take the lock for it)."""
+        self._check_alive()
+        future: Future[T] = Future()
+        self._queue.put(_Job([fn], future, many=False, read_only=True))
         return await asyncio.wrap_future(future)
 
     async def run_many(
@@ -758,6 +769,10 @@ class SqliteTapWriter:
             # a job whose caller gave up (cancelled) is not run at all; the others can no
             # longer be cancelled, so setting their results below cannot raise
             batch = [job for job in batch if job.future.set_running_or_notify_cancel()]
+            reads = [job for job in batch if job.read_only]
+            if reads:
+                batch = [job for job in batch if not job.read_only]
+                self._run_reads(conn, tx, reads)
             if batch:
                 self.busy_since = time.monotonic()
                 try:
@@ -778,6 +793,30 @@ class SqliteTapWriter:
                 self._checkpoint_between_batches(conn)
             if stop:
                 return
+
+    @staticmethod
+    def _run_reads(conn: sqlite3.Connection, tx: SqliteTapTx, reads: list[_Job]) -> None:
+        """Read jobs in one deferred transaction: WAL readers take no write lock."""
+        try:
+            conn.execute("BEGIN")
+            tx.begin_batch()
+            tx.defer = False
+            for job in reads:
+                try:
+                    job.future.set_result(job.fns[0](tx))
+                except Exception as exc:  # noqa: BLE001 - the job's failure goes to its caller
+                    job.future.set_exception(exc)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            tx.discard()
+            failure = OnecardError(
+                "数据库暂不可用", f"registry unavailable: {exc}", code=ErrorCode.UNAVAILABLE
+            )
+            for job in reads:
+                if not job.future.done():
+                    job.future.set_exception(failure)
 
     def _run_batch(self, conn: sqlite3.Connection, tx: SqliteTapTx, batch: list[_Job]) -> None:
         """Run every job in one transaction and commit once (group commit).

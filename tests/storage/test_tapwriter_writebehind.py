@@ -5,6 +5,7 @@ connection changed, or let one bad job take the batch down."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -202,5 +203,32 @@ async def test_a_batch_reads_its_idempotency_records_in_one_statement(tmp_path: 
         assert results[1] == ("f", "fourth")
         assert isinstance(results[2], RuntimeError)
     finally:
+        await writer.close()
+        await registry.close()
+
+
+async def test_a_read_job_takes_no_write_lock(tmp_path: Path) -> None:
+    """The gateway's deny-list poll reads on the writer's connection; with the tap engine in
+    another process, a poll holding the write lock made the engine's batches wait."""
+    registry, holder, writer = await _open(tmp_path)
+    other = sqlite3.connect(tmp_path / "r.sqlite3", isolation_level=None, timeout=0)
+    try:
+        started = asyncio.Event()
+        release = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def slow_read(tx: SqliteTapTx) -> int:
+            loop.call_soon_threadsafe(started.set)
+            asyncio.run_coroutine_threadsafe(release.wait(), loop).result(10)
+            return tx.balance(ledger.purse(holder))
+
+        reading = asyncio.ensure_future(writer.read(slow_read))
+        await asyncio.wait_for(started.wait(), 10)
+        other.execute("BEGIN IMMEDIATE")  # would raise "database is locked" under a write lock
+        other.execute("ROLLBACK")
+        release.set()
+        assert await reading == 1_000
+    finally:
+        other.close()
         await writer.close()
         await registry.close()
