@@ -143,6 +143,8 @@ class Gateway:
         self.kinds: dict[str, str] = {}
         self.stop = asyncio.Event()
         self.ready = False
+        #: set once the gateway first became ready: the tap engine starts after it
+        self._first_ready = asyncio.Event()
         self.session: Session | None = None
         self._deny_wakeup = asyncio.Event()
         self._fleet_changed = asyncio.Event()
@@ -193,9 +195,11 @@ class Gateway:
             await self.http.close()
 
     async def _start_engine(self) -> None:
-        """Start the tap engine beside everything else: until it answers (an interpreter and
-        the registry take ~1-2 s), and if it ever dies, the writer thread decides."""
+        """Start the tap engine once the gateway is ready (its start-up, an interpreter and the
+        registry, ~1-2 s of CPU, must not delay readiness on two cores); until it answers, and
+        if it ever dies, the writer thread decides."""
         assert self.engine is not None
+        await self._first_ready.wait()
         try:
             await self.engine.start()
         except Exception:
@@ -331,6 +335,7 @@ class Gateway:
         # a follower names no version before it heard the leader's: its own status only
         await self._say_online(session, shared=False)
         self.ready = True
+        self._first_ready.set()
         log.info("connected to the broker; deny list version %d", self.deny.version)
 
     async def _consume(self, session: Session) -> None:
