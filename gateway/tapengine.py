@@ -17,8 +17,9 @@ wall. Here the decisions run in a child process with its own interpreter: the sa
   commits exactly as the in-process writer does (durable before it answers), and reports
   whether its writer is failing (disk full, lock held) with every answer, for ``/readyz``.
 - The child dies with the gateway (``PR_SET_PDEATHSIG``), and exits when the socket closes. The
-  gateway starts it beside its own start-up (an interpreter and the registry take 1-2 s) and
-  decides taps with its writer thread until the engine answers, and again if the engine dies
+  gateway starts it once it is ready itself (an interpreter and the registry take 1-2 s of CPU,
+  which must not delay readiness) and decides taps with its writer thread until the engine
+  answers, and again if the engine dies
   (the batches it held are answered ``unavailable``: retried with the same request id, they are
   decided once). ``/readyz`` says 503 while the engine's writer cannot commit.
 - The gateway's in-memory deny set is not consulted here: on SQLite the writer re-reads every
@@ -157,7 +158,6 @@ class TapEngine:
         self.failure: str | None = None
         #: ``time.monotonic()`` since the child's writer has been failing, None while it commits
         self.failing_since: float | None = None
-        self.batches = 0
         self._proc: asyncio.subprocess.Process | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
@@ -209,7 +209,6 @@ class TapEngine:
         try:
             while True:
                 seq, failing, results = await _read_frame(reader)
-                self.batches += 1
                 if not failing:
                     self.failing_since = None
                 elif self.failing_since is None:
